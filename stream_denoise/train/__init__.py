@@ -1,0 +1,1 @@
+"""Training: supervised pre-training of the shipped models and self-supervised fine-tuning."""

