@@ -1,0 +1,92 @@
+"""ONNX Runtime on the CPU: the default backend where there is no GPU.
+
+Tuned for a small machine: all graph optimisations, intra-op threads = cores (settable), one
+inter-op thread, I/O binding to pre-allocated output buffers (no per-frame output allocation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import zoo
+from ..config import ModelConfig
+from ..errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+def onnx_for(model: str, precision: str = "fp32") -> Path:
+    """An ONNX file for ``model`` (shipped name or path). A ``.pt`` is exported once (needs torch)
+    and cached under ~/.cache/stream_denoise keyed by the hash of its bytes."""
+    suffix = ".int8.onnx" if precision == "int8" else ".onnx"
+    path = zoo.resolve(model, suffix)
+    if path.suffix == ".onnx":
+        return path
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    cache = Path(os.environ.get("STREAM_DENOISE_CACHE", Path.home() / ".cache" / "stream_denoise")) / "onnx"
+    out = cache / f"{path.stem}-{digest}.onnx"
+    if not out.exists():
+        try:
+            from ..build.export import export_onnx
+        except ImportError as exc:
+            raise ModelError(f"{path} is a PyTorch model; exporting it needs torch: pip install 'stream_denoise[torch]'") from exc
+        log.info("exporting %s to ONNX (once, cached at %s)", path, out)
+        export_onnx(path, out)
+    return out
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises Fail/InvalidProtobuf/NoSuchFile...
+            raise ModelError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0][:200]}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.frames, self.target, self.stride = int(meta["frames"]), int(meta["target"]), int(meta["stride"])
+        except (KeyError, ValueError):
+            raise ModelError(f"{path} is an ONNX model but not a stream_denoise one (no window metadata)") from None
+        self.path = Path(path)
+        self.meta = dict(meta)
+        inp = self.session.get_inputs()[0]
+        self._in_name, self._out_name = inp.name, self.session.get_outputs()[0].name
+        self._in_type = np.float16 if "float16" in inp.type else np.float32
+        self._binding = self.session.io_binding()
+        self._out: np.ndarray | None = None
+        log.info("onnxruntime: %s (%s threads, window %d/%d)", self.path.name, opts.intra_op_num_threads, self.target, self.frames)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> OnnxRuntimeBackend:
+        return cls(onnx_for(cfg.model, cfg.precision), cfg.threads)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """x: (N, 3K, H, W) float32 -> (N, 3, H, W) float32. The result is a reused buffer, valid
+        until the next call."""
+        x = np.ascontiguousarray(x, dtype=self._in_type)
+        shape = (x.shape[0], 3, x.shape[2], x.shape[3])
+        if self._out is None or self._out.shape != shape:
+            self._out = np.empty(shape, self._in_type)
+        b = self._binding
+        b.bind_input(self._in_name, "cpu", 0, self._in_type, x.shape, x.ctypes.data)
+        b.bind_output(self._out_name, "cpu", 0, self._in_type, shape, self._out.ctypes.data)
+        self.session.run_with_iobinding(b)
+        return self._out if self._in_type == np.float32 else self._out.astype(np.float32)
+
+    def close(self) -> None:
+        self._binding.clear_binding_inputs()
+        self._binding.clear_binding_outputs()

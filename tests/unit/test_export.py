@@ -1,0 +1,44 @@
+"""The exported ONNX graph matches the PyTorch model and uses only natively supported operators."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from stream_denoise.build.export import export_onnx  # noqa: E402
+from stream_denoise.model import create_model, load_model, save_model  # noqa: E402
+
+NATIVE = {"Conv", "ConvTranspose", "Relu", "Add", "Concat", "Slice", "Constant"}
+
+
+@pytest.mark.parametrize("arch,window", [("lite", "centered"), ("base", "centered"), ("lite", "causal")])
+def test_onnx_matches_torch(tmp_path, arch, window):
+    torch.manual_seed(1)
+    model = create_model(arch, window=window)
+    for p in model.parameters():  # non-trivial weights
+        p.data.add_(torch.randn_like(p) * 0.05)
+    pt = save_model(model, tmp_path / "m.pt")
+    path = export_onnx(pt, tmp_path / "m.onnx")
+    graph = onnx.load(str(path))
+    assert graph.opset_import[0].version >= 17
+    assert {n.op_type for n in graph.graph.node} <= NATIVE
+    backend = OnnxRuntimeBackend(path, threads=1)
+    assert (backend.frames, backend.target, backend.stride) == (5, model.target, 4)
+    ref = load_model(pt)
+    rng = np.random.default_rng(0)
+    for h, w in [(32, 32), (64, 96), (144, 176), (272, 640)]:
+        x = rng.random((1, 15, h, w), dtype=np.float32)
+        with torch.no_grad():
+            expected = ref(torch.from_numpy(x)).numpy()
+        assert np.abs(backend.infer(x) - expected).max() < 1e-3
+
+
+def test_fp16_export_runs_close_to_fp32(tmp_path):
+    torch.manual_seed(2)
+    pt = save_model(create_model("lite"), tmp_path / "m.pt")
+    fp32 = OnnxRuntimeBackend(export_onnx(pt, tmp_path / "a.onnx"), threads=1)
+    fp16 = OnnxRuntimeBackend(export_onnx(pt, tmp_path / "b.onnx", precision="fp16"), threads=1)
+    x = np.random.default_rng(0).random((1, 15, 64, 64), dtype=np.float32)
+    assert np.abs(fp16.infer(x) - fp32.infer(x)).max() < 2e-2
