@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -36,7 +37,8 @@ def export_onnx(model_path: str | Path, out: str | Path, precision: Literal["fp3
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.onnx")
     axes = {0: "batch", 2: "height", 3: "width"}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
         torch.onnx.export(model, (x,), str(tmp), opset_version=OPSET, input_names=[INPUT], output_names=[OUTPUT],
                           dynamic_axes={INPUT: axes, OUTPUT: axes}, dynamo=False)
     proto = onnx.load(str(tmp))

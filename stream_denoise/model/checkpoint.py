@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ def save_model(model: VideoDenoiser, path: str | Path, **meta: Any) -> Path:
 def load_model(path: str | Path, map_location: str = "cpu") -> VideoDenoiser:
     """Load a ``.pt`` model file; any malformed or foreign file is a ModelError."""
     try:
-        blob = torch.load(Path(path), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle warns before it fails; the error says it all
+            warnings.simplefilter("ignore")
+            blob = torch.load(Path(path), map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise ModelError(f"model file not found: {path}") from None
     except Exception as exc:  # torch raises many types for foreign/corrupt files

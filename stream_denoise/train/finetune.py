@@ -5,7 +5,7 @@
 1. Measure the noise of the recordings (level, spatial and temporal correlation) and size the
    blind spot from it (``masking.NoiseStats.mask_spec``).
 2. Train with the masked loss (``masking.masked_loss``) from the shipped model (or from scratch),
-   holding out the last 10% of each clip: its masked loss with *fixed* masks is the validation
+   holding out the last 10% of each clip (at least K+1 frames, at most 30): its masked loss with *fixed* masks is the validation
    score, and the best weights seen are kept (early stopping).
 3. Write a model file that ``run``, ``denoise`` and ``export`` accept.
 """
@@ -44,8 +44,9 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
              stats.sigma, *stats.spatial_corr, stats.temporal_corr, mask.radius, " (tube)" if mask.tube else "")
     train, held = [], []
     for clip in data:
-        cut = max(int(len(clip) * 0.9), len(clip) - 30)
-        if len(clip) - cut >= model.frames:
+        held_n = min(max(len(clip) // 10, model.frames + 1), 30)
+        cut = len(clip) - held_n
+        if cut >= 2 * model.frames:
             train.append(Pair(clip[:cut], None))
             held.append(clip[cut:])
         else:

@@ -1,0 +1,234 @@
+"""Command line: parse, configure logging, call one library function, print one line on error."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import StreamDenoiseError
+
+log = logging.getLogger("stream_denoise")
+
+BACKENDS = ["auto", "onnxruntime", "torch", "cuda", "tensorrt"]
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="shipped model name (lite, lite-causal, base) or a .pt/.onnx path; default: auto")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="inference backend (default auto)")
+    p.add_argument("--window", choices=["centered", "causal"], default=None, help="temporal window (default: the model's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: all cores)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None, help="backend precision")
+
+
+def _model_cfg(a: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    m = dict(base or {})
+    for key in ("model", "backend", "window", "threads", "precision"):
+        if getattr(a, key, None) is not None:
+            m[key] = getattr(a, key)
+    if m.get("window") == "causal" and m.get("model", "auto") in ("auto", "lite"):
+        m["model"] = "lite-causal"
+    return m
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stream-denoise", description="Real-time self-supervised video denoiser for live streams.")
+    p.add_argument("--version", action="version", version=f"stream-denoise {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="denoise a live source and publish it over ZeroMQ")
+    r.add_argument("--config", type=Path, help="TOML config file (flags override it)")
+    r.add_argument("--source", help="rtsp://..., a video file, or a camera (0, /dev/video0)")
+    r.add_argument("--publish", help="ZeroMQ endpoint to bind (default tcp://127.0.0.1:5555)")
+    r.add_argument("--no-publish", action="store_true", help="do not publish (record only)")
+    r.add_argument("--encoding", choices=["raw", "jpeg", "png"], help="pixel encoding of published frames")
+    r.add_argument("--output", type=Path, help="also record the cleaned stream to this file (.mkv lossless, .mp4 H.264)")
+    r.add_argument("--loop", action="store_true", help="files: loop forever (demos)")
+    r.add_argument("--realtime", action="store_true", help="files: read at the file's frame rate, like a camera")
+    r.add_argument("--max-frames", type=int, help="stop after this many frames")
+    r.add_argument("--status-interval", type=float, help="seconds between status lines (default 5)")
+    _model_args(r)
+
+    d = sub.add_parser("denoise", help="denoise a whole video file (same frames, same size)")
+    d.add_argument("input", type=Path)
+    d.add_argument("output", type=Path, help=".mkv is lossless (FFV1), .mp4 is H.264")
+    _model_args(d)
+
+    s = sub.add_parser("subscribe", help="receive published frames and write them to a video file")
+    s.add_argument("endpoint")
+    s.add_argument("--out", type=Path, default=Path("received.mkv"))
+    s.add_argument("--count", type=int, default=None, help="stop after N frames")
+    s.add_argument("--timeout", type=float, default=10.0, help="give up after this many seconds without a frame")
+    s.add_argument("--topic", default="", help="topic prefix to subscribe to")
+    s.add_argument("--server-key", type=Path, help="CURVE: the server's public key file")
+    s.add_argument("--client-key", type=Path, help="CURVE: this client's secret key file")
+
+    f = sub.add_parser("fine-tune", help="fit the network to a camera from its noisy recordings (self-supervised)")
+    f.add_argument("clips", nargs="+", type=Path, help="recorded noisy clips of the camera")
+    f.add_argument("--out", type=Path, required=True, help="model file to write (.pt)")
+    f.add_argument("--from", dest="init", default=None, help="start from this model (default: the shipped one)")
+    f.add_argument("--scratch", action="store_true", help="start from random weights instead")
+    f.add_argument("--arch", default="lite", help="architecture when starting from scratch")
+    f.add_argument("--window", choices=["centered", "causal"], default="centered")
+    f.add_argument("--minutes", type=float, default=10.0)
+    f.add_argument("--steps", type=int, default=3000)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--max-frames", type=int, default=300, help="frames read per clip")
+
+    e = sub.add_parser("export", help="export a model to ONNX (fp32 or fp16)")
+    e.add_argument("model")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+
+    k = sub.add_parser("keygen", help="make a CURVE key pair for the publisher or a subscriber")
+    k.add_argument("directory", type=Path)
+    k.add_argument("--name", default="server")
+
+    c = sub.add_parser("check-config", help="validate a TOML config file")
+    c.add_argument("config", type=Path)
+
+    sub.add_parser("demo", help="denoise the bundled sample clip: publish it and write demo_output/")
+    return p
+
+
+def _install_stop() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    return stop
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from .config import RunConfig, load_toml, parse
+    from .pipeline import Pipeline
+
+    data: dict[str, Any] = {}
+    if a.config:
+        data = load_toml(a.config, RunConfig).model_dump(mode="json", exclude_none=True)
+    src = dict(data.get("source", {}))
+    if a.source:
+        src["uri"] = a.source
+    if "uri" not in src:
+        from .errors import ConfigError
+
+        raise ConfigError("no source: give --source URI or a config file with [source] uri")
+    if a.loop:
+        src["loop"] = True
+    if a.realtime:
+        src["realtime"] = True
+    data["source"] = src
+    data["model"] = _model_cfg(a, data.get("model"))
+    if a.no_publish:
+        data["publish"] = None
+    else:
+        pub = dict(data.get("publish") or {})
+        if a.publish:
+            pub["endpoint"] = a.publish
+        if a.encoding:
+            pub["encoding"] = a.encoding
+        data["publish"] = pub
+    if a.output:
+        data["output"] = {"path": str(a.output)}
+    if a.max_frames:
+        data["max_frames"] = a.max_frames
+    if a.status_interval:
+        data["status_interval_s"] = a.status_interval
+    cfg = parse(RunConfig, data, origin="flags")
+    stop = _install_stop()
+    with Pipeline(cfg) as pipeline:
+        m = pipeline.run(stop)
+    log.info("published %d frames", m.frames_out)
+    return 0
+
+
+def cmd_denoise(a: argparse.Namespace) -> int:
+    from .config import ModelConfig, parse
+    from .offline import denoise_file
+
+    cfg = parse(ModelConfig, _model_cfg(a), origin="flags")
+    n = denoise_file(a.input, a.output, cfg)
+    log.info("wrote %d frames to %s", n, a.output)
+    return 0
+
+
+def cmd_subscribe(a: argparse.Namespace) -> int:
+    from .publish import record
+
+    res = record(a.endpoint, a.out, a.count, a.timeout, topics=a.topic,
+                 curve_server_public_key=a.server_key, client_secret_key=a.client_key)
+    log.info("wrote %d frames (%dx%d) to %s; received %d, gaps %d, missed %d, rejected %d",
+             res.written, res.width, res.height, res.path, res.received, res.gaps, res.missed, res.rejected)
+    return 0
+
+
+def cmd_fine_tune(a: argparse.Namespace) -> int:
+    from .train.finetune import fine_tune
+
+    fine_tune(a.clips, a.out, init=None if a.scratch else (a.init or ("lite-causal" if a.window == "causal" else "lite")),
+              arch=a.arch, window=a.window, minutes=a.minutes, steps=a.steps, seed=a.seed, max_frames=a.max_frames)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from . import zoo
+    from .build.export import export_onnx
+
+    export_onnx(zoo.resolve(a.model, ".pt"), a.out, a.precision)
+    return 0
+
+
+def cmd_keygen(a: argparse.Namespace) -> int:
+    from .publish import keygen
+
+    public, secret = keygen(a.directory, a.name)
+    print(f"public key: {public}\nsecret key: {secret} (keep it private)")
+    return 0
+
+
+def cmd_check_config(a: argparse.Namespace) -> int:
+    from .config import RunConfig, load_toml
+
+    load_toml(a.config, RunConfig)
+    print(f"{a.config}: ok")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path("demo_output"), _install_stop())
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "denoise": cmd_denoise, "subscribe": cmd_subscribe, "fine-tune": cmd_fine_tune,
+            "export": cmd_export, "keygen": cmd_keygen, "check-config": cmd_check_config, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return COMMANDS[args.command](args)
+    except StreamDenoiseError as exc:
+        print(f"stream-denoise: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("stream-denoise: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

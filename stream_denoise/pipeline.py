@@ -1,0 +1,171 @@
+"""source -> temporal buffer -> denoiser -> (publisher, recorder), as overlapping stages.
+
+Threads: the source's reader thread decodes; the inference stage (the caller's thread) pulls the
+newest frame, denoises it and hands the result to the publish stage through a bounded queue; the
+publish thread sends it over ZeroMQ (never blocking) and records it. ONNX Runtime, PyAV and
+ZeroMQ release the GIL, so the stages overlap and throughput is set by the slowest one.
+
+Drop policy: live sources drop at the source (newest wins). Between inference and publishing, a
+full queue drops the *oldest* denoised frame (counted in ``dropped_queue``) for live sources and
+blocks for files (a file is processed completely).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from types import TracebackType
+
+from .config import RunConfig
+from .denoiser import Denoiser
+from .errors import SourceTimeout
+from .frame import Frame
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_END = None
+
+
+class Pipeline:
+    """``with Pipeline(cfg) as p: p.run(stop_event)``; resources close in reverse order."""
+
+    def __init__(self, cfg: RunConfig, denoiser: Denoiser | None = None) -> None:
+        from .backends import create_backend
+        from .sources import open_source
+
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self._closers: list = []
+        try:
+            self.denoiser = denoiser or Denoiser(create_backend(cfg.model), cfg.model.window)
+            self.source = open_source(cfg.source)
+            self._closers.append(self.source.close)
+            self.publisher = None
+            if cfg.publish is not None:
+                from .publish import Publisher
+
+                self.publisher = Publisher(cfg.publish)
+                self._closers.append(self.publisher.close)
+        except BaseException:
+            self.close()
+            raise
+        self.lossless = not getattr(self.source, "live", False)
+        self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=cfg.queue_size)
+        self._writer = None
+        self.ready = threading.Event()
+
+    def run(self, stop: threading.Event | None = None) -> Metrics:
+        """Process until the source ends, ``max_frames`` are published, or ``stop`` is set."""
+        stop = stop or threading.Event()
+        pub = threading.Thread(target=self._publish_loop, args=(stop,), name="publish", daemon=True)
+        status = threading.Thread(target=self._status_loop, args=(stop,), name="status", daemon=True)
+        pub.start()
+        status.start()
+        self.ready.set()
+        log.info("running: %s -> %s%s (window %s, %d frame(s) look-ahead)", self.source.name,
+                 self.cfg.publish.endpoint if self.cfg.publish else "-",
+                 f" + {self.cfg.output.path}" if self.cfg.output.path else "",
+                 self.denoiser.window, self.denoiser.latency_frames)
+        try:
+            self._infer_loop(stop)
+        finally:
+            self._put(_END, stop, force=True)
+            pub.join(timeout=30)
+            stop.set()
+            status.join(timeout=5)
+            log.info("done: %s", self._status_line())
+        return self.metrics
+
+    def _infer_loop(self, stop: threading.Event) -> None:
+        m = self.metrics
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                frame = self.source.read(timeout=0.5)
+            except SourceTimeout:
+                m.source_timeouts += 1
+                continue
+            if frame is None:
+                break
+            m.latency["wait"].add(time.perf_counter() - t0)
+            m.frames_in += 1
+            self._emit(self.denoiser.push(frame), stop)
+        self._emit(self.denoiser.flush(), stop)
+
+    def _emit(self, frames: list[Frame], stop: threading.Event) -> None:
+        t = self.denoiser.times
+        for f in frames:
+            for k in ("pre", "infer", "post"):
+                self.metrics.latency[k].add(getattr(t, k))
+            self._put(f, stop)
+
+    def _put(self, item: Frame | None, stop: threading.Event, force: bool = False) -> None:
+        while True:
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if not (self.lossless or force):
+                    try:
+                        self._queue.get_nowait()
+                        self.metrics.dropped_queue += 1
+                    except queue.Empty:
+                        pass
+                elif stop.is_set() and not force:
+                    return
+
+    def _publish_loop(self, stop: threading.Event) -> None:
+        m = self.metrics
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            t0 = time.perf_counter()
+            if self.publisher is not None:
+                self.publisher.send(item)
+            if self.cfg.output.path is not None:
+                self._record(item)
+            now = time.time()
+            m.latency["publish"].add(time.perf_counter() - t0)
+            m.latency["e2e"].add(now - item.captured_at)
+            m.frames_out += 1
+            if self.cfg.max_frames is not None and m.frames_out >= self.cfg.max_frames:
+                stop.set()
+
+    def _record(self, frame: Frame) -> None:
+        if self._writer is None:
+            from .video_writer import VideoWriter
+
+            fps = getattr(self.source, "fps", None) or 25.0
+            self._writer = VideoWriter(self.cfg.output.path, frame.width, frame.height, fps)
+            self._closers.append(self._writer.close)
+        if (frame.width, frame.height) != (self._writer.width, self._writer.height):
+            log.warning("frame size changed to %dx%d: not recorded (recording is %dx%d)",
+                        frame.width, frame.height, self._writer.width, self._writer.height)
+            return
+        self._writer.write(frame.pixels)
+
+    def _status_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.cfg.status_interval_s):
+            log.info("%s", self._status_line())
+
+    def _status_line(self) -> str:
+        s = self.source.stats
+        pub_drops = self.publisher.dropped if self.publisher is not None else 0
+        return self.metrics.status(s.frames_dropped, s.reconnects, pub_drops)
+
+    def close(self) -> None:
+        while self._closers:
+            try:
+                self._closers.pop()()
+            except Exception as exc:  # closing must go on for the rest
+                log.warning("error while closing: %s", exc)
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

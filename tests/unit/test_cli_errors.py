@@ -1,0 +1,97 @@
+"""Bad input at the edges: one clear line on stderr, a non-zero exit code, never a traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SAMPLE = Path(__file__).parents[2] / "stream_denoise" / "data" / "sample_noisy.mp4"
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stream_denoise", "-q", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_one_line_error(res: subprocess.CompletedProcess, *needles: str) -> None:
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("stream-denoise: error:")
+    for n in needles:
+        assert n in lines[0]
+
+
+def test_unknown_scheme(tmp_path):
+    assert_one_line_error(cli("run", "--source", "foo://camera", "--no-publish", "--output", str(tmp_path / "o.mkv")),
+                          "foo://camera", "rtsp://")
+
+
+def test_missing_file():
+    assert_one_line_error(cli("run", "--source", "/nonexistent/clip.mp4"), "no such file")
+
+
+def test_missing_model(tmp_path):
+    assert_one_line_error(cli("denoise", str(SAMPLE), str(tmp_path / "o.mkv"), "--model", "nope"), "nope")
+
+
+def test_malformed_model_file(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model at all")
+    assert_one_line_error(cli("denoise", str(SAMPLE), str(tmp_path / "o.mkv"), "--model", str(bad)), "bad.onnx")
+    pt = tmp_path / "bad.pt"
+    pt.write_bytes(b"\x80\x04garbage")
+    assert_one_line_error(cli("export", str(pt), "--out", str(tmp_path / "x.onnx")), "bad.pt")
+
+
+def test_foreign_onnx_model(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(g), str(path))
+    assert_one_line_error(cli("denoise", str(SAMPLE), str(tmp_path / "o.mkv"), "--model", str(path)), "not a stream_denoise")
+
+
+def test_bad_config_file_points_at_line(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[source]\nuri = "x.mp4"\n\n[publish]\nendpoint = "tcp://127.0.0.1:5555"\nsndhwm = -3\n')
+    res = cli("check-config", str(cfg))
+    assert_one_line_error(res, "bad.toml:6", "sndhwm")
+    cfg.write_text('[source]\nuri = "x.mp4"\nbogus = 1\n')
+    assert_one_line_error(cli("check-config", str(cfg)), "bad.toml:3", "bogus")
+    cfg.write_text("[source\n")
+    assert_one_line_error(cli("check-config", str(cfg)), "not valid TOML")
+
+
+def test_gpu_backends_fail_fast_without_gpu(tmp_path):
+    for backend in ("tensorrt", "cuda"):
+        res = cli("denoise", str(SAMPLE), str(tmp_path / "o.mkv"), "--backend", backend)
+        if res.returncode == 0:
+            pytest.skip("a GPU backend is available here")
+        assert_one_line_error(res)
+
+
+def test_causal_window_with_centered_model(tmp_path):
+    assert_one_line_error(cli("denoise", str(SAMPLE), str(tmp_path / "o.mkv"), "--model", "base", "--window", "causal"),
+                          "causal")
+
+
+def test_version_and_help():
+    assert subprocess.run([sys.executable, "-m", "stream_denoise", "--version"], capture_output=True, text=True).stdout.startswith("stream-denoise ")
+    for cmd in ("run", "denoise", "subscribe", "fine-tune", "export", "keygen", "check-config", "demo"):
+        res = subprocess.run([sys.executable, "-m", "stream_denoise", cmd, "--help"], capture_output=True, text=True)
+        assert res.returncode == 0 and "usage:" in res.stdout
+
+
+def test_import_is_light():
+    code = ("import sys, stream_denoise, stream_denoise.config, stream_denoise.pipeline, stream_denoise.cli; "
+            "heavy = [m for m in ('torch', 'tensorrt', 'onnx', 'av', 'zmq', 'cv2') if m in sys.modules]; "
+            "print(heavy); assert not heavy")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
