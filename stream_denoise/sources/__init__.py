@@ -1,0 +1,44 @@
+"""Where frames come from: files and RTSP via PyAV, local cameras via OpenCV.
+
+``open_source(cfg)`` picks the kind from ``cfg.uri`` and returns a :class:`Source`: a context manager
+and iterable of :class:`~stream_denoise.frame.Frame` (pixels (H, W, 3) uint8 RGB) with ``stats``.
+``av`` and ``cv2`` are imported only when a source of their kind is opened.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..config import SourceConfig
+from ..errors import SourceError, SourceTimeout
+from .base import Source, SourceStats, ThreadedSource, redact
+
+__all__ = ["Source", "SourceError", "SourceStats", "SourceTimeout", "ThreadedSource", "open_source"]
+
+ACCEPTED = "rtsp://, rtsps://, an existing video file, or a camera ('0', '/dev/video0')"
+
+
+def open_source(cfg: SourceConfig) -> Source:
+    """Open ``cfg.uri`` now (raising SourceError/SourceTimeout within the open timeout) and start reading.
+
+    rtsp(s):// -> live PyAV source; an existing file -> PyAV file source (every frame in order, or
+    paced and newest-wins with ``realtime``); a digit or /dev/video* -> OpenCV camera.
+    """
+    uri = cfg.uri
+    if re.match(r"^rtsps?://", uri, re.IGNORECASE):
+        from .pyav import PyAVOpener
+
+        return ThreadedSource(cfg, PyAVOpener(cfg, network=True), live=True, finite=False)
+    if uri.isdigit() or uri.startswith("/dev/video"):
+        from .camera import CameraOpener
+
+        return ThreadedSource(cfg, CameraOpener(cfg), live=True, finite=False)
+    if "://" in uri:
+        raise SourceError(f"unsupported source {redact(uri)!r}: use {ACCEPTED}")
+    if not Path(uri).is_file():
+        raise SourceError(f"no such file: {uri!r}: use {ACCEPTED}")
+    from .pyav import PyAVOpener
+
+    opener = PyAVOpener(cfg, network=False)
+    return ThreadedSource(cfg, opener, live=cfg.realtime, finite=True, pace=cfg.realtime)
