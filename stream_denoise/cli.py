@@ -50,10 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-publish", action="store_true", help="do not publish (record only)")
     r.add_argument("--encoding", choices=["raw", "jpeg", "png"], help="pixel encoding of published frames")
     r.add_argument("--output", type=Path, help="also record the cleaned stream to this file (.mkv lossless, .mp4 H.264)")
+    r.add_argument("--record-input", type=Path, help="also record the noisy input (.mkv lossless), e.g. for fine-tune")
     r.add_argument("--loop", action="store_true", help="files: loop forever (demos)")
     r.add_argument("--realtime", action="store_true", help="files: read at the file's frame rate, like a camera")
     r.add_argument("--max-frames", type=int, help="stop after this many frames")
     r.add_argument("--status-interval", type=float, help="seconds between status lines (default 5)")
+    r.add_argument("--metrics-port", type=int, help="serve /healthz and Prometheus /metrics on this port")
     _model_args(r)
 
     d = sub.add_parser("denoise", help="denoise a whole video file (same frames, same size)")
@@ -139,12 +141,18 @@ def cmd_run(a: argparse.Namespace) -> int:
         if a.encoding:
             pub["encoding"] = a.encoding
         data["publish"] = pub
+    out = dict(data.get("output", {}))
     if a.output:
-        data["output"] = {"path": str(a.output)}
+        out["path"] = str(a.output)
+    if a.record_input:
+        out["input_path"] = str(a.record_input)
+    data["output"] = out
     if a.max_frames:
         data["max_frames"] = a.max_frames
     if a.status_interval:
         data["status_interval_s"] = a.status_interval
+    if a.metrics_port is not None:
+        data["metrics_port"] = a.metrics_port
     cfg = parse(RunConfig, data, origin="flags")
     stop = _install_stop()
     with Pipeline(cfg) as pipeline:

@@ -88,7 +88,10 @@ class PublishConfig(Strict):
 class OutputConfig(Strict):
     """Optional recording of the cleaned stream to a file a person can play."""
 
-    path: Path | None = Field(None, description=".mkv is lossless FFV1, .mp4 is H.264.")
+    path: Path | None = Field(None, description="Cleaned stream: .mkv is lossless FFV1, .mp4 is H.264.")
+    input_path: Path | None = Field(
+        None, description="Also record the *noisy* input as received (material for `fine-tune`; .mkv lossless)."
+    )
 
 
 class RunConfig(Strict):

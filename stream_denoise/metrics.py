@@ -39,6 +39,7 @@ class Metrics:
     frames_out: int = 0
     dropped_queue: int = 0  # denoised frames dropped because the publish stage fell behind
     source_timeouts: int = 0
+    last_output_at: float = 0.0  # time.time() of the last published frame
     latency: dict[str, Window] = field(
         default_factory=lambda: {k: Window() for k in ("wait", "pre", "infer", "post", "publish", "e2e")}
     )
@@ -65,7 +66,9 @@ class Metrics:
 
     def snapshot(self) -> dict[str, float | int]:
         snap: dict[str, float | int] = {"frames_in": self.frames_in, "frames_out": self.frames_out,
-                                        "dropped_queue": self.dropped_queue, "uptime_s": time.monotonic() - self.started}
+                                        "dropped_queue": self.dropped_queue, "source_timeouts": self.source_timeouts,
+                                        "last_output_at": self.last_output_at,
+                                        "uptime_s": time.monotonic() - self.started}
         for k, w in self.latency.items():
             snap[f"{k}_p50_ms"] = 1000 * w.percentile(50)
             snap[f"{k}_p99_ms"] = 1000 * w.percentile(99)

@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 
 from .config import RunConfig
@@ -39,6 +40,7 @@ class Pipeline:
         self.cfg = cfg
         self.metrics = Metrics()
         self._closers: list = []
+        self.health = None
         try:
             self.denoiser = denoiser or Denoiser(create_backend(cfg.model), cfg.model.window)
             self.source = open_source(cfg.source)
@@ -49,12 +51,17 @@ class Pipeline:
 
                 self.publisher = Publisher(cfg.publish)
                 self._closers.append(self.publisher.close)
+            if cfg.metrics_port is not None:
+                from .health import HealthServer
+
+                self.health = HealthServer(cfg.metrics_port, self.snapshot)
+                self._closers.append(self.health.close)
         except BaseException:
             self.close()
             raise
         self.lossless = not getattr(self.source, "live", False)
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=cfg.queue_size)
-        self._writer = None
+        self._writers: dict[str, object] = {}
         self.ready = threading.Event()
 
     def run(self, stop: threading.Event | None = None) -> Metrics:
@@ -92,7 +99,11 @@ class Pipeline:
                 break
             m.latency["wait"].add(time.perf_counter() - t0)
             m.frames_in += 1
+            if self.cfg.output.input_path is not None:
+                self._record("input", self.cfg.output.input_path, frame)
             self._emit(self.denoiser.push(frame), stop)
+            if self.cfg.max_frames is not None and m.frames_in >= self.cfg.max_frames:
+                break  # the flush below publishes the look-ahead frames: exactly max_frames out
         self._emit(self.denoiser.flush(), stop)
 
     def _emit(self, frames: list[Frame], stop: threading.Event) -> None:
@@ -127,26 +138,27 @@ class Pipeline:
             if self.publisher is not None:
                 self.publisher.send(item)
             if self.cfg.output.path is not None:
-                self._record(item)
+                self._record("output", self.cfg.output.path, item)
             now = time.time()
             m.latency["publish"].add(time.perf_counter() - t0)
             m.latency["e2e"].add(now - item.captured_at)
             m.frames_out += 1
-            if self.cfg.max_frames is not None and m.frames_out >= self.cfg.max_frames:
-                stop.set()
+            m.last_output_at = now
 
-    def _record(self, frame: Frame) -> None:
-        if self._writer is None:
-            from .video_writer import VideoWriter
+    def _record(self, kind: str, path: Path, frame: Frame) -> None:
+        from .video_writer import VideoWriter
 
+        writer = self._writers.get(kind)
+        if writer is None:
             fps = getattr(self.source, "fps", None) or 25.0
-            self._writer = VideoWriter(self.cfg.output.path, frame.width, frame.height, fps)
-            self._closers.append(self._writer.close)
-        if (frame.width, frame.height) != (self._writer.width, self._writer.height):
-            log.warning("frame size changed to %dx%d: not recorded (recording is %dx%d)",
-                        frame.width, frame.height, self._writer.width, self._writer.height)
+            writer = self._writers[kind] = VideoWriter(path, frame.width, frame.height, fps)
+            self._closers.append(writer.close)
+        assert isinstance(writer, VideoWriter)
+        if (frame.width, frame.height) != (writer.width, writer.height):
+            log.warning("frame size changed to %dx%d: not recorded in %s (recording is %dx%d)",
+                        frame.width, frame.height, path, writer.width, writer.height)
             return
-        self._writer.write(frame.pixels)
+        writer.write(frame.pixels)
 
     def _status_loop(self, stop: threading.Event) -> None:
         while not stop.wait(self.cfg.status_interval_s):
@@ -156,6 +168,17 @@ class Pipeline:
         s = self.source.stats
         pub_drops = self.publisher.dropped if self.publisher is not None else 0
         return self.metrics.status(s.frames_dropped, s.reconnects, pub_drops)
+
+    def snapshot(self) -> dict[str, float | int]:
+        """Counters for health checks and Prometheus: pipeline, source and publisher."""
+        snap = self.metrics.snapshot()
+        s = self.source.stats
+        snap.update(source_frames_decoded=s.frames_decoded, source_frames_dropped=s.frames_dropped,
+                    source_reconnects=s.reconnects, source_decode_errors=s.decode_errors,
+                    source_connected=int(s.connected))
+        if self.publisher is not None:
+            snap.update(publish_sent=self.publisher.sent, publish_dropped=self.publisher.dropped)
+        return snap
 
     def close(self) -> None:
         while self._closers:

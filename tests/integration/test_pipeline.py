@@ -21,9 +21,9 @@ def free_endpoint(tmp_path: Path, name: str = "sock") -> str:
     return f"ipc://{tmp_path / name}"
 
 
-def run_and_receive(cfg: RunConfig, endpoint: str, slow_s: float = 0.0, latest_only: bool = False):
+def run_and_receive(cfg: RunConfig, endpoint: str, slow_s: float = 0.0, rcvhwm: int = 10000):
     got: list = []
-    with Subscriber(endpoint, latest_only=latest_only, rcvhwm=10000) as sub, Pipeline(cfg) as pipe:
+    with Subscriber(endpoint, rcvhwm=rcvhwm) as sub, Pipeline(cfg) as pipe:
         time.sleep(0.3)  # subscription reaches the publisher
         done = threading.Event()
 
@@ -82,10 +82,35 @@ def test_slow_subscriber_never_blocks_and_memory_stays_bounded(tmp_path):
     cfg = RunConfig(source=SourceConfig(uri=str(SAMPLE), loop=True), model=ModelConfig(model="lite", backend="onnxruntime"),
                     publish=PublishConfig(endpoint=endpoint, sndhwm=2), max_frames=300, status_interval_s=1.0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    metrics, got, pipe = run_and_receive(cfg, endpoint, slow_s=0.2)
+    metrics, got, pipe = run_and_receive(cfg, endpoint, slow_s=0.5, rcvhwm=2)
     grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     assert metrics.frames_out == 300
     assert len(got) < 150  # the subscriber really was slow...
     assert pipe.publisher.dropped + (300 - len(got)) > 0  # ...and what it could not take was dropped, not queued
     assert max(metrics.latency["publish"].values()) < 0.5  # send never waited for the subscriber
     assert grew_mb < 200
+
+
+def test_health_and_prometheus_metrics(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    cfg = RunConfig(source=SourceConfig(uri=str(SAMPLE), loop=True), model=ModelConfig(model="lite", backend="onnxruntime"),
+                    publish=PublishConfig(endpoint=free_endpoint(tmp_path)), metrics_port=0, status_interval_s=1.0)
+    stop = threading.Event()
+    with Pipeline(cfg) as pipe:
+        url = f"http://127.0.0.1:{pipe.health.port}"
+        with pytest.raises(urllib.error.HTTPError):  # not ready before any frame is out
+            urllib.request.urlopen(f"{url}/healthz", timeout=5)
+        t = threading.Thread(target=pipe.run, args=(stop,))
+        t.start()
+        deadline = time.monotonic() + 60
+        while pipe.metrics.frames_out < 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert urllib.request.urlopen(f"{url}/healthz", timeout=5).read() == b"ok"
+        text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+        stop.set()
+        t.join(timeout=30)
+    values = dict(line.split() for line in text.splitlines())
+    assert float(values["stream_denoise_frames_out"]) >= 10
+    assert "stream_denoise_infer_p99_ms" in values and "stream_denoise_source_reconnects" in values
