@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--count", type=int, default=None, help="stop after N frames")
     s.add_argument("--timeout", type=float, default=10.0, help="give up after this many seconds without a frame")
     s.add_argument("--topic", default="", help="topic prefix to subscribe to")
+    s.add_argument("--fps", type=float, default=25.0, help="frame rate written into the video file")
     s.add_argument("--server-key", type=Path, help="CURVE: the server's public key file")
     s.add_argument("--client-key", type=Path, help="CURVE: this client's secret key file")
 
@@ -174,7 +175,7 @@ def cmd_denoise(a: argparse.Namespace) -> int:
 def cmd_subscribe(a: argparse.Namespace) -> int:
     from .publish import record
 
-    res = record(a.endpoint, a.out, a.count, a.timeout, topics=a.topic,
+    res = record(a.endpoint, a.out, a.count, a.timeout, topics=a.topic, fps=a.fps,
                  curve_server_public_key=a.server_key, client_secret_key=a.client_key)
     log.info("wrote %d frames (%dx%d) to %s; received %d, gaps %d, missed %d, rejected %d",
              res.written, res.width, res.height, res.path, res.received, res.gaps, res.missed, res.rejected)
