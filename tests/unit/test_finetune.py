@@ -56,3 +56,24 @@ def test_noise_measurement_tells_white_from_correlated_noise(clip):
 
     mosaic = measure_noise(add_noise(long, NoiseSpec("camera", photons=60, read_noise=3, mosaic=True), seed=1))
     assert mosaic.spatial_corr[0] > 0.2 and mosaic.mask_spec().radius >= 1
+
+
+def test_cli_fine_tune_writes_a_model_that_run_denoise_and_export_accept(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sample = Path(__file__).parents[2] / "stream_denoise" / "data" / "sample_noisy.mp4"
+    model = tmp_path / "cam.pt"
+    cmd = [sys.executable, "-m", "stream_denoise", "fine-tune", str(sample), "--out", str(model),
+           "--steps", "6", "--max-frames", "30", "--seed", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "blind spot" in res.stderr and model.exists()
+    out = tmp_path / "o.mkv"
+    res = subprocess.run([sys.executable, "-m", "stream_denoise", "-q", "denoise", str(sample), str(out), "--model",
+                          str(model)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([sys.executable, "-m", "stream_denoise", "-q", "export", str(model), "--out",
+                          str(tmp_path / "cam.onnx")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and (tmp_path / "cam.onnx").exists(), res.stderr
