@@ -58,8 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--patch", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pretrain(a.arch, a.window, a.steps, a.minutes, a.out, a.seed, a.batch, a.patch)
 
