@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("config", type=Path)
 
     sub.add_parser("demo", help="denoise the bundled sample clip: publish it and write demo_output/")
+
+    b = sub.add_parser("bench", help="quality/speed benchmarks (source checkout only): bench [quality|speed|all] [--quick]")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of `python -m benchmarks`")
     return p
 
 
@@ -221,7 +224,17 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "denoise": cmd_denoise, "subscribe": cmd_subscribe, "fine-tune": cmd_fine_tune,
+def cmd_bench(a: argparse.Namespace) -> int:
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError:
+        from .errors import ConfigError
+
+        raise ConfigError("the benchmarks live in the source checkout: run from the repository root") from None
+    return bench_main(a.rest)
+
+
+COMMANDS = {"bench": cmd_bench, "run": cmd_run, "denoise": cmd_denoise, "subscribe": cmd_subscribe, "fine-tune": cmd_fine_tune,
             "export": cmd_export, "keygen": cmd_keygen, "check-config": cmd_check_config, "demo": cmd_demo}
 
 
