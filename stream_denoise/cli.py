@@ -99,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("demo", help="denoise the bundled sample clip: publish it and write demo_output/")
 
+    g = sub.add_parser("build-engine", help="build a TensorRT engine for this GPU (cached in engines/)")
+    g.add_argument("model", help="shipped model name (lite, lite-causal, base) or a .pt/.onnx path")
+    g.add_argument("--precision", choices=["fp16", "int8", "fp32"], default="fp16")
+    g.add_argument("--shape", help="HxW: one size (opt; also min/max unless given)")
+    g.add_argument("--min-shape", help="HxW (default 64x64)")
+    g.add_argument("--opt-shape", help="HxW the engine is tuned for (default 720x1280)")
+    g.add_argument("--max-shape", help="HxW (default 1080x1920)")
+    g.add_argument("--batch", type=int, default=1)
+    g.add_argument("--calibration", type=Path, help="calibration set .npz (int8)")
+    g.add_argument("--out", type=Path, default=Path("engines"))
+    g.add_argument("--workspace-mb", type=int, default=1024)
+
     b = sub.add_parser("bench", help="quality/speed benchmarks (source checkout only): bench [quality|speed|all] [--quick]")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of `python -m benchmarks`")
     return p
@@ -224,6 +236,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_engine(a: argparse.Namespace) -> int:
+    from .build.engine import Shapes, build_engine
+
+    shapes = Shapes.parse(a.shape, a.min_shape, a.opt_shape, a.max_shape, a.batch)
+    print(build_engine(a.model, a.precision, shapes, a.out, a.calibration, a.workspace_mb))
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     try:
         from benchmarks.__main__ import main as bench_main
@@ -234,7 +254,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return bench_main(a.rest)
 
 
-COMMANDS = {"bench": cmd_bench, "run": cmd_run, "denoise": cmd_denoise, "subscribe": cmd_subscribe, "fine-tune": cmd_fine_tune,
+COMMANDS = {"bench": cmd_bench, "build-engine": cmd_build_engine, "run": cmd_run, "denoise": cmd_denoise, "subscribe": cmd_subscribe, "fine-tune": cmd_fine_tune,
             "export": cmd_export, "keygen": cmd_keygen, "check-config": cmd_check_config, "demo": cmd_demo}
 
 

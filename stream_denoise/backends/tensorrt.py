@@ -1,20 +1,155 @@
-"""TensorRT engines on NVIDIA GPUs (optional: needs the ``tensorrt`` package and a GPU)."""
+"""TensorRT engines on NVIDIA GPUs (optional: needs the ``tensorrt`` package, PyTorch with CUDA and a GPU).
+
+``from_config`` finds the cached engine for the model/precision/GPU/versions in ``engines_dir`` (any
+profile; the widest) or builds one with the default profile (see ``build.engine``). Inference runs
+through the shared GPU path (``backends.gpu``): I/O in torch CUDA tensors bound with
+``set_tensor_address``, ``execute_async_v3`` on a dedicated stream, CUDA graphs after one warm run.
+Importing this module needs neither tensorrt nor torch.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
 from ..config import ModelConfig
-from ..errors import BackendUnavailable
+from ..errors import EngineError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..build.engine import CachedEngine, Shapes
+    from .gpu import GpuWindowRunner
+
+log = logging.getLogger(__name__)
+
+
+class TrtRunner:
+    """gpu.Runner for an ICudaEngine with one input (``frames``) and one output."""
+
+    def __init__(self, trt: Any, torch: Any, engine: Any, shapes: Shapes | None = None) -> None:
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise EngineError(f"the engine has inputs {inputs} and outputs {outputs}; one of each expected")
+        self.torch, self.engine, self.shapes = torch, engine, shapes
+        self.in_name, self.out_name = inputs[0], outputs[0]
+        self.dtype = _torch_dtype(trt, torch, engine.get_tensor_dtype(self.in_name))
+        self.out_dtype = _torch_dtype(trt, torch, engine.get_tensor_dtype(self.out_name))
+        self.memory_format = torch.contiguous_format  # data_ptr() must be NCHW memory
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
+        self._y: torch.Tensor | None = None
+
+    def prepare(self, x: torch.Tensor) -> None:
+        n, _, h, w = (int(v) for v in x.shape)
+        s = self.shapes
+        if s is not None and not (n <= s.batch and s.min[0] <= h <= s.max[0] and s.min[1] <= w <= s.max[1]):
+            raise EngineError(
+                f"input {h}x{w} (batch {n}) is outside the engine's profile {s.min[0]}x{s.min[1]}..{s.max[0]}x{s.max[1]} "
+                f"(batch <= {s.batch}); build one that covers it: stream-denoise build-engine MODEL --max-shape {h}x{w}")
+        if not x.is_contiguous():
+            raise EngineError("TensorRT input must be a contiguous NCHW tensor")
+        if not self.context.set_input_shape(self.in_name, tuple(x.shape)):
+            raise EngineError(f"TensorRT rejected input shape {tuple(x.shape)}")
+        out_shape = tuple(int(v) for v in self.context.get_tensor_shape(self.out_name))
+        self._y = self.torch.empty(out_shape, dtype=self.out_dtype, device=x.device)
+        ok = self.context.set_tensor_address(self.in_name, x.data_ptr())
+        ok = self.context.set_tensor_address(self.out_name, self._y.data_ptr()) and ok
+        if ok is False:
+            raise EngineError("TensorRT rejected the I/O tensor addresses")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stream = self.torch.cuda.current_stream(x.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise EngineError("TensorRT execution failed (see the TensorRT log)")
+        assert self._y is not None
+        return self._y
+
+    def close(self) -> None:
+        """The execution context goes before its engine."""
+        self._y = None
+        self.context = None
+
+
+def _torch_dtype(trt: Any, torch: Any, dt: Any) -> Any:
+    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+    if hasattr(trt.DataType, "BF16"):
+        table[trt.DataType.BF16] = torch.bfloat16
+    if dt not in table:
+        raise EngineError(f"engine I/O type {dt} is not supported (float32, float16, bfloat16)")
+    return table[dt]
 
 
 class TensorRTBackend:
     name = "tensorrt"
 
+    def __init__(self, cached: CachedEngine[Any], owner: Any = None, graphs: bool = True) -> None:
+        """``cached``: from build.engine.find_or_build; ``owner``: what holds its TensorRT runtime."""
+        from ..build.engine import Shapes, import_tensorrt
+        from .gpu import GpuExecutor, require_cuda
+
+        trt = import_tensorrt()
+        torch = require_cuda()
+        m = cached.manifest.get("model", {})
+        try:
+            self.frames, self.target, self.stride = int(m["frames"]), int(m["target"]), int(m["stride"])
+        except (KeyError, TypeError, ValueError):
+            raise EngineError(f"{cached.path}: its manifest lacks the model window (frames/target/stride)") from None
+        self.path, self.manifest = cached.path, cached.manifest
+        self.precision = cached.manifest.get("precision")
+        self._owner, self._engine = owner, cached.engine  # the runtime must outlive the engine
+        shapes = Shapes.from_profile(cached.manifest["profile"]) if "profile" in cached.manifest else None
+        self._executor = GpuExecutor(TrtRunner(trt, torch, cached.engine, shapes), "cuda", graphs=graphs)
+        log.info("tensorrt: %s (%s, window %d/%d)", self.path.name, self.precision, self.target, self.frames)
+
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> TensorRTBackend:
+        from ..build.engine import find_or_build, import_tensorrt
+        from .gpu import require_cuda
+
+        import_tensorrt()  # one line when TensorRT is missing, before anything about the GPU
+        require_cuda()
+        cached, owner = find_or_build(cfg.model, cfg.precision, None, cfg.engines_dir)
+        return cls(cached, owner)
+
+    @classmethod
+    def from_engine(cls, path: str | Path, graphs: bool = True) -> TensorRTBackend:
+        """An engine file built by ``build_engine`` (its ``.json`` manifest beside it)."""
+        from ..build.engine import _trt_logger, deserialize, import_tensorrt
+        from ..build.engine import CachedEngine as Cached
+
+        trt = import_tensorrt()
+        path = Path(path)
         try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            raise BackendUnavailable(
-                "TensorRT is not installed (see README 'GPU install' or docker/Dockerfile.gpu)"
-            ) from None
-        raise BackendUnavailable("the TensorRT runtime path is not built yet (issue: GPU inference)")
+            manifest = json.loads(path.with_suffix(".json").read_text())
+            data = path.read_bytes()
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"cannot read engine {path} or its manifest: {exc}") from None
+        logger = _trt_logger(trt)
+        runtime = trt.Runtime(logger)
+        return cls(Cached(path, manifest, deserialize(trt, runtime, logger, data), built=False), runtime, graphs)
+
+    @property
+    def executor(self) -> Any:
+        return self._executor
+
+    def window_runner(self) -> GpuWindowRunner:
+        """Frames in, denoised frames out, with the window kept on the GPU (see gpu.GpuWindowRunner)."""
+        from .gpu import GpuWindowRunner
+
+        return GpuWindowRunner(self._executor, self.frames, self.target, self.stride)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """x (N, 3K, H, W) float32 -> (N, 3, H, W) float32 (a reused buffer, valid until the next call)."""
+        return self._executor.infer_host(x)
+
+    def close(self) -> None:
+        self._executor.close()
+        self._engine = self._owner = None

@@ -1,8 +1,13 @@
-"""The PyTorch model itself: the reference backend on the CPU (``torch``) and the GPU (``cuda``)."""
+"""The PyTorch model itself: the reference backend on the CPU (``torch``) and the GPU (``cuda``).
+
+On the GPU it runs through the shared GPU path (``backends.gpu``): fp16 when asked, channels_last
+memory, a dedicated stream, static buffers and CUDA-graph replay after one warm run.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,40 +15,94 @@ from .. import zoo
 from ..config import ModelConfig
 from ..errors import BackendUnavailable
 
+if TYPE_CHECKING:
+    import torch
+
+    from .gpu import GpuExecutor, GpuWindowRunner
+
 log = logging.getLogger(__name__)
 
 
+class TorchRunner:
+    """gpu.Runner for an nn.Module: forward on the current stream."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
+        self.model, self.dtype, self.memory_format = model, dtype, memory_format
+
+    def prepare(self, x: torch.Tensor) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
 class TorchBackend:
-    def __init__(self, path: str, device: str = "cpu", threads: int | None = None, precision: str = "fp32") -> None:
+    def __init__(self, path: str, device: str = "cpu", threads: int | None = None, precision: str = "fp32",
+                 graphs: bool = True) -> None:
         try:
             import torch
         except ImportError as exc:
             raise BackendUnavailable("the torch backend needs PyTorch: pip install 'stream_denoise[torch]'") from exc
         from ..model import STRIDE, load_model
 
-        if device == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailable("no CUDA GPU is visible to PyTorch")
+        if device == "cuda":
+            from .gpu import require_cuda
+
+            require_cuda()
         if threads and device == "cpu":
             torch.set_num_threads(threads)
         self.torch, self.device = torch, torch.device(device)
         self.model = load_model(path).to(self.device)
         self.dtype = torch.float16 if precision == "fp16" and device == "cuda" else torch.float32
+        if precision == "int8":
+            log.warning("%s backend: int8 is for TensorRT engines; running %s", "cuda" if device == "cuda" else "torch", self.dtype)
         self.model = self.model.to(self.dtype)
+        self.memory_format = torch.contiguous_format
         if device == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True  # fixed shapes per stream: pick the fastest kernels once
+            self.memory_format = torch.channels_last
+            self.model = self.model.to(memory_format=self.memory_format)
         self.frames, self.target, self.stride = self.model.frames, self.model.target, STRIDE
         self.name = "torch" if device == "cpu" else "cuda"
+        self.graphs = graphs
+        self._executor: GpuExecutor | None = None
         log.info("%s: %s on %s (%s)", self.name, path, device, self.dtype)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, device: str) -> TorchBackend:
+        if device == "cuda":  # say "no GPU" before anything about model files
+            from .gpu import require_cuda
+
+            require_cuda()
         return cls(str(zoo.resolve(cfg.model, ".pt")), device, cfg.threads, cfg.precision)
 
+    @property
+    def executor(self) -> GpuExecutor:
+        """The shared GPU path (static buffers, stream, CUDA graphs); on the CPU the same code, eager."""
+        if self._executor is None:
+            from .gpu import GpuExecutor
+
+            runner = TorchRunner(self.model, self.dtype, self.memory_format)
+            self._executor = GpuExecutor(runner, self.device, graphs=self.graphs)
+        return self._executor
+
+    def window_runner(self) -> GpuWindowRunner:
+        """Frames in, denoised frames out, with the window kept on the device (see gpu.GpuWindowRunner)."""
+        from .gpu import GpuWindowRunner
+
+        return GpuWindowRunner(self.executor, self.frames, self.target, self.stride)
+
     def infer(self, x: np.ndarray) -> np.ndarray:
+        """x (N, 3K, H, W) float32 -> (N, 3, H, W) float32 (on cuda: a reused buffer, valid until the next call)."""
+        if self.device.type == "cuda":
+            return self.executor.infer_host(x)
         torch = self.torch
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device, self.dtype)
             return self.model(t).float().cpu().numpy()
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
         self.model = None  # type: ignore[assignment]

@@ -1,0 +1,313 @@
+"""The GPU runtime path shared by the ``cuda`` (PyTorch) and ``tensorrt`` backends.
+
+* :class:`GpuExecutor` runs one network (a :class:`Runner`) on static device tensors: a dedicated
+  CUDA stream, pinned host staging with ``non_blocking`` copies, and CUDA-graph replay of the network
+  after one warm (eager) run. A new input shape re-allocates the static tensors and recaptures
+  (addresses change only then). ``infer_host`` is the Backend protocol's host round trip.
+* :class:`GpuWindowRunner` keeps the temporal window on the GPU: each frame is uploaded once as
+  (H, W, 3) uint8, turned into a (3, Hp, Wp) plane there (float /255, reflect-padded to the stride)
+  and kept in a small LRU of planes; a window is K device copies into the static input; the output
+  is cropped, scaled and rounded to (H, W, 3) uint8 on the GPU and only that comes back.
+
+Both also run with ``device="cpu"`` (no stream, no pinning, no graphs): the same code path, which is
+how it is tested on machines without a GPU. Pre/post-processing match ``denoiser.Denoiser`` exactly
+(same reflection, x/255 in float32 arithmetic, +0.5 then truncation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from ..buffer import reflect_indices
+from ..errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+def require_cuda() -> Any:
+    """The torch module, when PyTorch sees a CUDA GPU; else BackendUnavailable with one line."""
+    try:
+        import torch
+    except ImportError:
+        raise BackendUnavailable("GPU backends need PyTorch with CUDA: pip install 'stream_denoise[torch]' (CUDA build)") from None
+    if not torch.cuda.is_available():
+        cpu_build = torch.version.cuda is None
+        raise BackendUnavailable("no CUDA GPU is visible to PyTorch" + (f" (PyTorch {torch.__version__} is a CPU build)" if cpu_build else ""))
+    return torch
+
+
+class Runner(Protocol):
+    """The network part of a GPU backend."""
+
+    dtype: torch.dtype  # of the input tensor (the output may differ)
+    memory_format: torch.memory_format  # of the static input (TensorRT: contiguous NCHW)
+
+    def prepare(self, x: torch.Tensor) -> None:
+        """``x`` is the new static input (new shape or address): bind it, allocate outputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Enqueue the network on the current stream; return the output (N, 3, H, W) tensor."""
+
+
+class GpuExecutor:
+    """Static I/O, one stream, CUDA graphs around a :class:`Runner`. Not thread-safe: one caller."""
+
+    def __init__(self, runner: Runner, device: str | torch.device = "cuda", graphs: bool = True) -> None:
+        import torch
+
+        self.torch, self.runner = torch, runner
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.graphs = graphs and self.cuda
+        self.captures = 0  # how many CUDA graphs were captured (one per input shape)
+        self._x: torch.Tensor | None = None
+        self._graph: Any = None
+        self._graph_out: torch.Tensor | None = None
+        self._warm = False
+        self._staging: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @contextlib.contextmanager
+    def on_stream(self) -> Iterator[None]:
+        """No autograd, and (on a GPU) this executor's stream as the current stream."""
+        with self.torch.no_grad(), (self.torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext()):
+            yield
+
+    @property
+    def graph_active(self) -> bool:
+        return self._graph is not None
+
+    def input(self, shape: Sequence[int]) -> torch.Tensor:
+        """The static input tensor for ``shape`` (N, 3K, H, W), in the runner's dtype; a new shape
+        re-allocates it, re-binds the runner and drops the captured graph."""
+        shape = tuple(int(s) for s in shape)
+        if self._x is None or tuple(self._x.shape) != shape:
+            with self.on_stream():
+                self._graph = self._graph_out = self._x = None
+                self._warm = False
+                x = self.torch.zeros(shape, dtype=self.runner.dtype, device=self.device)
+                x = x.contiguous(memory_format=self.runner.memory_format)
+                self.runner.prepare(x)  # may refuse the shape: then nothing stays bound
+                self._x = x
+        return self._x
+
+    def run(self) -> torch.Tensor:
+        """The network on the static input: eager the first time for a shape, then a captured CUDA
+        graph replayed. The output is overwritten by the next run."""
+        assert self._x is not None, "input() first"
+        with self.on_stream():
+            if self._graph is not None:
+                self._graph.replay()
+                return self._graph_out  # type: ignore[return-value]
+            if self.graphs and self._warm:
+                try:
+                    return self._capture()
+                except Exception as exc:  # some runners cannot be captured: keep going eagerly
+                    log.warning("CUDA graph capture failed (%s); running without CUDA graphs", str(exc).splitlines()[0][:200])
+                    self.graphs, self._graph, self._graph_out = False, None, None
+            out = self.runner.forward(self._x)
+            self._warm = True
+            return out
+
+    def _capture(self) -> torch.Tensor:
+        torch = self.torch
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+            out = self.runner.forward(self._x)
+        self._graph, self._graph_out = graph, out
+        self.captures += 1
+        log.debug("CUDA graph captured for input %s", tuple(self._x.shape))  # type: ignore[union-attr]
+        graph.replay()  # capturing does not execute
+        return out
+
+    def staging(self, name: str, shape: Sequence[int], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (pinned host, device) tensor pair reused while the shape and dtype stay (one tensor on CPU)."""
+        shape = tuple(int(s) for s in shape)
+        pair = self._staging.get(name)
+        if pair is None or tuple(pair[0].shape) != shape or pair[0].dtype != dtype:
+            host = self.torch.empty(shape, dtype=dtype, pin_memory=self.cuda)
+            dev = self.torch.empty(shape, dtype=dtype, device=self.device) if self.cuda else host
+            pair = self._staging[name] = (host, dev)
+        return pair
+
+    def synchronize(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()
+
+    def infer_host(self, x: np.ndarray) -> np.ndarray:
+        """Backend.infer: x (N, 3K, H, W) float32 in [0, 1] -> (N, 3, H, W) float32. The result is a
+        reused (pinned) buffer, valid until the next call."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        with self.on_stream():
+            host_in, dev_in = self.staging("in", x.shape, self.torch.float32)
+            np.copyto(host_in.numpy(), x)
+            if dev_in is not host_in:
+                dev_in.copy_(host_in, non_blocking=True)
+            self.input(x.shape).copy_(dev_in)  # cast to the runner's dtype/layout on the device
+            out = self.run()
+            host_out, dev_out = self.staging("out", out.shape, self.torch.float32)
+            dev_out.copy_(out)
+            if dev_out is not host_out:
+                host_out.copy_(dev_out, non_blocking=True)
+            self.synchronize()
+        return host_out.numpy()
+
+    def close(self) -> None:
+        """Wait for queued work, drop the graph and buffers, then the runner's own resources."""
+        self.synchronize()
+        self._graph = self._graph_out = self._x = None
+        self._staging.clear()
+        closer = getattr(self.runner, "close", None)
+        if closer is not None:
+            closer()
+
+
+def _reflect_index(size: int, i: int) -> int:
+    """Index of the i-th padded row/col after ``size`` (mirrored without the edge), as Denoiser._reflect."""
+    return min(max(size - 2 - (i % max(size - 1, 1)), 0), size - 1)
+
+
+class GpuWindowRunner:
+    """The temporal window on the GPU.
+
+    Two ways in: ``upload(key, pixels)`` + ``denoise(keys)`` for a caller that assembles windows
+    itself (Denoiser with its TemporalBuffer: key = (source, segment, index)), or ``push(pixels)`` /
+    ``flush()``, which follow TemporalBuffer's windows (reflection at the start and at flush) for one
+    stream. Frames are (H, W, 3) uint8 RGB; outputs are new (H, W, 3) uint8 RGB arrays.
+    """
+
+    def __init__(self, executor: GpuExecutor, frames: int, target: int, stride: int, cache_size: int | None = None) -> None:
+        self.ex, self.torch = executor, executor.torch
+        self.frames, self.target, self.stride = frames, target, stride
+        self.lookahead = frames - 1 - target
+        self.capacity = max(cache_size or 2 * frames + 2, frames)
+        self._slots: OrderedDict[Hashable, int] = OrderedDict()
+        self._hw: tuple[int, int] | None = None
+        self._t: dict[str, Any] = {}
+        self._count = self._next = self._segment = 0
+
+    # -- frames onto the GPU ----------------------------------------------------------------------
+
+    def _ensure_size(self, h: int, w: int) -> None:
+        if self._hw == (h, w):
+            return
+        torch, ex = self.torch, self.ex
+        s = self.stride
+        hp, wp = -(-h // s) * s, -(-w // s) * s
+        with ex.on_stream():
+            ex.synchronize()
+            pinned = dict(pin_memory=ex.cuda)
+            t = {"pool": torch.zeros((self.capacity, 3, hp, wp), dtype=ex.runner.dtype, device=ex.device),
+                 "u8_host": torch.empty((h, w, 3), dtype=torch.uint8, **pinned),
+                 "post": torch.empty((3, h, w), dtype=torch.float32, device=ex.device),
+                 "out_host": torch.empty((h, w, 3), dtype=torch.uint8, **pinned)}
+            t["u8_dev"] = torch.empty((h, w, 3), dtype=torch.uint8, device=ex.device) if ex.cuda else t["u8_host"]
+            t["out_dev"] = torch.empty((h, w, 3), dtype=torch.uint8, device=ex.device) if ex.cuda else t["out_host"]
+            t["uploaded"] = torch.cuda.Event() if ex.cuda else None
+        self._t, self._hw = t, (h, w)
+        self._slots.clear()
+
+    def upload(self, key: Hashable, pixels: np.ndarray) -> None:
+        """Put one frame on the GPU as a pre-processed plane (once per key; LRU of ``capacity``)."""
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+            raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got {pixels.shape} {pixels.dtype}")
+        self._ensure_size(pixels.shape[0], pixels.shape[1])
+        if key in self._slots:
+            self._slots.move_to_end(key)
+            return
+        slot = self._slots.popitem(last=False)[1] if len(self._slots) >= self.capacity else len(self._slots)
+        t, ex = self._t, self.ex
+        with ex.on_stream():
+            if t["uploaded"] is not None:
+                t["uploaded"].synchronize()  # the previous upload has left the pinned buffer
+            np.copyto(t["u8_host"].numpy(), pixels)
+            if t["u8_dev"] is not t["u8_host"]:
+                t["u8_dev"].copy_(t["u8_host"], non_blocking=True)
+                t["uploaded"].record(ex.stream)
+            self._preprocess(t["u8_dev"], t["pool"][slot])
+        self._slots[key] = slot
+
+    @staticmethod
+    def _preprocess(u8: torch.Tensor, plane: torch.Tensor) -> None:
+        """(H, W, 3) uint8 -> plane (3, Hp, Wp): x/255, reflect-padded at the bottom/right."""
+        h, w = u8.shape[0], u8.shape[1]
+        hp, wp = plane.shape[1], plane.shape[2]
+        core = plane[:, :h, :w]
+        core.copy_(u8.permute(2, 0, 1))
+        core.mul_(1 / 255)
+        for i in range(hp - h):
+            plane[:, h + i, :w].copy_(plane[:, _reflect_index(h, i), :w])
+        for j in range(wp - w):
+            plane[:, :, w + j].copy_(plane[:, :, _reflect_index(w, j)])
+
+    # -- windows ----------------------------------------------------------------------------------
+
+    def denoise(self, keys: Sequence[Hashable]) -> np.ndarray:
+        """The denoised target frame of the window ``keys`` (K uploaded frames, oldest -> newest)."""
+        if len(keys) != self.frames:
+            raise ValueError(f"need {self.frames} frames, got {len(keys)}")
+        missing = [k for k in keys if k not in self._slots]
+        if missing:
+            raise KeyError(f"frames not uploaded (or evicted): {missing}")
+        assert self._hw is not None
+        t, ex = self._t, self.ex
+        pool = t["pool"]
+        x = ex.input((1, 3 * self.frames, pool.shape[2], pool.shape[3]))
+        with ex.on_stream():
+            for k, key in enumerate(keys):
+                x[0, 3 * k : 3 * k + 3].copy_(pool[self._slots[key]])
+                self._slots.move_to_end(key)
+            y = ex.run()
+            h, w = self._hw
+            post = t["post"]
+            post.copy_(y[0, :, :h, :w])
+            post.mul_(255.0).add_(0.5).clamp_(0.0, 255.0)
+            t["out_dev"].copy_(post.permute(1, 2, 0))  # float -> uint8 truncates: x + 0.5 rounds
+            if t["out_dev"] is not t["out_host"]:
+                t["out_host"].copy_(t["out_dev"], non_blocking=True)
+            ex.synchronize()
+            return t["out_host"].numpy().copy()
+
+    def push(self, pixels: np.ndarray) -> np.ndarray | None:
+        """Add the next frame of the stream; return the frame that became ready (``lookahead``
+        frames behind), or None while the window fills. A size change needs ``flush()`` first."""
+        if self._count and self._hw != pixels.shape[:2]:
+            raise ValueError(f"frame size changed from {self._hw} to {pixels.shape[:2]}: call flush() first")
+        self.upload(("push", self._segment, self._count), pixels)
+        self._count += 1
+        if self._next + self.lookahead < self._count:
+            self._next += 1
+            return self._emit(self._next - 1)
+        return None
+
+    def flush(self) -> list[np.ndarray]:
+        """At the end of a stream: the frames still waiting for look-ahead; then start a new stream."""
+        out = [self._emit(t) for t in range(self._next, self._count)]
+        self.reset()
+        return out
+
+    def reset(self) -> None:
+        """Forget the stream position (planes already uploaded age out of the LRU)."""
+        self._segment += 1
+        self._count = self._next = 0
+
+    def _emit(self, t: int) -> np.ndarray:
+        idx = reflect_indices(t, self.frames, self.target, self._count)
+        return self.denoise([("push", self._segment, i) for i in idx])
+
+    def close(self) -> None:
+        self.ex.synchronize()
+        self._t.clear()
+        self._slots.clear()
+        self._hw = None

@@ -1,0 +1,112 @@
+"""The ``cuda`` backend and the shared GPU path (backends.gpu).
+
+Parametrised over ``device``: on the CPU the same GpuExecutor/GpuWindowRunner code runs eagerly and
+must equal the numpy Denoiser bit for bit; on a GPU (marked ``gpu``) within a level or two, and
+fp16 within the fp16 tolerance of ONNX Runtime fp32. CUDA-graph replay must equal the eager run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from stream_denoise.backends.torch import TorchBackend  # noqa: E402
+
+
+def test_window_runner_matches_the_denoiser(device, tiny_model, noisy_frames, denoiser_outputs, runner_outputs):
+    frames = noisy_frames(9, 30, 42)  # not multiples of 4: padding by reflection is exercised
+    ref = denoiser_outputs(TorchBackend(str(tiny_model), "cpu", threads=1), frames)
+    backend = TorchBackend(str(tiny_model), device, threads=1)
+    runner = backend.window_runner()
+    got = runner_outputs(runner, frames)
+    assert len(got) == len(ref) == len(frames)
+    for a, b in zip(ref, got):
+        assert b.shape == a.shape and b.dtype == np.uint8
+        diff = np.abs(a.astype(np.int16) - b)
+        if device == "cpu":
+            assert diff.max() == 0
+        else:  # cuDNN (TF32) vs CPU kernels: rounding flips of one level, rarely
+            assert diff.max() <= 2 and (diff > 0).mean() < 0.02
+    # a new size after flush(); a size change without it is refused
+    more = noisy_frames(6, 20, 24, seed=1)
+    assert len(runner_outputs(runner, more)) == 6
+    runner.push(more[0])
+    with pytest.raises(ValueError, match="flush"):
+        runner.push(noisy_frames(1, 16, 16)[0])
+
+
+def test_upload_and_denoise_by_key(device, tiny_model, noisy_frames):
+    from stream_denoise.denoiser import Denoiser
+
+    frames = noisy_frames(5, 24, 28)
+    runner = TorchBackend(str(tiny_model), device, threads=1).window_runner()
+    keys = [("cam", 0, i) for i in range(5)]
+    for k, f in zip(keys, frames):
+        runner.upload(k, f)
+        runner.upload(k, f)  # once per key
+    ref = Denoiser(TorchBackend(str(tiny_model), "cpu", threads=1)).denoise_window(frames)
+    diff = np.abs(runner.denoise(keys).astype(np.int16) - ref)
+    assert diff.max() <= (0 if device == "cpu" else 2)
+    with pytest.raises(KeyError, match="not uploaded"):
+        runner.denoise(keys[:4] + [("cam", 0, 99)])
+
+
+def test_host_round_trip_matches_the_model(device, tiny_model):
+    x = np.random.default_rng(0).random((1, 15, 32, 44), dtype=np.float32)
+    expected = TorchBackend(str(tiny_model), "cpu", threads=1).infer(x)
+    backend = TorchBackend(str(tiny_model), device, threads=1)
+    for _ in range(3):  # eager, then capture, then replay on a GPU
+        y = backend.infer(x)
+        assert y.shape == (1, 3, 32, 44) and y.dtype == np.float32
+        assert np.abs(y - expected).max() < (1e-6 if device == "cpu" else 3e-3)
+
+
+@pytest.mark.gpu
+def test_cuda_fp16_is_within_fp16_tolerance_of_onnxruntime_fp32(cuda, tiny_model, tmp_path):
+    from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend
+    from stream_denoise.build.export import export_onnx
+
+    ort = OnnxRuntimeBackend(export_onnx(tiny_model, tmp_path / "m.onnx"), threads=2)
+    backend = TorchBackend(str(tiny_model), "cuda", precision="fp16")
+    assert backend.dtype == cuda.float16
+    rng = np.random.default_rng(1)
+    for h, w in [(64, 96), (144, 176), (360, 640)]:
+        x = rng.random((1, 15, h, w), dtype=np.float32)
+        for _ in range(3):
+            assert np.abs(backend.infer(x) - ort.infer(x)).max() < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_graph_replay_equals_the_eager_run(cuda, tiny_model, precision):
+    graphed = TorchBackend(str(tiny_model), "cuda", precision=precision, graphs=True)
+    eager = TorchBackend(str(tiny_model), "cuda", precision=precision, graphs=False)
+    rng = np.random.default_rng(2)
+    xs = [rng.random((1, 15, 72, 128), dtype=np.float32) for _ in range(4)]
+    first = graphed.infer(xs[0]).copy()  # the warm (eager) run
+    for x in xs[1:] + [xs[0]]:
+        y = graphed.infer(x).copy()  # captured on the first of these, replayed after
+        assert np.allclose(y, eager.infer(x), rtol=0, atol=1e-6 if precision == "fp32" else 1e-3)
+    assert graphed.executor.graph_active and graphed.executor.captures == 1
+    assert np.array_equal(y, first)  # the replayed graph reproduces the eager result exactly
+    assert not eager.executor.graph_active and eager.executor.captures == 0
+    x2 = rng.random((1, 15, 40, 60), dtype=np.float32)  # a new shape: new buffers, recaptured
+    runs = [graphed.infer(x2).copy() for _ in range(3)]
+    assert graphed.executor.captures == 2
+    assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
+
+
+@pytest.mark.gpu
+def test_window_runner_graphs_and_fp16_on_the_gpu(cuda, tiny_model, tmp_path, noisy_frames, denoiser_outputs, runner_outputs):
+    from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend
+    from stream_denoise.build.export import export_onnx
+
+    frames = noisy_frames(12, 90, 160)
+    ref = denoiser_outputs(OnnxRuntimeBackend(export_onnx(tiny_model, tmp_path / "m.onnx"), threads=2), frames)
+    backend = TorchBackend(str(tiny_model), "cuda", precision="fp16")
+    got = runner_outputs(backend.window_runner(), frames)
+    assert backend.executor.graph_active
+    for a, b in zip(ref, got, strict=True):
+        assert np.abs(a.astype(np.int16) - b).max() <= 6  # fp16: 2e-2 of full scale is ~5 levels
