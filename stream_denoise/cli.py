@@ -129,12 +129,15 @@ def _install_stop() -> threading.Event:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .config import RunConfig, load_toml, parse
+    from .config import DeploymentConfig, RunConfig, check_config, parse
     from .pipeline import Pipeline
 
     data: dict[str, Any] = {}
     if a.config:
-        data = load_toml(a.config, RunConfig).model_dump(mode="json", exclude_none=True)
+        loaded = check_config(a.config)
+        if isinstance(loaded, DeploymentConfig):
+            return _run_deployment(a, loaded)
+        data = loaded.model_dump(mode="json", exclude_none=True)
     src = dict(data.get("source", {}))
     if a.source:
         src["uri"] = a.source
@@ -174,6 +177,43 @@ def cmd_run(a: argparse.Namespace) -> int:
     with Pipeline(cfg) as pipeline:
         m = pipeline.run(stop)
     log.info("published %d frames", m.frames_out)
+    return 0
+
+
+def _run_deployment(a: argparse.Namespace, cfg: Any) -> int:
+    """`run --config FILE` where FILE has [[cameras]]: every camera in one process (multicam)."""
+    from .config import DeploymentConfig, parse
+    from .errors import ConfigError
+    from .multicam import MultiCamera
+
+    per_camera = {"--source": a.source, "--output": a.output, "--record-input": a.record_input,
+                  "--loop": a.loop, "--realtime": a.realtime, "--no-publish": a.no_publish}
+    given = [flag for flag, value in per_camera.items() if value]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: not with a multi-camera config ({a.config}); "
+                          "set sources per camera in its [[cameras]] tables")
+    data = cfg.model_dump(mode="json", exclude_unset=True)  # unset: camera model overrides stay partial
+    if a.publish or a.encoding:
+        pub = dict(data.get("publish") or {})
+        if a.publish:
+            pub["endpoint"] = a.publish
+        if a.encoding:
+            pub["encoding"] = a.encoding
+        data["publish"] = pub
+    data["model"] = _model_cfg(a, data.get("model"))
+    if a.max_frames:
+        data["max_frames"] = a.max_frames
+    if a.status_interval:
+        data["status_interval_s"] = a.status_interval
+    if a.metrics_port is not None:
+        data["metrics_port"] = a.metrics_port
+    cfg = parse(DeploymentConfig, data, origin="flags")
+    if not (a.verbose or a.quiet):  # -v/-q win over the file's log_level
+        logging.getLogger().setLevel(cfg.log_level.upper())
+    stop = _install_stop()
+    with MultiCamera(cfg) as mc:
+        metrics = mc.run(stop)
+    log.info("published %d frames from %d cameras", sum(m.frames_out for m in metrics.values()), len(metrics))
     return 0
 
 
@@ -222,10 +262,11 @@ def cmd_keygen(a: argparse.Namespace) -> int:
 
 
 def cmd_check_config(a: argparse.Namespace) -> int:
-    from .config import RunConfig, load_toml
+    from .config import DeploymentConfig, check_config
 
-    load_toml(a.config, RunConfig)
-    print(f"{a.config}: ok")
+    cfg = check_config(a.config)  # every bad field with its line, on one error line
+    kind = f"{len(cfg.cameras)} cameras" if isinstance(cfg, DeploymentConfig) else "one camera"
+    print(f"{a.config}: ok ({kind})")
     return 0
 
 

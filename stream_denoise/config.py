@@ -149,3 +149,244 @@ def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
                 found, start = i + 1, i
                 break
     return found
+
+
+# =====================================================================================================
+# Many cameras in one process (stream_denoise.multicam) and `check-config` for either kind of file.
+# =====================================================================================================
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class BatchConfig(Strict):
+    """How windows of several cameras are gathered into one backend call (same frame size only)."""
+
+    max_size: int = Field(8, ge=1, le=64, description="Most windows in one inference call.")
+    max_wait_ms: float = Field(
+        4.0, ge=0, le=100,
+        description="After the first window arrives, wait at most this long for other cameras' windows.",
+    )
+
+
+class CameraConfig(Strict):
+    """One camera of a deployment: its source, topic, window and (optionally) its own model."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="Unique name: the frames' source, the default topic and the metrics label.")
+    source: SourceConfig = Field(description="Where frames come from; a plain string is taken as the URI.")
+    topic: str | None = Field(None, min_length=1, max_length=128,
+                              description="ZeroMQ topic of this camera's frames; defaults to the name.")
+    window: Window | None = Field(None, description="centered or causal; None = the model's own.")
+    max_fps: float | None = Field(None, gt=0, le=1000, description="Drop frames above this rate (newest wins).")
+    model: ModelConfig | None = Field(
+        None, description="Per-camera override: the keys given here replace those of the deployment's [model].")
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _uri_shorthand(cls, v: Any) -> Any:
+        return {"uri": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_fps_cap(self) -> CameraConfig:
+        if self.max_fps is not None and self.source.max_fps is not None and self.max_fps != self.source.max_fps:
+            _fail("fps_cap_twice", f"the camera's max_fps is {self.max_fps:g}: set the cap once",
+                  ("source", "max_fps"), self.source.max_fps)
+        return self
+
+    @property
+    def effective_topic(self) -> str:
+        return self.topic if self.topic is not None else self.name
+
+    def source_config(self) -> SourceConfig:
+        """The source with the camera's name (frames carry it as ``Frame.source``) and fps cap."""
+        return self.source.model_copy(update={"name": self.name, "max_fps": self.max_fps or self.source.max_fps})
+
+    def model_config_for(self, default: ModelConfig) -> ModelConfig:
+        """``default`` with this camera's overrides (and its window) applied."""
+        update: dict[str, Any] = {}
+        if self.model is not None:
+            update = {k: getattr(self.model, k) for k in self.model.model_fields_set}
+        if self.window is not None:
+            update["window"] = self.window
+            if self.window == "causal" and update.get("model", default.model) in ("auto", "lite"):
+                update["model"] = "lite-causal"  # the shipped causal twin, as `run --window causal` does
+        return default.model_copy(update=update) if update else default
+
+
+class DeploymentConfig(Strict):
+    """Several cameras in one process: one shared backend per model, one publishing socket."""
+
+    cameras: list[CameraConfig] = Field(min_length=1, max_length=256, description="The cameras ([[cameras]] tables).")
+    model: ModelConfig = ModelConfig()
+    publish: PublishConfig = PublishConfig()
+    batch: BatchConfig = BatchConfig()
+    log_level: LogLevel = Field("info", description="Logging level of the process.")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve /metrics and /healthz on this port.")
+    metrics_host: str = Field("127.0.0.1", min_length=1, description="Address of the metrics server (0.0.0.0 in containers).")
+    status_interval_s: float = Field(5.0, gt=0, le=3600, description="Seconds between status lines.")
+    max_frames: int | None = Field(None, ge=1, description="Stop each camera after this many frames (tests, demos).")
+
+    @model_validator(mode="after")
+    def _topics_and_names(self) -> DeploymentConfig:
+        if self.publish.topic is not None:
+            _fail("shared_topic", "topics are set per camera in a deployment ([[cameras]] topic)",
+                  ("publish", "topic"), self.publish.topic)
+        names: dict[str, int] = {}
+        topics: dict[str, int] = {}
+        for i, cam in enumerate(self.cameras):
+            if cam.name in names:
+                _fail("duplicate_camera", f"camera name {cam.name!r} is already used by cameras[{names[cam.name]}]",
+                      ("cameras", i, "name"), cam.name)
+            names[cam.name] = i
+            topic, field = cam.effective_topic, "topic" if cam.topic is not None else "name"
+            for other, j in topics.items():
+                if topic == other or topic.startswith(other) or other.startswith(topic):
+                    why = "is also" if topic == other else "overlaps (ZeroMQ topics match by prefix)"
+                    _fail("duplicate_topic", f"topic {topic!r} {why} the topic {other!r} of cameras[{j}]",
+                          ("cameras", i, field), topic)
+            topics[topic] = i
+        return self
+
+
+def _fail(kind: str, message: str, loc: tuple[int | str, ...], value: Any) -> None:
+    """Raise a ValidationError located at ``loc`` (so the TOML line of that key can be reported)."""
+    from pydantic_core import InitErrorDetails, PydanticCustomError
+
+    detail = InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=value)
+    raise ValidationError.from_exception_data("config", [detail])
+
+
+class ConfigProblems(ConfigError):
+    """Every problem of a config file; ``problems`` holds one ``FILE:LINE: key: message`` per bad field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def check_config(path: str | Path) -> RunConfig | DeploymentConfig:
+    """Load and validate ``path``: a DeploymentConfig when it has ``cameras``, else a RunConfig.
+
+    Stricter than :func:`load_toml`: values must already have the right TOML type (``"5"`` is not a
+    number, ``"yes"`` is not a boolean). Raises :class:`ConfigProblems` listing every bad field with
+    its line in the file.
+    """
+    import json
+
+    try:
+        text = Path(path).read_text()
+        data = tomllib.loads(text)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    model: type[RunConfig] | type[DeploymentConfig] = DeploymentConfig if "cameras" in data else RunConfig
+    errors: list[Any] = []
+    cfg: RunConfig | DeploymentConfig | None = None
+    try:
+        cfg = model.model_validate(data)
+    except ValidationError as exc:
+        errors = list(exc.errors())
+    try:  # the same file as JSON, strictly: catches values that only coerce ("5" for 5)
+        model.model_validate_json(json.dumps(data, default=str), strict=True)
+    except ValidationError as exc:
+        seen = {tuple(e["loc"]) for e in errors}
+        errors += [e for e in exc.errors() if _given(data, e["loc"]) and tuple(e["loc"]) not in seen]
+    if errors or cfg is None:
+        lines = _key_lines(text)
+        located = sorted(((_line_for(tuple(e["loc"]), lines) or 0, e) for e in errors), key=lambda p: p[0])
+        raise ConfigProblems([_describe(str(path), e, line) for line, e in located])
+    return cfg
+
+
+def _given(data: Any, loc: tuple[int | str, ...]) -> bool:
+    """Whether ``loc`` names a value present in the file (strict checks of defaults are not the user's)."""
+    for part in loc:
+        in_table = isinstance(data, dict) and part in data
+        in_array = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        if not (in_table or in_array):
+            return False
+        data = data[part]
+    return True
+
+
+def _describe(origin: str, err: Any, line: int) -> str:
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "(file)"
+    return f"{origin}:{line}: {key}: {err['msg']}" if line else f"{origin}: {key}: {err['msg']}"
+
+
+def _line_for(loc: tuple[int | str, ...], lines: dict[tuple[int | str, ...], int]) -> int | None:
+    """Line of the deepest part of ``loc`` written in the file (skipping parts that are not keys)."""
+    prefixes = {k[:n] for k in lines for n in range(1, len(k) + 1)}
+    path: tuple[int | str, ...] = ()
+    best = None
+    for part in loc:
+        if path + (part,) in prefixes:
+            path += (part,)
+            best = lines.get(path, best)
+    return best
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=(.*)$""")
+
+
+def _split_key(key: str) -> tuple[str, ...]:
+    parts = re.findall(r"""[A-Za-z0-9_-]+|"[^"]*"|'[^']*'""", key)
+    return tuple(p[1:-1] if p[:1] in "\"'" else p for p in parts)
+
+
+def _key_lines(text: str) -> dict[tuple[int | str, ...], int]:
+    """Line (1-based) of every key and table of a TOML text, by path; ``[[array]]`` entries get indices.
+
+    Enough TOML for config files: tables, arrays of tables, dotted and quoted keys, values spanning
+    lines (arrays, inline tables, multi-line strings) skipped. Keys inside inline tables map to the
+    line of the table's own key.
+    """
+    out: dict[tuple[int | str, ...], int] = {}
+    counts: dict[tuple[int | str, ...], int] = {}
+    table: tuple[int | str, ...] = ()
+
+    def resolve(keys: tuple[str, ...]) -> tuple[int | str, ...]:
+        path: tuple[int | str, ...] = ()
+        for k in keys:
+            path += (k,)
+            if path in counts:
+                path += (counts[path],)
+        return path
+
+    skip_until: str | None = None  # closing delimiter of a multi-line value
+    depth = 0
+    for no, line in enumerate(text.splitlines(), start=1):
+        if skip_until is not None:
+            if skip_until in line:
+                skip_until = None
+            continue
+        if depth:
+            depth += _depth(line)
+            continue
+        if m := _HEADER.match(line):
+            keys = _split_key(m.group(2))
+            if m.group(1) == "[[":
+                parent = resolve(keys[:-1]) + (keys[-1],)
+                counts[parent] = counts.get(parent, -1) + 1
+                out.setdefault(parent, no)
+                table = parent + (counts[parent],)
+            else:
+                table = resolve(keys)
+            out.setdefault(table, no)
+        elif m := _KEY.match(line):
+            out.setdefault(table + _split_key(m.group(1)), no)
+            value = m.group(2).strip()
+            for quote in ('"""', "'''"):
+                if value.startswith(quote) and value.count(quote) == 1:
+                    skip_until = quote
+            if skip_until is None and value[:1] in "[{":
+                depth = _depth(value)
+    return out
+
+
+def _depth(s: str) -> int:
+    """Net bracket depth of ``s``, ignoring brackets inside simple strings and comments."""
+    s = re.sub(r'"(\\.|[^"\\])*"|\'[^\']*\'', "", s).split("#", 1)[0]
+    return s.count("[") + s.count("{") - s.count("]") - s.count("}")

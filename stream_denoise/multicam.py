@@ -1,0 +1,474 @@
+"""Many cameras in one process: one source and worker per camera, one batched backend per model,
+one publishing socket.
+
+::
+
+    camera i: source (reader thread) -> worker i: Denoiser (own TemporalBuffer, pre/post)
+                                                    |  infer(1, 3K, H, W)
+                                                    v
+              BatchingBackend (one thread per model): same-size windows of several cameras -> one
+              backend.infer(N, 3K, H, W) call -> rows back to their workers
+                                                    |
+    worker i: Publisher.send(frame, topic i)  (one PUB socket shared under a lock; it never blocks)
+
+Each camera keeps its own temporal buffer, topic and metrics; only inference is shared. A camera's
+worker is *busy* from the moment it has a new frame until its windows are denoised. The batcher
+runs a batch as soon as every busy camera has submitted its window, or ``batch.max_wait_ms`` after
+the first one arrived, whichever comes first; cameras of another frame size go in another batch. A
+stalled, reconnecting or dead camera is not busy, so nothing ever waits for it; its worker sits in
+``source.read`` with a short timeout and the others go on.
+
+Live cameras (RTSP, USB) are opened in their worker, retried with capped backoff while unreachable
+(``source.reconnect``), so one camera that is down at start does not stop the deployment; files are
+opened at construction and a bad path raises there. ``run`` raises only when *every* camera failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import numpy as np
+
+from .backends import Backend
+from .config import CameraConfig, DeploymentConfig, ModelConfig
+from .denoiser import Denoiser
+from .errors import BackendUnavailable, SourceError, SourceTimeout, StreamDenoiseError
+from .frame import Frame
+from .metrics import Metrics
+from .sources import Source
+
+log = logging.getLogger(__name__)
+
+READ_POLL_S = 0.2  # a worker re-checks the stop flag at least this often
+_WAIT_POLL_S = 0.5  # a worker waiting for its batch re-checks that the batcher is alive this often
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batching: several cameras, one backend call
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(eq=False)  # identity: requests are removed from the pending list by identity
+class _Request:
+    x: np.ndarray  # (1, 3K, H, W)
+    key: tuple[object, ...]  # windows with equal keys can share a batch
+    at: float = field(default_factory=time.monotonic)  # when it was submitted
+    done: threading.Event = field(default_factory=threading.Event)
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    windows: int = 0
+    largest: int = 0
+    infer_s: float = 0.0  # seconds spent in backend.infer
+
+    @property
+    def mean_size(self) -> float:
+        return self.windows / self.batches if self.batches else 0.0
+
+
+class BatchingBackend:
+    """Shares one :class:`Backend` among cameras: concurrent ``infer`` calls whose inputs have the
+    same shape run as one ``(N, 3K, H, W)`` call (N <= ``max_size``).
+
+    Each camera gets its own :meth:`client` (a Backend for its :class:`Denoiser`) and marks itself
+    :meth:`BatchClient.busy` while it works on a frame; a batch waits only for busy cameras, and at
+    most ``max_wait_s`` after its first window.
+    """
+
+    def __init__(self, backend: Backend, max_size: int = 8, max_wait_s: float = 0.004) -> None:
+        self.backend = backend
+        self.max_size, self.max_wait_s = max_size, max_wait_s
+        self.stats = BatchStats()
+        self._pending: list[_Request] = []
+        self._busy = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name=f"batch:{backend.name}", daemon=True)
+        self._thread.start()
+
+    def client(self) -> BatchClient:
+        return BatchClient(self)
+
+    # -- called by clients -------------------------------------------------------------------------
+    def _submit(self, x: np.ndarray) -> np.ndarray:
+        req = _Request(x, (x.shape[1:], x.dtype))
+        with self._cond:
+            if self._closed:
+                raise BackendUnavailable(f"{self.backend.name}: the shared backend is closed")
+            self._pending.append(req)
+            self._cond.notify_all()
+        while not req.done.wait(_WAIT_POLL_S):
+            if not self._thread.is_alive():
+                raise BackendUnavailable(f"{self.backend.name}: the batching thread stopped")
+        if req.error is not None:
+            raise req.error
+        assert req.result is not None
+        return req.result
+
+    def _set_busy(self, delta: int) -> None:
+        with self._cond:
+            self._busy += delta
+            self._cond.notify_all()
+
+    # -- the batching thread ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    for r in self._pending:
+                        r.error = BackendUnavailable(f"{self.backend.name}: the shared backend was closed")
+                        r.done.set()
+                    self._pending.clear()
+                    return
+                group = self._gather()
+            self._run(group)
+
+    def _gather(self) -> list[_Request]:
+        """(Under the lock.) The next batch: the oldest window and up to max_size - 1 of its size."""
+        deadline = self._pending[0].at + self.max_wait_s
+        while True:
+            key = self._pending[0].key
+            group = [r for r in self._pending if r.key == key][: self.max_size]
+            still_working = self._busy - len(self._pending)  # busy cameras that have not submitted yet
+            left = deadline - time.monotonic()
+            if len(group) >= self.max_size or still_working <= 0 or left <= 0 or self._closed:
+                break
+            self._cond.wait(left)
+        for r in group:
+            self._pending.remove(r)
+        return group
+
+    def _run(self, group: list[_Request]) -> None:
+        x = group[0].x if len(group) == 1 else np.concatenate([r.x for r in group])
+        t0 = time.perf_counter()
+        try:
+            y = self.backend.infer(x)
+            for i, r in enumerate(group):
+                r.result = y[i : i + 1].copy()  # the backend reuses its output buffer
+        except Exception as exc:  # handed to every waiting camera, which reports it
+            for r in group:
+                r.error = exc
+        finally:
+            for r in group:
+                r.done.set()
+        s = self.stats
+        s.batches += 1
+        s.windows += len(group)
+        s.largest = max(s.largest, len(group))
+        s.infer_s += time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Stop the batching thread (pending windows fail) and close the backend; idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+        self.backend.close()
+
+
+class BatchClient:
+    """One camera's view of a :class:`BatchingBackend`: a Backend whose ``infer`` joins a batch."""
+
+    def __init__(self, owner: BatchingBackend) -> None:
+        self._owner = owner
+        b = owner.backend
+        self.name, self.frames, self.target, self.stride = b.name, b.frames, b.target, b.stride
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """x: (1, 3K, H, W) float32 -> (1, 3, H, W) float32, computed in a batch with other cameras."""
+        return self._owner._submit(x)
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Mark this camera as working on a frame: batches wait (briefly) for its windows."""
+        self._owner._set_busy(1)
+        try:
+            yield
+        finally:
+            self._owner._set_busy(-1)
+
+    def close(self) -> None:
+        """Nothing to do: the shared backend is closed by its owner."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# One camera
+# ---------------------------------------------------------------------------------------------------
+
+def _live_uri(uri: str) -> bool:
+    """Same rule as :func:`stream_denoise.sources.open_source`: RTSP and local cameras are live."""
+    return bool(re.match(r"^rtsps?://", uri, re.IGNORECASE)) or uri.isdigit() or uri.startswith("/dev/video")
+
+
+class Camera:
+    """One camera of a :class:`MultiCamera`: its source, temporal buffer (in its Denoiser), topic, metrics."""
+
+    def __init__(self, cfg: CameraConfig, client: BatchClient, window: str | None, max_frames: int | None) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.topic = cfg.effective_topic
+        self.source_cfg = cfg.source_config()
+        self.client = client
+        self.denoiser = Denoiser(client, window)  # one temporal buffer per camera; inference shared
+        self.metrics = Metrics()
+        self.max_frames = max_frames
+        self.source: Source | None = None
+        self.state = "starting"  # starting, connecting, running, ended, failed
+        self.error: StreamDenoiseError | None = None
+        self.published = self.publish_dropped = 0
+        if not _live_uri(self.source_cfg.uri):
+            self.source = self._open()  # a bad file path is a config error: raise now
+
+    def _open(self) -> Source:
+        from .sources import open_source
+
+        return open_source(self.source_cfg)
+
+    def _connect(self, stop: threading.Event) -> Source | None:
+        """Open a live source, retrying with capped backoff while ``reconnect``; None when stopped."""
+        delay = self.source_cfg.backoff_initial_s
+        self.state = "connecting"
+        while not stop.is_set():
+            try:
+                return self._open()
+            except SourceError as exc:
+                if not self.source_cfg.reconnect:
+                    raise
+                log.warning("%s; retrying in %.1f s", exc, delay)
+            if stop.wait(delay):
+                break
+            delay = min(2 * delay, self.source_cfg.backoff_max_s)
+        return None
+
+    def run(self, stop: threading.Event, publish: Callable[[Camera, Frame], None]) -> None:
+        """The worker: read, denoise, publish until the source ends, max_frames, or ``stop``."""
+        try:
+            if self.source is None:
+                self.source = self._connect(stop)
+                if self.source is None:
+                    self.state = "ended"
+                    return
+            self.state = "running"
+            m = self.metrics
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    frame = self.source.read(timeout=READ_POLL_S)
+                except SourceTimeout:
+                    m.source_timeouts += 1
+                    continue
+                if frame is None:
+                    break
+                m.latency["wait"].add(time.perf_counter() - t0)
+                m.frames_in += 1
+                with self.client.busy():
+                    out = self.denoiser.push(frame)
+                self._emit(out, publish)
+                if self.max_frames is not None and m.frames_in >= self.max_frames:
+                    break
+            with self.client.busy():
+                out = self.denoiser.flush()
+            self._emit(out, publish)
+            self.state = "ended"
+        except StreamDenoiseError as exc:
+            self.state, self.error = "failed", exc
+            log.error("%s: camera stopped: %s", self.name, exc)
+        except Exception as exc:  # a bug must not take the other cameras down
+            self.state, self.error = "failed", StreamDenoiseError(f"{self.name}: {exc}")
+            log.exception("%s: camera worker failed", self.name)
+
+    def _emit(self, frames: list[Frame], publish: Callable[[Camera, Frame], None]) -> None:
+        t = self.denoiser.times
+        for f in frames:
+            for k in ("pre", "infer", "post"):
+                self.metrics.latency[k].add(getattr(t, k))
+            publish(self, f)
+
+    @property
+    def connected(self) -> bool:
+        return self.source is not None and self.source.stats.connected
+
+    def status_line(self) -> str:
+        s = self.source.stats if self.source is not None else None
+        return f"{self.name} [{self.state}] " + self.metrics.status(
+            s.frames_dropped if s else 0, s.reconnects if s else 0, self.publish_dropped)
+
+    def snapshot(self) -> dict[str, float | int]:
+        snap = self.metrics.snapshot()
+        s = self.source.stats if self.source is not None else None
+        snap.update(up=int(self.connected), failed=int(self.state == "failed"),
+                    published=self.published, publish_dropped=self.publish_dropped,
+                    source_frames_decoded=s.frames_decoded if s else 0,
+                    source_frames_dropped=s.frames_dropped if s else 0,
+                    source_reconnects=s.reconnects if s else 0,
+                    source_decode_errors=s.decode_errors if s else 0)
+        return snap
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The deployment
+# ---------------------------------------------------------------------------------------------------
+
+class MultiCamera:
+    """``with MultiCamera(cfg) as mc: mc.run(stop_event)``; resources close in reverse order.
+
+    ``backend_factory`` builds the backend of each distinct (per-camera) model config; the default is
+    :func:`stream_denoise.backends.create_backend`.
+    """
+
+    def __init__(self, cfg: DeploymentConfig,
+                 backend_factory: Callable[[ModelConfig], Backend] | None = None) -> None:
+        from .backends import create_backend
+        from .publish import Publisher
+
+        factory = backend_factory or create_backend
+        self.cfg = cfg
+        self._closers: list[Callable[[], None]] = []
+        self._lock = threading.Lock()  # the PUB socket is used by one thread at a time
+        self.health = None
+        self.batchers: dict[ModelConfig, BatchingBackend] = {}
+        self.cameras: list[Camera] = []
+        try:
+            # bind first: subscribers connect while the models load
+            self.publisher = Publisher(cfg.publish)
+            self._closers.append(self.publisher.close)
+            for cam_cfg in cfg.cameras:
+                model = cam_cfg.model_config_for(cfg.model)
+                key = model.model_copy(update={"window": None})  # the window is checked per camera, not built
+                if key not in self.batchers:
+                    batcher = BatchingBackend(factory(key), cfg.batch.max_size, cfg.batch.max_wait_ms / 1000)
+                    self.batchers[key] = batcher
+                    self._closers.append(batcher.close)
+                cam = Camera(cam_cfg, self.batchers[key].client(), model.window, cfg.max_frames)
+                self.cameras.append(cam)
+                self._closers.append(cam.close)
+            if cfg.metrics_port is not None:
+                from .health import HealthServer
+
+                self.health = HealthServer(cfg.metrics_port, self.snapshot, host=cfg.metrics_host)
+                self._closers.append(self.health.close)
+        except BaseException:
+            self.close()
+            raise
+        self.ready = threading.Event()
+
+    def camera(self, name: str) -> Camera:
+        for cam in self.cameras:
+            if cam.name == name:
+                return cam
+        raise KeyError(name)
+
+    def run(self, stop: threading.Event | None = None) -> dict[str, Metrics]:
+        """Run every camera until all have ended or ``stop`` is set; metrics per camera name.
+
+        Raises the first camera's error when every camera failed.
+        """
+        stop = stop or threading.Event()
+        workers = [threading.Thread(target=cam.run, args=(stop, self._publish), name=f"camera:{cam.name}", daemon=True)
+                   for cam in self.cameras]
+        status_stop = threading.Event()
+        status = threading.Thread(target=self._status_loop, args=(status_stop,), name="status", daemon=True)
+        for w in workers:
+            w.start()
+        status.start()
+        self.ready.set()
+        log.info("running %d camera(s) -> %s, %d model(s), batches of up to %d", len(self.cameras),
+                 self.publisher.endpoint, len(self.batchers), self.cfg.batch.max_size)
+        try:
+            while any(w.is_alive() for w in workers) and not stop.is_set():
+                for w in workers:
+                    w.join(timeout=0.1)
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(timeout=30)
+            status_stop.set()
+            status.join(timeout=5)
+            for line in self.status_lines():
+                log.info("done: %s", line)
+        failed = [c for c in self.cameras if c.state == "failed"]
+        if failed and len(failed) == len(self.cameras) and failed[0].error is not None:
+            raise failed[0].error
+        return {c.name: c.metrics for c in self.cameras}
+
+    def _publish(self, cam: Camera, frame: Frame) -> None:
+        t0 = time.perf_counter()
+        with self._lock:
+            sent = self.publisher.send(frame, cam.topic)
+        now = time.time()
+        m = cam.metrics
+        if sent:
+            cam.published += 1
+        else:
+            cam.publish_dropped += 1
+        m.latency["publish"].add(time.perf_counter() - t0)
+        m.latency["e2e"].add(now - frame.captured_at)
+        m.frames_out += 1
+        m.last_output_at = now
+
+    def _status_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.cfg.status_interval_s):
+            for line in self.status_lines():
+                log.info("%s", line)
+
+    def status_lines(self) -> list[str]:
+        """One line per camera and one per shared model (batch sizes)."""
+        lines = [cam.status_line() for cam in self.cameras]
+        for model, b in self.batchers.items():
+            s = b.stats
+            lines.append(f"model {model.model} ({b.backend.name}): {s.batches} batches, mean size {s.mean_size:.2f}, "
+                         f"largest {s.largest}")
+        return lines
+
+    def snapshot(self) -> dict[str, float | int]:
+        """Totals (``frames_out``, ``last_output_at`` drive /healthz: healthy while any camera publishes)
+        and per-camera values as Prometheus labels: ``camera_frames_out{camera="gate"}``."""
+        cams = [(c, c.snapshot()) for c in self.cameras]
+        snap: dict[str, float | int] = {
+            "cameras": len(cams),
+            "cameras_up": sum(int(s["up"]) for _, s in cams),
+            "cameras_failed": sum(int(s["failed"]) for _, s in cams),
+            "frames_in": sum(int(s["frames_in"]) for _, s in cams),
+            "frames_out": sum(int(s["frames_out"]) for _, s in cams),
+            "last_output_at": max((float(s["last_output_at"]) for _, s in cams), default=0.0),
+            "publish_sent": self.publisher.sent,
+            "publish_dropped": self.publisher.dropped,
+            "batches": sum(b.stats.batches for b in self.batchers.values()),
+            "batch_windows": sum(b.stats.windows for b in self.batchers.values()),
+        }
+        for cam, s in cams:
+            label = cam.name.replace("\\", "\\\\").replace('"', '\\"')
+            for key, value in s.items():
+                snap[f'camera_{key}{{camera="{label}"}}'] = value
+        return snap
+
+    def close(self) -> None:
+        while self._closers:
+            try:
+                self._closers.pop()()
+            except Exception as exc:  # closing must go on for the rest
+                log.warning("error while closing: %s", exc)
+
+    def __enter__(self) -> MultiCamera:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
