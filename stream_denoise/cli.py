@@ -111,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, default=Path("engines"))
     g.add_argument("--workspace-mb", type=int, default=1024)
 
+    q = sub.add_parser("calibrate", help="calibration set from a camera's recordings + an INT8 model made with it")
+    q.add_argument("clips", nargs="+", type=Path, help="recorded noisy clips of the camera")
+    q.add_argument("--model", default="lite", help="fp32 model: shipped name or .pt/.onnx path (default lite)")
+    q.add_argument("--out", type=Path, default=Path("calibration"), help="directory for <clip>.npz and <model>-<clip>.int8.onnx")
+    q.add_argument("--windows", type=int, default=256, help="calibration windows (default 256)")
+    q.add_argument("--size", default=None, metavar="HxW", help="crop windows to HEIGHTxWIDTH, multiples of 4 (default: whole frames)")
+    q.add_argument("--target", choices=["cpu", "tensorrt"], default="cpu", help="cpu: ONNX Runtime (uint8); tensorrt: symmetric int8 Q/DQ")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=None, help="CPU threads for the held-out check")
+
     b = sub.add_parser("bench", help="quality/speed benchmarks (source checkout only): bench [quality|speed|all] [--quick]")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of `python -m benchmarks`")
     return p
@@ -285,6 +295,15 @@ def cmd_build_engine(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from .build.calibrate import calibrate, parse_size
+
+    npz, int8 = calibrate(a.clips, a.model, a.out, a.windows, parse_size(a.size) if a.size else None,
+                          seed=a.seed, target=a.target, threads=a.threads)
+    print(f"calibration set: {npz}\nINT8 model: {int8}")
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     try:
         from benchmarks.__main__ import main as bench_main
@@ -295,7 +314,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return bench_main(a.rest)
 
 
-COMMANDS = {"bench": cmd_bench, "build-engine": cmd_build_engine, "run": cmd_run, "denoise": cmd_denoise, "subscribe": cmd_subscribe, "fine-tune": cmd_fine_tune,
+COMMANDS = {"bench": cmd_bench, "calibrate": cmd_calibrate, "build-engine": cmd_build_engine, "run": cmd_run, "denoise": cmd_denoise, "subscribe": cmd_subscribe, "fine-tune": cmd_fine_tune,
             "export": cmd_export, "keygen": cmd_keygen, "check-config": cmd_check_config, "demo": cmd_demo}
 
 
