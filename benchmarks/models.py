@@ -38,6 +38,8 @@ def resolve(name: str, cache: Path, allow_untrained: bool = False) -> ModelRef:
     from stream_denoise.errors import ModelError
 
     try:
+        if name.endswith("-int8"):  # the shipped INT8 (Q/DQ) ONNX of a model: ONNX Runtime only
+            return ModelRef(name, zoo.resolve(name.removesuffix("-int8"), ".int8.onnx"))
         return ModelRef(name, zoo.resolve(name, ".pt"))
     except ModelError:
         if not (allow_untrained and name in SHIPPED_ARCH):
@@ -70,8 +72,10 @@ def resolve_many(names: list[str], cache: Path, allow_untrained: bool = False) -
 
 
 def macs_per_pixel(path: Path) -> float:
-    """From the network (torch), else from the exported ONNX file's metadata."""
+    """From the ONNX file's metadata (.onnx, or torch-less installs), else from the network."""
     try:
+        if path.suffix == ".onnx":
+            raise ImportError
         from stream_denoise.model import load_model
     except ImportError:
         from stream_denoise.backends.onnxruntime import onnx_for

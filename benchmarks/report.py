@@ -178,6 +178,20 @@ def _speed(s: dict, q: dict | None) -> list[str]:
                    f"{r['resolution'][0]}x{r['resolution'][1]} | {_f(r['fps'], '.1f')} | " + " | ".join(cells)
                    + f" | {r['lookahead_frames']} | {r['macs_per_pixel']:.0f} | {_f(r['gflops'], '.1f')} | "
                    f"{_f(100 * r['peak_fraction_measured'], '.0f')}% | {_f(None if pn is None else 100 * pn, '.1f')}% |")
+    piped = [r for r in s["runs"] if "pipeline" in r]
+    if piped:
+        out += ["", "### The overlapped pipeline (`run`: file source -> denoiser -> ZeroMQ)", "",
+                "fps: frames out / wall time, the file read as fast as possible (source, inference and publish "
+                "threads overlap); inference-only fps: 1 / median inference time in the same run; live e2e: "
+                "decode -> publish per frame with the file paced at 25 fps like a camera (includes the centered "
+                "window's look-ahead wait of 80 ms).", "",
+                "| model | size | pipeline fps | inference-only fps | pipeline / inference | live e2e p50 ms | live e2e p99 ms |",
+                "|---|---|---|---|---|---|---|"]
+        for r in piped:
+            p = r["pipeline"]
+            out.append(f"| {r['model']} | {r['resolution'][0]}x{r['resolution'][1]} | {_f(p['fps'], '.1f')} | "
+                       f"{_f(p['infer_only_fps'], '.1f')} | {_f(100 * p['fps_vs_infer'], '.0f')}% | "
+                       f"{_f(p['live_e2e_p50_ms'], '.0f')} | {_f(p['live_e2e_p99_ms'], '.0f')} |")
     for n, why in s.get("skipped_models", {}).items():
         out.append(f"\nModel {n} skipped: {why}")
     for sk in s.get("skipped", []):
