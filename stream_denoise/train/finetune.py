@@ -38,6 +38,9 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
         torch.set_num_threads(threads)
     data = list(frames) if frames is not None else [read_clip(c, max_frames=max_frames) for c in clips]
     model = load_model(zoo.resolve(init, ".pt")) if init else create_model(arch, window=window)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    log.info("fine-tuning on %s", device)
     stats = measure_noise(data[0])
     mask = mask or stats.mask_spec()
     log.info("noise: sigma %.1f, spatial corr %.2f/%.2f, temporal corr %.2f -> blind spot r=%d%s",
@@ -58,7 +61,7 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
         vpool = [Pair(h, None) for h in held]
         for _ in range(4):
             x, _, _ = sample_windows(vpool, batch, model.frames, model.target, patch, vrng)
-            val_batches.append((torch.from_numpy(to_input(x)), int(vrng.integers(1 << 31))))
+            val_batches.append((torch.from_numpy(to_input(x)).to(device), int(vrng.integers(1 << 31))))
 
     def validate() -> float:
         with torch.no_grad():
@@ -66,7 +69,7 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
 
     def step_loss(r: np.random.Generator) -> torch.Tensor:
         x, _, _ = sample_windows(train, batch, model.frames, model.target, patch, r)
-        return masked_loss(model, torch.from_numpy(to_input(x)), mask, r)
+        return masked_loss(model, torch.from_numpy(to_input(x)).to(device), mask, r)
 
     out = Path(out)
     summary = fit(model, step_loss, steps=steps, minutes=minutes, lr=lr, seed=seed,

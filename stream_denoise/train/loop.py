@@ -30,7 +30,7 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     start_step = 0
     if checkpoint is not None and resume and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=next(model.parameters()).device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         rng.bit_generator.state = state["rng"]

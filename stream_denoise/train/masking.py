@@ -46,13 +46,14 @@ def mask_positions(n: int, h: int, w: int, spec: MaskSpec, rng: np.random.Genera
 def apply_mask(x: torch.Tensor, pos: tuple[np.ndarray, ...], spec: MaskSpec, frames: int, target: int,
                rng: np.random.Generator) -> torch.Tensor:
     """x: (N, 3K, H, W). Returns a copy with the blocks around ``pos`` overwritten by displaced blocks."""
-    b, y, xx = (torch.from_numpy(np.asarray(a)) for a in pos)
+    dev = x.device
+    b, y, xx = (torch.from_numpy(np.asarray(a)).to(dev) for a in pos)
     r = spec.radius
     n, c, h, w = x.shape
     d = 2 * r + 2  # displacement: the copied block never overlaps the masked one
-    sy = torch.from_numpy(rng.choice([-d, d], b.numel()))
-    sx = torch.from_numpy(rng.choice([-d, d], b.numel()))
-    chans = torch.arange(c) if spec.tube else torch.arange(3 * target, 3 * target + 3)
+    sy = torch.from_numpy(rng.choice([-d, d], b.numel())).to(dev)
+    sx = torch.from_numpy(rng.choice([-d, d], b.numel())).to(dev)
+    chans = (torch.arange(c) if spec.tube else torch.arange(3 * target, 3 * target + 3)).to(dev)
     out = x.clone()
     for dy in range(-r, r + 1):
         for dx in range(-r, r + 1):
@@ -70,7 +71,7 @@ def masked_loss(model: torch.nn.Module, x: torch.Tensor, spec: MaskSpec, rng: np
     n, _, h, w = x.shape
     pos = mask_positions(n, h, w, spec, rng)
     y = model(apply_mask(x, pos, spec, frames, target, rng))
-    b, py, px = (torch.from_numpy(np.asarray(a)) for a in pos)
+    b, py, px = (torch.from_numpy(np.asarray(a)).to(x.device) for a in pos)
     t = slice(3 * target, 3 * target + 3)
     pred = y[b, :, py, px]
     ref = x[:, t][b, :, py, px]
