@@ -125,14 +125,19 @@ def parse(model: type[BaseModel], data: dict[str, Any], text: str | None = None,
         raise ConfigError(f"{where}{loc}: {err['msg']}") from None
 
 
-def load_toml(path: Path, model: type[BaseModel]) -> Any:
+def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
+    """(text, parsed data) of a TOML file; a missing or malformed file is a one-line ConfigError."""
     try:
         text = Path(path).read_text()
-        data = tomllib.loads(text)
+        return text, tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_toml(path: Path, model: type[BaseModel]) -> Any:
+    text, data = read_toml(path)
     return parse(model, data, text, str(path))
 
 
@@ -273,13 +278,7 @@ def check_config(path: str | Path) -> RunConfig | DeploymentConfig:
     """
     import json
 
-    try:
-        text = Path(path).read_text()
-        data = tomllib.loads(text)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    text, data = read_toml(path)
     model: type[RunConfig] | type[DeploymentConfig] = DeploymentConfig if "cameras" in data else RunConfig
     errors: list[Any] = []
     cfg: RunConfig | DeploymentConfig | None = None

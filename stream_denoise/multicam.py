@@ -42,6 +42,7 @@ from .denoiser import Denoiser
 from .errors import BackendUnavailable, SourceError, SourceTimeout, StreamDenoiseError
 from .frame import Frame
 from .metrics import Metrics
+from .resources import close_all
 from .sources import Source
 
 log = logging.getLogger(__name__)
@@ -461,11 +462,7 @@ class MultiCamera:
         return snap
 
     def close(self) -> None:
-        while self._closers:
-            try:
-                self._closers.pop()()
-            except Exception as exc:  # closing must go on for the rest
-                log.warning("error while closing: %s", exc)
+        close_all(self._closers)
 
     def __enter__(self) -> MultiCamera:
         return self

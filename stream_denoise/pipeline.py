@@ -24,6 +24,7 @@ from .denoiser import Denoiser
 from .errors import SourceTimeout
 from .frame import Frame
 from .metrics import Metrics
+from .resources import close_all
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +182,7 @@ class Pipeline:
         return snap
 
     def close(self) -> None:
-        while self._closers:
-            try:
-                self._closers.pop()()
-            except Exception as exc:  # closing must go on for the rest
-                log.warning("error while closing: %s", exc)
+        close_all(self._closers)
 
     def __enter__(self) -> Pipeline:
         return self
