@@ -82,15 +82,45 @@ def write(results: Path, md: Path) -> Path:
              f"- Commit: {meta.get('commit', '?')}",
              f"- Libraries: {', '.join(f'{k} {v}' for k, v in meta.get('versions', {}).items())}; {meta.get('ffmpeg', '')}",
              f"- Results: [{rel('quality.json')}]({rel('quality.json')}), [{rel('speed.json')}]({rel('speed.json')})", "",
-             "## Reading the numbers", "", PLACEHOLDER, ""]
+             "## Reading the numbers", "", _reading(results), ""]
     if q:
         lines += _quality(q, rel, results)
     if s:
         lines += _speed(s, q)
+    soak = _load(results / "soak.json")
+    if soak:
+        lines += _soak(soak)
     lines += _pictures(results, rel)
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text("\n".join(lines) + "\n")
     return md
+
+
+def _reading(results: Path) -> str:
+    """The maintainers' reading of the results: benchmarks/READING.md (kept across regenerations)."""
+    path = Path(__file__).parent / "READING.md"
+    return path.read_text().strip() if path.exists() and results.name != "quick" else PLACEHOLDER
+
+
+def _soak(s: dict) -> list[str]:
+    rss, thr = s["rss_mb_first_last_max"], s["threads_first_last_max"]
+    rec = [f["recovered_s"] for f in s["faults"] if f["recovered_s"] is not None]
+    fps = [b["frames_out"] - a["frames_out"] for a, b in zip(s["samples"], s["samples"][1:])]
+    out = ["## Soak (`python -m benchmarks.soak`)", "",
+           f"{s['minutes']:g} minutes against a real local RTSP camera (GStreamer, the bundled 480x204 clip at 25 fps, "
+           f"lite on ONNX Runtime), one fault every {s['fault_every_s']:g} s in turn: reboot (killed, back after 3 s), "
+           "stall (SIGSTOP for 8 s), outage (killed for 20 s).", "",
+           f"- Memory (RSS): {rss[0]:.0f} MB after start, {rss[1]:.0f} MB at the end, {rss[2]:.0f} MB at most.",
+           f"- Threads: {thr[0]} after start, {thr[1]} at the end, {thr[2]} at most.",
+           f"- Faults: {len(s['faults'])}; recovered from every one: {len(rec) == len(s['faults'])}; time from the "
+           f"camera's return to the first new frame at the subscriber: median {_f(float(sorted(rec)[len(rec) // 2]) if rec else None, '.2f')} s, "
+           f"max {_f(max(rec) if rec else None, '.2f')} s.",
+           f"- Frames published {s['pipeline'].get('frames_out')}, received by the subscriber {s['received']}; "
+           f"dropped at the source (newest wins) {s['pipeline'].get('source_frames_dropped')}, reconnects "
+           f"{s['pipeline'].get('source_reconnects')}, decode errors {s['pipeline'].get('source_decode_errors')}.",
+           f"- Frames out per 5 s sample: median {sorted(fps)[len(fps) // 2] if fps else '–'} (125 = the camera's 25 fps).",
+           ""]
+    return out
 
 
 def _quality(q: dict, rel, results: Path) -> list[str]:  # type: ignore[no-untyped-def]
