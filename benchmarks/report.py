@@ -87,6 +87,17 @@ def write(results: Path, md: Path) -> Path:
         lines += _quality(q, rel, results)
     if s:
         lines += _speed(s, q)
+    slow = _load(results / "slow_consumer.json")
+    if slow:
+        rel_fps = slow["fps_relative_to_no_subscriber"]
+        lines += ["## Slow subscribers (`python -m benchmarks.slow_consumer`)", "",
+                  f"`run` (lite, 640x360, {slow['frames']} frames, file source flat out) with no subscriber, a fast one, "
+                  "one sleeping 100 ms per frame, and one that never reads (two alternating runs each):", "",
+                  "| subscriber | fps | relative to none | publish p99 ms | received | RSS growth MB |", "|---|---|---|---|---|---|"]
+        for r in slow["runs"]:
+            lines.append(f"| {r['consumer']} | {r['fps']:.1f} | {100 * rel_fps.get(r['consumer'], 1.0):.0f}% | "
+                         f"{r['publish_p99_ms']:.2f} | {r['received']} | {r['rss_growth_mb']:.1f} |")
+        lines.append("")
     soak = _load(results / "soak.json")
     if soak:
         lines += _soak(soak)
