@@ -36,10 +36,10 @@ def measure(clip: Path, endpoint: str, consumer: str, frames: int) -> dict:
     try:
         def drain() -> None:
             while not stop.is_set():
-                if consumer == "stuck":
+                if sub is None or consumer == "stuck":  # no subscriber / one that never reads
                     time.sleep(0.1)
                     continue
-                if sub is not None and sub.recv(timeout=0.2) is not None:
+                if sub.recv(timeout=0.2) is not None:
                     got[0] += 1
                     if consumer == "slow":
                         time.sleep(0.1)
