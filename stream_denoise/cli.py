@@ -160,34 +160,41 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.realtime:
         src["realtime"] = True
     data["source"] = src
-    data["model"] = _model_cfg(a, data.get("model"))
     if a.no_publish:
         data["publish"] = None
     else:
-        pub = dict(data.get("publish") or {})
-        if a.publish:
-            pub["endpoint"] = a.publish
-        if a.encoding:
-            pub["encoding"] = a.encoding
-        data["publish"] = pub
+        data["publish"] = dict(data.get("publish") or {})
     out = dict(data.get("output", {}))
     if a.output:
         out["path"] = str(a.output)
     if a.record_input:
         out["input_path"] = str(a.record_input)
     data["output"] = out
+    cfg = parse(RunConfig, _common_overrides(a, data), origin="flags")
+    stop = _install_stop()
+    with Pipeline(cfg) as pipeline:
+        m = pipeline.run(stop)
+    log.info("published %d frames", m.frames_out)
+    return 0
+
+
+def _common_overrides(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    """Flags that override a config file the same way for one camera and for many."""
+    if (a.publish or a.encoding) and data.get("publish", {}) is not None:
+        pub = dict(data.get("publish") or {})
+        if a.publish:
+            pub["endpoint"] = a.publish
+        if a.encoding:
+            pub["encoding"] = a.encoding
+        data["publish"] = pub
+    data["model"] = _model_cfg(a, data.get("model"))
     if a.max_frames:
         data["max_frames"] = a.max_frames
     if a.status_interval:
         data["status_interval_s"] = a.status_interval
     if a.metrics_port is not None:
         data["metrics_port"] = a.metrics_port
-    cfg = parse(RunConfig, data, origin="flags")
-    stop = _install_stop()
-    with Pipeline(cfg) as pipeline:
-        m = pipeline.run(stop)
-    log.info("published %d frames", m.frames_out)
-    return 0
+    return data
 
 
 def _run_deployment(a: argparse.Namespace, cfg: Any) -> int:
@@ -203,21 +210,7 @@ def _run_deployment(a: argparse.Namespace, cfg: Any) -> int:
         raise ConfigError(f"{', '.join(given)}: not with a multi-camera config ({a.config}); "
                           "set sources per camera in its [[cameras]] tables")
     data = cfg.model_dump(mode="json", exclude_unset=True)  # unset: camera model overrides stay partial
-    if a.publish or a.encoding:
-        pub = dict(data.get("publish") or {})
-        if a.publish:
-            pub["endpoint"] = a.publish
-        if a.encoding:
-            pub["encoding"] = a.encoding
-        data["publish"] = pub
-    data["model"] = _model_cfg(a, data.get("model"))
-    if a.max_frames:
-        data["max_frames"] = a.max_frames
-    if a.status_interval:
-        data["status_interval_s"] = a.status_interval
-    if a.metrics_port is not None:
-        data["metrics_port"] = a.metrics_port
-    cfg = parse(DeploymentConfig, data, origin="flags")
+    cfg = parse(DeploymentConfig, _common_overrides(a, data), origin="flags")
     if not (a.verbose or a.quiet):  # -v/-q win over the file's log_level
         logging.getLogger().setLevel(cfg.log_level.upper())
     stop = _install_stop()

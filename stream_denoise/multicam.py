@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import numpy as np
 
@@ -42,7 +41,7 @@ from .denoiser import Denoiser
 from .errors import BackendUnavailable, SourceError, SourceTimeout, StreamDenoiseError
 from .frame import Frame
 from .metrics import Metrics
-from .resources import close_all
+from .resources import Closing
 from .sources import Source
 
 log = logging.getLogger(__name__)
@@ -328,7 +327,7 @@ class Camera:
 # The deployment
 # ---------------------------------------------------------------------------------------------------
 
-class MultiCamera:
+class MultiCamera(Closing):
     """``with MultiCamera(cfg) as mc: mc.run(stop_event)``; resources close in reverse order.
 
     ``backend_factory`` builds the backend of each distinct (per-camera) model config; the default is
@@ -460,12 +459,3 @@ class MultiCamera:
             for key, value in s.items():
                 snap[f'camera_{key}{{camera="{label}"}}'] = value
         return snap
-
-    def close(self) -> None:
-        close_all(self._closers)
-
-    def __enter__(self) -> MultiCamera:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()

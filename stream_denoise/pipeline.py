@@ -17,21 +17,20 @@ import queue
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 
 from .config import RunConfig
 from .denoiser import Denoiser
 from .errors import SourceTimeout
 from .frame import Frame
 from .metrics import Metrics
-from .resources import close_all
+from .resources import Closing
 
 log = logging.getLogger(__name__)
 
 _END = None
 
 
-class Pipeline:
+class Pipeline(Closing):
     """``with Pipeline(cfg) as p: p.run(stop_event)``; resources close in reverse order."""
 
     def __init__(self, cfg: RunConfig, denoiser: Denoiser | None = None) -> None:
@@ -180,12 +179,3 @@ class Pipeline:
         if self.publisher is not None:
             snap.update(publish_sent=self.publisher.sent, publish_dropped=self.publisher.dropped)
         return snap
-
-    def close(self) -> None:
-        close_all(self._closers)
-
-    def __enter__(self) -> Pipeline:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()

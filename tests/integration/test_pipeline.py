@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_denoise.config import ModelConfig, OutputConfig, PublishConfig, RunConfig, SourceConfig
+from stream_denoise.config import ModelConfig, PublishConfig, RunConfig, SourceConfig
 from stream_denoise.pipeline import Pipeline
 from stream_denoise.publish import Subscriber
 from stream_denoise.train.data import read_clip
