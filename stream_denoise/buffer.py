@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import deque
 
-
 from .frame import Frame
 
 
