@@ -26,7 +26,6 @@ opened at construction and a bad path raises there. ``run`` raises only when *ev
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,7 +41,7 @@ from .errors import BackendUnavailable, SourceError, SourceTimeout, StreamDenois
 from .frame import Frame
 from .metrics import Metrics
 from .resources import Closing
-from .sources import Source
+from .sources import Source, is_live
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +208,6 @@ class BatchClient:
 # One camera
 # ---------------------------------------------------------------------------------------------------
 
-def _live_uri(uri: str) -> bool:
-    """Same rule as :func:`stream_denoise.sources.open_source`: RTSP and local cameras are live."""
-    return bool(re.match(r"^rtsps?://", uri, re.IGNORECASE)) or uri.isdigit() or uri.startswith("/dev/video")
-
-
 class Camera:
     """One camera of a :class:`MultiCamera`: its source, temporal buffer (in its Denoiser), topic, metrics."""
 
@@ -230,7 +224,7 @@ class Camera:
         self.state = "starting"  # starting, connecting, running, ended, failed
         self.error: StreamDenoiseError | None = None
         self.published = self.publish_dropped = 0
-        if not _live_uri(self.source_cfg.uri):
+        if not is_live(self.source_cfg.uri):
             self.source = self._open()  # a bad file path is a config error: raise now
 
     def _open(self) -> Source:

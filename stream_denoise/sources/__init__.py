@@ -14,9 +14,22 @@ from ..config import SourceConfig
 from ..errors import SourceError, SourceTimeout
 from .base import Source, SourceStats, ThreadedSource, redact
 
-__all__ = ["Source", "SourceError", "SourceStats", "SourceTimeout", "ThreadedSource", "open_source"]
+__all__ = ["Source", "SourceError", "SourceStats", "SourceTimeout", "ThreadedSource", "is_live", "open_source"]
 
 ACCEPTED = "rtsp://, rtsps://, an existing video file, or a camera ('0', '/dev/video0')"
+
+
+def is_rtsp(uri: str) -> bool:
+    return bool(re.match(r"^rtsps?://", uri, re.IGNORECASE))
+
+
+def is_camera(uri: str) -> bool:
+    return uri.isdigit() or uri.startswith("/dev/video")
+
+
+def is_live(uri: str) -> bool:
+    """RTSP streams and local cameras are live (reconnect, newest frame wins); files are not."""
+    return is_rtsp(uri) or is_camera(uri)
 
 
 def open_source(cfg: SourceConfig) -> Source:
@@ -26,11 +39,11 @@ def open_source(cfg: SourceConfig) -> Source:
     paced and newest-wins with ``realtime``); a digit or /dev/video* -> OpenCV camera.
     """
     uri = cfg.uri
-    if re.match(r"^rtsps?://", uri, re.IGNORECASE):
+    if is_rtsp(uri):
         from .pyav import PyAVOpener
 
         return ThreadedSource(cfg, PyAVOpener(cfg, network=True), live=True, finite=False)
-    if uri.isdigit() or uri.startswith("/dev/video"):
+    if is_camera(uri):
         from .camera import CameraOpener
 
         return ThreadedSource(cfg, CameraOpener(cfg), live=True, finite=False)
