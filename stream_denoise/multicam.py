@@ -37,9 +37,10 @@ import numpy as np
 from .backends import Backend
 from .config import CameraConfig, DeploymentConfig, ModelConfig
 from .denoiser import Denoiser
-from .errors import BackendUnavailable, SourceError, SourceTimeout, StreamDenoiseError
+from .errors import BackendUnavailable, SourceError, StreamDenoiseError
 from .frame import Frame
 from .metrics import Metrics
+from .pipeline import counted_frames
 from .resources import Closing
 from .sources import Source, is_live
 
@@ -258,17 +259,7 @@ class Camera:
                     return
             self.state = "running"
             m = self.metrics
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                try:
-                    frame = self.source.read(timeout=READ_POLL_S)
-                except SourceTimeout:
-                    m.source_timeouts += 1
-                    continue
-                if frame is None:
-                    break
-                m.latency["wait"].add(time.perf_counter() - t0)
-                m.frames_in += 1
+            for frame in counted_frames(self.source, m, stop, READ_POLL_S):
                 with self.client.busy():
                     out = self.denoiser.push(frame)
                 self._emit(out, publish)

@@ -16,7 +16,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import RunConfig
 from .denoiser import Denoiser
@@ -25,9 +27,29 @@ from .frame import Frame
 from .metrics import Metrics
 from .resources import Closing
 
+if TYPE_CHECKING:
+    from .sources import Source
+
 log = logging.getLogger(__name__)
 
 _END = None
+
+
+def counted_frames(source: Source, m: Metrics, stop: threading.Event, poll_s: float) -> Iterator[Frame]:
+    """Frames of ``source`` until it ends or ``stop`` is set, re-checking ``stop`` every ``poll_s``;
+    counts frames in, source timeouts and the wait for each frame in ``m``."""
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        try:
+            frame = source.read(timeout=poll_s)
+        except SourceTimeout:
+            m.source_timeouts += 1
+            continue
+        if frame is None:
+            return
+        m.latency["wait"].add(time.perf_counter() - t0)
+        m.frames_in += 1
+        yield frame
 
 
 class Pipeline(Closing):
@@ -88,17 +110,7 @@ class Pipeline(Closing):
 
     def _infer_loop(self, stop: threading.Event) -> None:
         m = self.metrics
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                frame = self.source.read(timeout=0.5)
-            except SourceTimeout:
-                m.source_timeouts += 1
-                continue
-            if frame is None:
-                break
-            m.latency["wait"].add(time.perf_counter() - t0)
-            m.frames_in += 1
+        for frame in counted_frames(self.source, m, stop, poll_s=0.5):
             if self.cfg.output.input_path is not None:
                 self._record("input", self.cfg.output.input_path, frame)
             self._emit(self.denoiser.push(frame), stop)
