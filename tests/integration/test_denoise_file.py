@@ -15,6 +15,7 @@ from stream_denoise.denoiser import Denoiser
 from stream_denoise.frame import Frame
 from stream_denoise.train.data import read_clip
 from stream_denoise.video_writer import VideoWriter
+from tests.cli_helpers import denoise_cli
 
 SAMPLE = Path(__file__).parents[2] / "stream_denoise" / "data" / "sample_noisy.mp4"
 
@@ -28,11 +29,7 @@ def test_denoise_round_trips_odd_sizes_and_matches_direct_calls(tmp_path):
     with VideoWriter(src, w, h, 25) as vw:
         for f in frames:
             vw.write(f)
-    out = tmp_path / "out.mkv"
-    res = subprocess.run([sys.executable, "-m", "stream_denoise", "-q", "denoise", str(src), str(out),
-                          "--model", "lite", "--backend", "onnxruntime"], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    got = read_clip(out)
+    got = denoise_cli(src, tmp_path / "out.mkv")
     assert got.shape == frames.shape
 
     den = Denoiser(create_backend(ModelConfig(model="lite", backend="onnxruntime")))

@@ -1,7 +1,5 @@
 """The whole runtime path with real parts: encoded file -> pipeline -> real ZeroMQ sockets."""
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,6 +11,7 @@ from stream_denoise.config import ModelConfig, PublishConfig, RunConfig, SourceC
 from stream_denoise.pipeline import Pipeline
 from stream_denoise.publish import Subscriber
 from stream_denoise.train.data import read_clip
+from tests.cli_helpers import denoise_cli
 
 SAMPLE = Path(__file__).parents[2] / "stream_denoise" / "data" / "sample_noisy.mp4"
 
@@ -61,11 +60,7 @@ def test_run_publishes_what_denoise_writes(tmp_path):
     h = got[0].header
     assert (h["width"], h["height"], h["channels"], h["dtype"], h["color"], h["source"]) == (480, 204, 3, "uint8", "BGR", "cam1")
 
-    out = tmp_path / "den.mkv"
-    res = subprocess.run([sys.executable, "-m", "stream_denoise", "-q", "denoise", str(SAMPLE), str(out),
-                          "--model", "lite", "--backend", "onnxruntime"], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    offline = read_clip(out)
+    offline = denoise_cli(SAMPLE, tmp_path / "den.mkv")
     assert offline.shape == frames.shape
     for m in got:
         rgb = m.image[..., ::-1]

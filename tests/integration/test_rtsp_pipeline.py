@@ -10,6 +10,7 @@ import numpy as np
 
 from stream_denoise.publish import Subscriber
 from stream_denoise.train.data import read_clip
+from tests.cli_helpers import denoise_cli
 
 
 def test_rtsp_to_zeromq_matches_offline_denoise(rtsp_server, tmp_path):
@@ -45,11 +46,7 @@ def test_rtsp_to_zeromq_matches_offline_denoise(rtsp_server, tmp_path):
         assert h["captured_at"] <= h["published_at"] <= time.time()
         assert rtsp_server.url.split("//")[1].split("/")[0] in h["source"]
 
-    offline = tmp_path / "offline.mkv"
-    res = subprocess.run([sys.executable, "-m", "stream_denoise", "-q", "denoise", str(recorded), str(offline),
-                          "--model", "lite", "--backend", "onnxruntime"], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    noisy, clean = read_clip(recorded), read_clip(offline)
+    noisy, clean = read_clip(recorded), denoise_cli(recorded, tmp_path / "offline.mkv")
     assert len(noisy) == len(clean) == n
     # message seq k carries the k-th frame the pipeline took in (and recorded); gaps in seq are losses
     for m in got:

@@ -4,14 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.cli_helpers import run_cli
+
 import pytest
 
 SAMPLE = Path(__file__).parents[2] / "stream_denoise" / "data" / "sample_noisy.mp4"
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stream_denoise", "-q", *args], capture_output=True, text=True,
-                          timeout=timeout)
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return run_cli("-q", *args, timeout=60)
 
 
 def assert_one_line_error(res: subprocess.CompletedProcess, *needles: str) -> None:

@@ -12,6 +12,7 @@ from stream_denoise.noise import CONDITIONS, add_noise  # noqa: E402
 from stream_denoise.train.data import moving_clip, skimage_photos  # noqa: E402
 from stream_denoise.train.finetune import fine_tune  # noqa: E402
 from stream_denoise.train.masking import measure_noise  # noqa: E402
+from tests.cli_helpers import denoise_cli, run_cli  # noqa: E402
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -59,21 +60,13 @@ def test_noise_measurement_tells_white_from_correlated_noise(clip):
 
 
 def test_cli_fine_tune_writes_a_model_that_run_denoise_and_export_accept(tmp_path):
-    import subprocess
-    import sys
     from pathlib import Path
 
     sample = Path(__file__).parents[2] / "stream_denoise" / "data" / "sample_noisy.mp4"
     model = tmp_path / "cam.pt"
-    cmd = [sys.executable, "-m", "stream_denoise", "fine-tune", str(sample), "--out", str(model),
-           "--steps", "6", "--max-frames", "30", "--seed", "1"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    res = run_cli("fine-tune", str(sample), "--out", str(model), "--steps", "6", "--max-frames", "30", "--seed", "1")
     assert res.returncode == 0, res.stderr
     assert "blind spot" in res.stderr and model.exists()
-    out = tmp_path / "o.mkv"
-    res = subprocess.run([sys.executable, "-m", "stream_denoise", "-q", "denoise", str(sample), str(out), "--model",
-                          str(model)], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    res = subprocess.run([sys.executable, "-m", "stream_denoise", "-q", "export", str(model), "--out",
-                          str(tmp_path / "cam.onnx")], capture_output=True, text=True, timeout=300)
+    assert denoise_cli(sample, tmp_path / "o.mkv", "--model", str(model)).shape[0] == 75
+    res = run_cli("-q", "export", str(model), "--out", str(tmp_path / "cam.onnx"))
     assert res.returncode == 0 and (tmp_path / "cam.onnx").exists(), res.stderr
