@@ -52,7 +52,13 @@ def _tensorrt(cfg: ModelConfig) -> Backend:
     return TensorRTBackend.from_config(cfg)
 
 
-BACKENDS = {"onnxruntime": _onnxruntime, "torch": _torch, "cuda": _cuda, "tensorrt": _tensorrt}
+def _triton(cfg: ModelConfig) -> Backend:
+    from .triton import TritonBackend
+
+    return TritonBackend.from_config(cfg)
+
+
+BACKENDS = {"onnxruntime": _onnxruntime, "torch": _torch, "cuda": _cuda, "tensorrt": _tensorrt, "triton": _triton}
 
 
 def create_backend(cfg: ModelConfig) -> Backend:
