@@ -15,7 +15,7 @@ from .errors import StreamDenoiseError
 
 log = logging.getLogger("stream_denoise")
 
-BACKENDS = ["auto", "onnxruntime", "torch", "cuda", "tensorrt"]
+BACKENDS = ["auto", "onnxruntime", "torch", "cuda", "tensorrt", "triton"]
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -24,11 +24,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", choices=["centered", "causal"], default=None, help="temporal window (default: the model's)")
     p.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: all cores)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None, help="backend precision")
+    p.add_argument("--triton-url", default=None, help="backend triton: the server (host:port, grpc://host:port)")
 
 
 def _model_cfg(a: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
     m = dict(base or {})
-    for key in ("model", "backend", "window", "threads", "precision"):
+    for key in ("model", "backend", "window", "threads", "precision", "triton_url"):
         if getattr(a, key, None) is not None:
             m[key] = getattr(a, key)
     if m.get("window") == "causal" and m.get("model", "auto") in ("auto", "lite"):
@@ -110,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--calibration", type=Path, help="calibration set .npz (int8)")
     g.add_argument("--out", type=Path, default=Path("engines"))
     g.add_argument("--workspace-mb", type=int, default=1024)
+
+    t = sub.add_parser("export-triton", help="export a model as an NVIDIA Triton Inference Server model repository")
+    t.add_argument("model", help="shipped model name (lite, lite-causal, base) or a .pt/.onnx path")
+    t.add_argument("--out", type=Path, required=True, help="model repository directory (the model goes in OUT/NAME/)")
+    t.add_argument("--platform", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                   help="onnxruntime: the ONNX model on CPU instances; tensorrt: a built engine (--engine) on GPU instances")
+    t.add_argument("--precision", choices=["fp32", "fp16"], default=None,
+                   help="onnxruntime: fp32 (default) or fp16 (needs the .pt and torch); tensorrt: the engine's")
+    t.add_argument("--max-batch", type=int, default=16, help="max_batch_size: most windows Triton batches together (default 16)")
+    t.add_argument("--instances", type=int, default=1, help="model instances (instance_group count, default 1)")
+    t.add_argument("--engine", type=Path, help="tensorrt: the engine file from `stream-denoise build-engine`")
+    t.add_argument("--name", help="Triton model name (default: the model's name)")
 
     q = sub.add_parser("calibrate", help="calibration set from a camera's recordings + an INT8 model made with it")
     q.add_argument("clips", nargs="+", type=Path, help="recorded noisy clips of the camera")
@@ -214,6 +227,14 @@ def _run_deployment(a: argparse.Namespace, cfg: Any) -> int:
     if not (a.verbose or a.quiet):  # -v/-q win over the file's log_level
         logging.getLogger().setLevel(cfg.log_level.upper())
     stop = _install_stop()
+    if cfg.ray is not None:  # cameras as Ray actors, inference as a Ray Serve deployment
+        from .ray_serve import RayDeployment
+
+        with RayDeployment(cfg) as dep:
+            results = dep.run(stop)
+        log.info("published %d frames from %d cameras on Ray",
+                 sum(r.get("frames_out", 0) for r in results.values()), len(results))
+        return 0
     with MultiCamera(cfg) as mc:
         metrics = mc.run(stop)
     log.info("published %d frames from %d cameras", sum(m.frames_out for m in metrics.values()), len(metrics))
@@ -288,6 +309,14 @@ def cmd_build_engine(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_triton(a: argparse.Namespace) -> int:
+    from .build.triton import export_repository
+
+    print(export_repository(a.model, a.out, platform=a.platform, precision=a.precision, max_batch=a.max_batch,
+                            instances=a.instances, engine=a.engine, name=a.name))
+    return 0
+
+
 def cmd_calibrate(a: argparse.Namespace) -> int:
     from .build.calibrate import calibrate, parse_size
 
@@ -307,7 +336,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return bench_main(a.rest)
 
 
-COMMANDS = {"bench": cmd_bench, "calibrate": cmd_calibrate, "build-engine": cmd_build_engine, "run": cmd_run, "denoise": cmd_denoise, "subscribe": cmd_subscribe, "fine-tune": cmd_fine_tune,
+COMMANDS = {"bench": cmd_bench, "calibrate": cmd_calibrate, "build-engine": cmd_build_engine, "export-triton": cmd_export_triton, "run": cmd_run, "denoise": cmd_denoise, "subscribe": cmd_subscribe, "fine-tune": cmd_fine_tune,
             "export": cmd_export, "keygen": cmd_keygen, "check-config": cmd_check_config, "demo": cmd_demo}
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-Backend = Literal["auto", "onnxruntime", "torch", "cuda", "tensorrt"]
+Backend = Literal["auto", "onnxruntime", "torch", "cuda", "tensorrt", "triton"]
 Window = Literal["centered", "causal"]
 Encoding = Literal["raw", "jpeg", "png"]
 
@@ -57,6 +57,10 @@ class ModelConfig(Strict):
     threads: int | None = Field(None, ge=1, le=256, description="CPU threads for inference; None = all cores.")
     precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Numeric precision of the backend.")
     engines_dir: Path = Field(Path("engines"), description="Where TensorRT engines and their manifests are cached.")
+    triton_url: str = Field(
+        "localhost:8000",
+        description="backend = triton: the server, host:port or http://host:port (HTTP), grpc://host:port (gRPC).",
+    )
 
 
 class CurveConfig(Strict):
@@ -80,9 +84,13 @@ class PublishConfig(Strict):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        if not re.match(r"^(tcp://[^\s]+:(\d+|\*)|ipc://\S+|inproc://\S+)$", v):
-            raise ValueError("must look like tcp://HOST:PORT or ipc:///path")
-        return v
+        return _check_endpoint(v)
+
+
+def _check_endpoint(v: str) -> str:
+    if not re.match(r"^(tcp://[^\s]+:(\d+|\*)|ipc://\S+|inproc://\S+)$", v):
+        raise ValueError("must look like tcp://HOST:PORT or ipc:///path")
+    return v
 
 
 class OutputConfig(Strict):
@@ -185,6 +193,14 @@ class CameraConfig(Strict):
     max_fps: float | None = Field(None, gt=0, le=1000, description="Drop frames above this rate (newest wins).")
     model: ModelConfig | None = Field(
         None, description="Per-camera override: the keys given here replace those of the deployment's [model].")
+    endpoint: str | None = Field(
+        None, description="Ray deployments only: where this camera publishes (each camera publishes from the host "
+                          "running it); default: the deployment's endpoint with its port + the camera's index.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        return v if v is None else _check_endpoint(v)
 
     @field_validator("source", mode="before")
     @classmethod
@@ -218,6 +234,21 @@ class CameraConfig(Strict):
         return default.model_copy(update=update) if update else default
 
 
+class RayConfig(Strict):
+    """Scale-out over a Ray cluster (stream_denoise.ray_serve): each camera is a Ray actor, inference a
+    Ray Serve deployment with dynamic batching (``[batch]``), scaled by replicas across the hosts."""
+
+    address: str | None = Field(None, description="Cluster to join ('auto', 'ray://head:10001'); None starts a local one.")
+    replicas: int = Field(2, ge=1, le=1024, description="Inference replicas of each model.")
+    replica_cpus: float = Field(1.0, gt=0, le=256, description="CPUs reserved per replica (its ONNX Runtime threads).")
+    replica_gpus: float = Field(0.0, ge=0, le=16, description="GPUs reserved per replica (fractions share a GPU).")
+    camera_cpus: float = Field(0.5, gt=0, le=64, description="CPUs reserved per camera actor (decode, pre/post, publish).")
+    local_cpus: int | None = Field(None, ge=1, le=4096,
+                                   description="Local cluster only: CPUs Ray may schedule; default: enough for all actors.")
+    retries: int = Field(5, ge=0, le=100, description="Times a window is resent when its replica dies.")
+    request_timeout_s: float = Field(30.0, gt=0, le=600, description="Limit for one inference request.")
+
+
 class DeploymentConfig(Strict):
     """Several cameras in one process: one shared backend per model, one publishing socket."""
 
@@ -230,6 +261,17 @@ class DeploymentConfig(Strict):
     metrics_host: str = Field("127.0.0.1", min_length=1, description="Address of the metrics server (0.0.0.0 in containers).")
     status_interval_s: float = Field(5.0, gt=0, le=3600, description="Seconds between status lines.")
     max_frames: int | None = Field(None, ge=1, description="Stop each camera after this many frames (tests, demos).")
+    ray: RayConfig | None = Field(None, description="Run on a Ray cluster instead of in this process.")
+
+    def camera_endpoint(self, i: int) -> str:
+        """Where camera ``i`` publishes in a Ray deployment: its own endpoint, or the deployment's + i."""
+        cam = self.cameras[i]
+        if cam.endpoint is not None:
+            return cam.endpoint
+        base = self.publish.endpoint
+        if m := re.match(r"^(tcp://.+:)(\d+)$", base):
+            return f"{m.group(1)}{int(m.group(2)) + i}"
+        return f"{base}-{i}"
 
     @model_validator(mode="after")
     def _topics_and_names(self) -> DeploymentConfig:
@@ -250,6 +292,17 @@ class DeploymentConfig(Strict):
                     _fail("duplicate_topic", f"topic {topic!r} {why} the topic {other!r} of cameras[{j}]",
                           ("cameras", i, field), topic)
             topics[topic] = i
+            if cam.endpoint is not None and self.ray is None:
+                _fail("endpoint_without_ray", "a camera's own endpoint needs a [ray] deployment "
+                      "(in one process all cameras share [publish] endpoint)", ("cameras", i, "endpoint"), cam.endpoint)
+        if self.ray is not None:
+            seen: dict[str, int] = {}
+            for i in range(len(self.cameras)):
+                ep = self.camera_endpoint(i)
+                if ep in seen:
+                    _fail("duplicate_endpoint", f"endpoint {ep!r} is also used by cameras[{seen[ep]}]",
+                          ("cameras", i, "endpoint"), ep)
+                seen[ep] = i
         return self
 
 

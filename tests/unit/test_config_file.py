@@ -103,6 +103,12 @@ BAD = {
     "topics that overlap as prefixes": ('topic = "yard-cam"', 'topic = "gate-2"', 'topic = "gate-2"',
                                         "cameras[1].topic", "prefix"),
     "camera name with a space": ('name = "gate"', 'name = "front gate"', "front gate", "cameras[0].name", "pattern"),
+    "camera endpoint without [ray]": ('topic = "yard-cam"', 'endpoint = "tcp://*:6000"', "*:6000",
+                                      "cameras[1].endpoint", "needs a [ray] deployment"),
+    "bad ray replicas": ('endpoint = "tcp://*:5555"', 'endpoint = "tcp://*:5555"\n[ray]\nreplicas = 0',
+                         "replicas", "ray.replicas", "greater than or equal to 1"),
+    "unknown ray key": ('endpoint = "tcp://*:5555"', 'endpoint = "tcp://*:5555"\n[ray]\nadress = "auto"',
+                        "adress", "ray.adress", "Extra inputs"),
     "fps cap given twice": ("read_timeout_s = 2", "max_fps = 10", "max_fps = 10", "cameras[1].source.max_fps",
                             "set the cap once"),
 }
@@ -205,3 +211,17 @@ def test_camera_model_override_and_window():
     causal = CameraConfig(name="door", source="door.mp4", window="causal").model_config_for(base)
     assert (causal.model, causal.window) == ("lite-causal", "causal")
     assert CameraConfig(name="x", source="x.mp4").model_config_for(base) == base
+
+
+def test_ray_deployment_endpoints(tmp_path):
+    """On Ray each camera publishes from its own host: its endpoint, or the deployment's port + index."""
+    text = GOOD + '\n[[cameras]]\nname = "dock"\nsource = "rtsp://127.0.0.1:8554/dock"\nendpoint = "tcp://*:7000"\n' \
+        '\n[ray]\naddress = "ray://head:10001"\nreplicas = 4\n'
+    cfg = check_config(write(tmp_path, text))
+    assert isinstance(cfg, DeploymentConfig) and cfg.ray is not None and cfg.ray.replicas == 4
+    assert [cfg.camera_endpoint(i) for i in range(3)] == ["tcp://*:5555", "tcp://*:5556", "tcp://*:7000"]
+    clash = text.replace('endpoint = "tcp://*:7000"', 'endpoint = "tcp://*:5556"')
+    (found,) = problems(write(tmp_path, clash))
+    line = line_of(clash, 'endpoint = "tcp://*:5556"')
+    assert f":{line}: cameras[2].endpoint" in found
+    assert "also used by cameras[1]" in found
