@@ -98,6 +98,9 @@ def write(results: Path, md: Path) -> Path:
             lines.append(f"| {r['consumer']} | {r['fps']:.1f} | {100 * rel_fps.get(r['consumer'], 1.0):.0f}% | "
                          f"{r['publish_p99_ms']:.2f} | {r['received']} | {r['rss_growth_mb']:.1f} |")
         lines.append("")
+    streams = _load(results / "streams.json")
+    if streams:
+        lines += _streams(streams)
     soak = _load(results / "soak.json")
     if soak:
         lines += _soak(soak)
@@ -111,6 +114,29 @@ def _reading(results: Path) -> str:
     """The maintainers' reading of the results: benchmarks/READING.md (kept across regenerations)."""
     path = Path(__file__).parent / "READING.md"
     return path.read_text().strip() if path.exists() and results.name != "quick" else PLACEHOLDER
+
+
+def _streams(s: dict) -> list[str]:
+    m = s["meta"]
+    w, h = s["size"]
+    out = ["## Many streams on one host (`python -m benchmarks.streams`)", "",
+           f"`{m.get('command')}` on {m.get('date')} ({m.get('cpu')}, {m.get('cores')} cores; commit {m.get('commit')}). "
+           f"{s['model']} on ONNX Runtime, every stream {w}x{h}, file sources looped (lossless: every frame denoised "
+           "and published); total frames per second of all streams together. `separate`: one pipeline per camera, "
+           "each its own session (cores split between them); `multicam`: one process, one shared session, same-size "
+           "windows of the cameras batched; `multicam-unbatched`: the same with batches of 1; `ray`: camera actors + "
+           "2 Ray Serve replicas (1 CPU each) on a local Ray cluster, set-up excluded.", "",
+           "| streams | " + " | ".join(dict.fromkeys(r["mode"] for r in s["runs"])) + " |",
+           "|---|" + "---|" * len(dict.fromkeys(r["mode"] for r in s["runs"]))]
+    modes = list(dict.fromkeys(r["mode"] for r in s["runs"]))
+    for n in dict.fromkeys(r["streams"] for r in s["runs"]):
+        cells = []
+        for mode in modes:
+            r = next((r for r in s["runs"] if r["streams"] == n and r["mode"] == mode), None)
+            extra = f" (mean batch {r['mean_batch']:.1f})" if r and r.get("mean_batch") else ""
+            cells.append(f"{r['fps_total']:.0f} fps{extra}" if r else "–")
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def _soak(s: dict) -> list[str]:

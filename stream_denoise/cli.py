@@ -24,12 +24,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", choices=["centered", "causal"], default=None, help="temporal window (default: the model's)")
     p.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: all cores)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None, help="backend precision")
+    p.add_argument("--lanes", type=int, default=None,
+                   help="onnxruntime: frames denoised at once on one-thread sessions (default: one per thread; 1 = off)")
     p.add_argument("--triton-url", default=None, help="backend triton: the server (host:port, grpc://host:port)")
 
 
 def _model_cfg(a: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
     m = dict(base or {})
-    for key in ("model", "backend", "window", "threads", "precision", "triton_url"):
+    for key in ("model", "backend", "window", "threads", "lanes", "precision", "triton_url"):
         if getattr(a, key, None) is not None:
             m[key] = getattr(a, key)
     if m.get("window") == "causal" and m.get("model", "auto") in ("auto", "lite"):

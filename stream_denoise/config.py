@@ -55,6 +55,10 @@ class ModelConfig(Strict):
     backend: Backend = Field("auto", description="auto prefers tensorrt, then cuda, then onnxruntime.")
     window: Window | None = Field(None, description="centered (K frames around t) or causal (past only); None = the model's own.")
     threads: int | None = Field(None, ge=1, le=256, description="CPU threads for inference; None = all cores.")
+    lanes: int | None = Field(
+        None, ge=1, le=256,
+        description="onnxruntime: frames of a batch denoised at once, each on its own one-thread session "
+                    "(consecutive frames of a file, or several cameras); None = one per thread, 1 = off.")
     precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Numeric precision of the backend.")
     engines_dir: Path = Field(Path("engines"), description="Where TensorRT engines and their manifests are cached.")
     triton_url: str = Field(

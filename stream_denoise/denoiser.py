@@ -26,20 +26,26 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StageTimes:
-    """Seconds spent in the last call of each stage (for status lines and benchmarks)."""
+    """Seconds spent in the last call of each stage (a whole batch), and totals for throughput."""
 
     pre: float = 0.0
     infer: float = 0.0
     post: float = 0.0
-    history: dict[str, list[float]] = field(default_factory=lambda: {"pre": [], "infer": [], "post": []})
+    batch: int = 1  # windows in the last call
+    frames: int = 0  # windows denoised in all
+    calls: int = 0  # backend calls in all
+    total: dict[str, float] = field(default_factory=lambda: {"pre": 0.0, "infer": 0.0, "post": 0.0})
 
-    def record(self, pre: float, infer: float, post: float, keep: int = 1000) -> None:
-        self.pre, self.infer, self.post = pre, infer, post
+    def record(self, pre: float, infer: float, post: float, batch: int = 1) -> None:
+        self.pre, self.infer, self.post, self.batch = pre, infer, post, batch
+        self.frames += batch
+        self.calls += 1
         for k, v in (("pre", pre), ("infer", infer), ("post", post)):
-            h = self.history[k]
-            h.append(v)
-            if len(h) > keep:
-                del h[: len(h) - keep]
+            self.total[k] += v
+
+    def fps(self, stage: str = "infer") -> float:
+        """Frames per second of one stage alone (its own throughput, batches included)."""
+        return self.frames / self.total[stage] if self.total[stage] > 0 else 0.0
 
 
 class Denoiser:
@@ -62,11 +68,16 @@ class Denoiser:
 
     def push(self, frame: Frame) -> list[Frame]:
         """Add one frame; return the denoised frames that became ready (0, 1, or more after a reset)."""
-        return [self._run(out, window) for out, window in self.buffer.push(frame)]
+        return self._run(self.buffer.push(frame))
+
+    def push_many(self, frames: Sequence[Frame]) -> list[Frame]:
+        """Add several frames; the windows that become ready go to the backend as one batch (a
+        backend with lanes denoises them at once). Same output as pushing them one by one."""
+        return self._run([w for f in frames for w in self.buffer.push(f)])
 
     def flush(self) -> list[Frame]:
         """At the end of a stream: denoise the frames still waiting for look-ahead."""
-        out = [self._run(o, w) for o, w in self.buffer.flush()]
+        out = self._run(self.buffer.flush())
         self._planes.clear()
         return out
 
@@ -75,14 +86,21 @@ class Denoiser:
         if len(frames) != self.backend.frames:
             raise ValueError(f"need {self.backend.frames} frames, got {len(frames)}")
         t0 = time.perf_counter()
-        x = self._assemble([self._plane(f) for f in frames], frames[0].shape[:2])
-        return self._infer_post(x, frames[0].shape[:2], t0)
+        x = self._assemble([[self._plane(f) for f in frames]])
+        return self._infer_post(x, frames[0].shape[:2], t0)[0]
 
-    def _run(self, out: Frame, window: list[Frame]) -> Frame:
-        t0 = time.perf_counter()
-        planes = [self._plane(f.pixels, (f.source, f.segment, f.index)) for f in window]
-        x = self._assemble(planes, out.pixels.shape[:2])
-        return out.with_pixels(self._infer_post(x, out.pixels.shape[:2], t0))
+    def _run(self, ready: list[tuple[Frame, list[Frame]]]) -> list[Frame]:
+        """Denoise (target, window) pairs, one backend call per run of same-size windows."""
+        done: list[Frame] = []
+        while ready:
+            shape = ready[0][0].pixels.shape
+            n = next((i for i, (o, _) in enumerate(ready) if o.pixels.shape != shape), len(ready))
+            group, ready = ready[:n], ready[n:]
+            t0 = time.perf_counter()
+            x = self._assemble([[self._plane(f.pixels, (f.source, f.segment, f.index)) for f in w] for _, w in group])
+            images = self._infer_post(x, shape[:2], t0)
+            done += [o.with_pixels(img) for (o, _), img in zip(group, images)]
+        return done
 
     def _plane(self, pixels: np.ndarray, key: tuple[str, int, int] | None = None) -> np.ndarray:
         """(H, W, 3) uint8 -> (3, Hp, Wp) float32 in [0, 1], reflect-padded to the stride; cached by key."""
@@ -101,29 +119,33 @@ class Denoiser:
             plane[:, :, w:] = _reflect(plane[:, :, :w], wp - w, axis=2)
         if key is not None:
             self._planes[key] = plane
-            while len(self._planes) > 2 * self.backend.frames + 2:
+            while len(self._planes) > 3 * self.backend.frames + 2:
                 self._planes.popitem(last=False)
         return plane
 
-    def _assemble(self, planes: list[np.ndarray], hw: tuple[int, int]) -> np.ndarray:
-        shape = (1, 3 * len(planes), *planes[0].shape[1:])
+    def _assemble(self, windows: list[list[np.ndarray]]) -> np.ndarray:
+        """Windows of planes -> the (N, 3K, Hp, Wp) input buffer (reused while the shape holds)."""
+        shape = (len(windows), 3 * len(windows[0]), *windows[0][0].shape[1:])
         if self._input is None or self._input.shape != shape:
             self._input = np.empty(shape, np.float32)
-        for k, p in enumerate(planes):
-            self._input[0, 3 * k : 3 * k + 3] = p
+        for n, planes in enumerate(windows):
+            for k, p in enumerate(planes):
+                self._input[n, 3 * k : 3 * k + 3] = p
         return self._input
 
-    def _infer_post(self, x: np.ndarray, hw: tuple[int, int], t0: float) -> np.ndarray:
+    def _infer_post(self, x: np.ndarray, hw: tuple[int, int], t0: float) -> list[np.ndarray]:
         t1 = time.perf_counter()
         y = self.backend.infer(x)
         t2 = time.perf_counter()
         h, w = hw
-        img = y[0, :, :h, :w] if y.flags.writeable else y[0, :, :h, :w].copy()  # in place on the backend buffer
-        np.multiply(img, 255.0, out=img)
-        np.add(img, 0.5, out=img)
-        np.clip(img, 0.0, 255.0, out=img)
-        out = np.ascontiguousarray(img.transpose(1, 2, 0), dtype=np.uint8)  # x+0.5 truncated == rounded
-        self.times.record(t1 - t0, t2 - t1, time.perf_counter() - t2)
+        out = []
+        for row in y:
+            img = row[:, :h, :w] if y.flags.writeable else row[:, :h, :w].copy()  # in place on the backend buffer
+            np.multiply(img, 255.0, out=img)
+            np.add(img, 0.5, out=img)
+            np.clip(img, 0.0, 255.0, out=img)
+            out.append(np.ascontiguousarray(img.transpose(1, 2, 0), dtype=np.uint8))  # x+0.5 truncated == rounded
+        self.times.record(t1 - t0, t2 - t1, time.perf_counter() - t2, len(out))
         return out
 
 

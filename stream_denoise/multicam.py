@@ -56,7 +56,7 @@ _WAIT_POLL_S = 0.5  # a worker waiting for its batch re-checks that the batcher 
 
 @dataclass(eq=False)  # identity: requests are removed from the pending list by identity
 class _Request:
-    x: np.ndarray  # (1, 3K, H, W)
+    x: np.ndarray  # (n, 3K, H, W): one window, or a few from one camera (its flush)
     key: tuple[object, ...]  # windows with equal keys can share a batch
     at: float = field(default_factory=time.monotonic)  # when it was submitted
     done: threading.Event = field(default_factory=threading.Event)
@@ -136,14 +136,19 @@ class BatchingBackend:
             self._run(group)
 
     def _gather(self) -> list[_Request]:
-        """(Under the lock.) The next batch: the oldest window and up to max_size - 1 of its size."""
+        """(Under the lock.) The next batch: the oldest request and others of its size, up to max_size windows."""
         deadline = self._pending[0].at + self.max_wait_s
         while True:
             key = self._pending[0].key
-            group = [r for r in self._pending if r.key == key][: self.max_size]
+            group = []
+            rows = 0
+            for r in self._pending:  # the oldest first, up to max_size windows (one request always fits)
+                if r.key == key and (not group or rows + r.x.shape[0] <= self.max_size):
+                    group.append(r)
+                    rows += r.x.shape[0]
             still_working = self._busy - len(self._pending)  # busy cameras that have not submitted yet
             left = deadline - time.monotonic()
-            if len(group) >= self.max_size or still_working <= 0 or left <= 0 or self._closed:
+            if rows >= self.max_size or still_working <= 0 or left <= 0 or self._closed:
                 break
             self._cond.wait(left)
         for r in group:
@@ -155,8 +160,11 @@ class BatchingBackend:
         t0 = time.perf_counter()
         try:
             y = self.backend.infer(x)
-            for i, r in enumerate(group):
-                r.result = y[i : i + 1].copy()  # the backend reuses its output buffer
+            row = 0
+            for r in group:  # a request may hold several windows (a camera's flush)
+                n = r.x.shape[0]
+                r.result = y[row : row + n].copy()  # the backend reuses its output buffer
+                row += n
         except Exception as exc:  # handed to every waiting camera, which reports it
             for r in group:
                 r.error = exc
@@ -165,8 +173,8 @@ class BatchingBackend:
                 r.done.set()
         s = self.stats
         s.batches += 1
-        s.windows += len(group)
-        s.largest = max(s.largest, len(group))
+        s.windows += len(x)
+        s.largest = max(s.largest, len(x))
         s.infer_s += time.perf_counter() - t0
 
     def close(self) -> None:
@@ -189,7 +197,7 @@ class BatchClient:
         self.name, self.frames, self.target, self.stride = b.name, b.frames, b.target, b.stride
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """x: (1, 3K, H, W) float32 -> (1, 3, H, W) float32, computed in a batch with other cameras."""
+        """x: (n, 3K, H, W) float32 -> (n, 3, H, W) float32, computed in a batch with other cameras."""
         return self._owner._submit(x)
 
     @contextmanager

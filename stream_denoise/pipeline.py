@@ -109,14 +109,35 @@ class Pipeline(Closing):
         return self.metrics
 
     def _infer_loop(self, stop: threading.Event) -> None:
-        m = self.metrics
+        m, limit = self.metrics, self.cfg.max_frames
+        lanes = min(getattr(self.denoiser.backend, "lanes", 1), self.denoiser.backend.frames)
         for frame in counted_frames(self.source, m, stop, poll_s=0.5):
+            frames = [frame]
+            if lanes > 1:  # frames already decoded go with it, one per lane (files; live: only when behind)
+                frames += self._ready_frames(min(lanes - 1, limit - m.frames_in if limit is not None else lanes))
             if self.cfg.output.input_path is not None:
-                self._record("input", self.cfg.output.input_path, frame)
-            self._emit(self.denoiser.push(frame), stop)
-            if self.cfg.max_frames is not None and m.frames_in >= self.cfg.max_frames:
+                for f in frames:
+                    self._record("input", self.cfg.output.input_path, f)
+            self._emit(self.denoiser.push_many(frames) if len(frames) > 1 else self.denoiser.push(frame), stop)
+            if limit is not None and m.frames_in >= limit:
                 break  # the flush below publishes the look-ahead frames: exactly max_frames out
         self._emit(self.denoiser.flush(), stop)
+
+    def _ready_frames(self, n: int) -> list[Frame]:
+        """Up to ``n`` frames the source already has, without waiting (counted like the others)."""
+        out: list[Frame] = []
+        while len(out) < n:
+            t0 = time.perf_counter()
+            try:
+                frame = self.source.read(timeout=0)
+            except SourceTimeout:
+                break
+            if frame is None:
+                break
+            self.metrics.latency["wait"].add(time.perf_counter() - t0)
+            self.metrics.frames_in += 1
+            out.append(frame)
+        return out
 
     def _emit(self, frames: list[Frame], stop: threading.Event) -> None:
         t = self.denoiser.times

@@ -117,10 +117,12 @@ def deployment(model: ModelConfig, batch: BatchConfig, rc: RayConfig) -> Any:
             for rows in by_shape.values():  # cameras of another frame size: another backend call
                 x = from_wire(np.concatenate([windows[i] for i in rows]))
                 y = quantise_output(await asyncio.to_thread(self.backend.infer, x))
-                for j, i in enumerate(rows):
-                    out[i] = y[j : j + 1]
+                at = 0
+                for i in rows:  # a request holds one window, or a few of one camera (its flush)
+                    n = windows[i].shape[0]
+                    out[i], at = y[at : at + n], at + n
                 self.batches += 1
-            self.windows += len(windows)
+                self.windows += len(x)
             return out  # type: ignore[return-value]
 
     return Denoise
