@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--steps", type=int, default=3000)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--max-frames", type=int, default=300, help="frames read per clip")
+    f.add_argument("--objective", choices=["temporal", "masked"], default="temporal",
+                   help="temporal: aligned neighbouring frames as targets (every pixel learnt); masked: blind spot")
 
     e = sub.add_parser("export", help="export a model to ONNX (fp32 or fp16)")
     e.add_argument("model")
@@ -267,7 +269,8 @@ def cmd_fine_tune(a: argparse.Namespace) -> int:
     from .train.finetune import fine_tune
 
     fine_tune(a.clips, a.out, init=None if a.scratch else (a.init or ("lite-causal" if a.window == "causal" else "lite")),
-              arch=a.arch, window=a.window, minutes=a.minutes, steps=a.steps, seed=a.seed, max_frames=a.max_frames)
+              arch=a.arch, window=a.window, minutes=a.minutes, steps=a.steps, seed=a.seed, max_frames=a.max_frames,
+              objective=a.objective)
     return 0
 
 

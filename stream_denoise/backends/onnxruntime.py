@@ -51,6 +51,10 @@ def onnx_for(model: str, precision: str = "fp32") -> Path:
     return out
 
 
+TILE_PIXELS = 1280 * 720  # a lone frame at least this large is split into bands across the lanes
+TILE_MARGIN = 48  # rows of context per band side: > the receptive field radius of lite (~16) and base (~30)
+
+
 class _Session:
     """One ONNX Runtime session with its I/O binding (bound to caller-owned buffers, no copies)."""
 
@@ -102,10 +106,11 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, threads: int | None = None, spinning: bool = False,
-                 lanes: int | None = None) -> None:
+                 lanes: int | None = None, tile_pixels: int = TILE_PIXELS) -> None:
         self.path = Path(path)
         self.threads = threads or os.cpu_count() or 1
         self.lanes = self.threads if lanes is None else lanes
+        self.tile_pixels = tile_pixels
         self._wide = _Session(self.path, self.threads, spinning)
         meta = self._wide.session.get_modelmeta().custom_metadata_map
         try:
@@ -137,7 +142,9 @@ class OnnxRuntimeBackend:
         if self._out is None or self._out.shape != shape:
             self._out = np.empty(shape, self._in_type)
         out = self._out
-        if n == 1 or self._pool is None:
+        if n == 1 and self._pool is not None and x.shape[2] * x.shape[3] >= self.tile_pixels:
+            self._tiled(x, out)
+        elif n == 1 or self._pool is None:
             self._wide.run(x, out)
         else:
             bounds = np.linspace(0, n, min(n, len(self._lanes)) + 1).astype(int)
@@ -146,6 +153,26 @@ class OnnxRuntimeBackend:
             for job in jobs:
                 job.result()
         return out if self._in_type == np.float32 else out.astype(np.float32)
+
+    def _tiled(self, x: np.ndarray, out: np.ndarray) -> None:
+        """One large frame as horizontal bands, one per lane, each with ``TILE_MARGIN`` rows of
+        context above and below (more than the network's receptive field, on its stride grid), so
+        each band's own rows equal the whole frame's output: no seams (tested)."""
+        assert self._pool is not None
+        h, m, s = x.shape[2], TILE_MARGIN, self.stride
+        cuts = [min(h, -(-h * i // len(self._lanes)) // s * s) for i in range(len(self._lanes) + 1)]
+        cuts[-1] = h
+
+        def band(lane: _Session, a: int, b: int) -> None:
+            r0, r1 = max(0, a - m), min(h, b + m)
+            xin = np.ascontiguousarray(x[:, :, r0:r1])
+            y = np.empty((1, 3, r1 - r0, x.shape[3]), self._in_type)
+            lane.run(xin, y)
+            out[:, :, a:b] = y[:, :, a - r0 : b - r0]
+
+        jobs = [self._pool.submit(band, lane, a, b) for lane, a, b in zip(self._lanes, cuts[:-1], cuts[1:]) if b > a]
+        for job in jobs:
+            job.result()
 
     def close(self) -> None:
         if self._pool is not None:

@@ -2,12 +2,17 @@
 
     stream-denoise fine-tune rec1.mp4 rec2.mkv --out mycam.pt [--from lite] [--minutes 10]
 
-1. Measure the noise of the recordings (level, spatial and temporal correlation) and size the
-   blind spot from it (``masking.NoiseStats.mask_spec``).
-2. Train with the masked loss (``masking.masked_loss``) from the shipped model (or from scratch),
-   holding out the last 10% of each clip (at least K+1 frames, at most 30): its masked loss with *fixed* masks is the validation
-   score, and the best weights seen are kept (early stopping).
-3. Write a model file that ``run``, ``denoise`` and ``export`` accept.
+1. Measure the noise of the recordings (level, spatial and temporal correlation).
+2. Objective ``temporal`` (default, ``temporal.py``): targets are other frames of the recording
+   aligned to the target frame by optical flow on the starting model's output; the network learns
+   to denoise every pixel, its own included. Objective ``masked`` (``masking.py``; also the
+   fallback when too few pixels can be aligned, e.g. no model to start from): the blind spot,
+   sized from the noise's spatial correlation.
+3. Hold out the last 10% of each clip (at least K+1 frames, at most 30); the objective's loss on
+   fixed held-out batches is the validation score, measured before training too, and the best
+   weights seen are kept (early stopping; with ``temporal`` this keeps the starting model when
+   training does not beat it on held-out frames).
+4. Write a model file that ``run``, ``denoise`` and ``export`` accept.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from .. import zoo
 from ..model import create_model, load_model, save_model
 from .data import Pair, read_clip, sample_windows, to_input
 from .loop import fit
-from .masking import MaskSpec, masked_loss, measure_noise
+from . import temporal
+from .masking import MaskSpec, NoiseStats, masked_loss, measure_noise
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +38,7 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
               window: str = "centered", minutes: float = 10.0, steps: int = 3000, seed: int = 0,
               max_frames: int = 300, batch: int = 8, patch: int = 96, lr: float = 3e-4,
               mask: MaskSpec | None = None, threads: int | None = None, frames: Sequence[np.ndarray] | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, objective: str = "temporal") -> dict:
     """Fit a model to recordings; ``frames`` may pass decoded clips ((T,H,W,3) uint8 RGB) directly."""
     if threads:
         torch.set_num_threads(threads)
@@ -55,29 +61,72 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
         else:
             train.append(Pair(clip, None))
     patch = min(patch, *(min(c.noisy.shape[1:3]) // 4 * 4 for c in train))
+    if objective == "temporal" and init is None:
+        log.warning("no model to start from: the temporal objective needs one to align frames; using the masked objective")
+        objective = "masked"
+    if objective == "temporal":
+        objective, pool, vpool = _temporal_pools(model, train, held, stats)
     vrng = np.random.default_rng(seed + 1)
-    val_batches = []
-    if held:
-        vpool = [Pair(h, None) for h in held]
-        for _ in range(4):
-            x, _, _ = sample_windows(vpool, batch, model.frames, model.target, patch, vrng)
-            val_batches.append((torch.from_numpy(to_input(x)).to(device), int(vrng.integers(1 << 31))))
+    val_batches: list[tuple[torch.Tensor, ...]] = []
+    if objective == "temporal":
+        for _ in range(4 if vpool else 0):
+            x, tg, v = temporal.sample(vpool, batch, model.frames, model.target, patch, vrng)
+            val_batches.append(_tensors(x, tg, v, device))
 
-    def validate() -> float:
-        with torch.no_grad():
-            return float(np.mean([masked_loss(model, x, mask, np.random.default_rng(s)).item() for x, s in val_batches]))
+        def validate() -> float:
+            with torch.no_grad():
+                return float(np.mean([temporal.loss(model, *b).item() for b in val_batches]))
 
-    def step_loss(r: np.random.Generator) -> torch.Tensor:
-        x, _, _ = sample_windows(train, batch, model.frames, model.target, patch, r)
-        return masked_loss(model, torch.from_numpy(to_input(x)).to(device), mask, r)
+        def step_loss(r: np.random.Generator) -> torch.Tensor:
+            return temporal.loss(model, *_tensors(*temporal.sample(pool, batch, model.frames, model.target, patch, r),
+                                                  device))
+    else:
+        if held:
+            vpool_m = [Pair(h, None) for h in held]
+            for _ in range(4):
+                x, _, _ = sample_windows(vpool_m, batch, model.frames, model.target, patch, vrng)
+                val_batches.append((torch.from_numpy(to_input(x)).to(device), torch.tensor(int(vrng.integers(1 << 31)))))
+
+        def validate() -> float:
+            with torch.no_grad():
+                return float(np.mean([masked_loss(model, x, mask, np.random.default_rng(int(sd))).item()
+                                      for x, sd in val_batches]))
+
+        def step_loss(r: np.random.Generator) -> torch.Tensor:
+            x, _, _ = sample_windows(train, batch, model.frames, model.target, patch, r)
+            return masked_loss(model, torch.from_numpy(to_input(x)).to(device), mask, r)
 
     out = Path(out)
     summary = fit(model, step_loss, steps=steps, minutes=minutes, lr=lr, seed=seed,
                   checkpoint=out.with_suffix(".ckpt"), validate=validate if val_batches else None,
                   validate_every=100, progress=progress)
     save_model(model, out, trained="self-supervised fine-tune", init=init or f"scratch:{arch}",
-               clips=[str(c) for c in clips], mask_radius=mask.radius, mask_tube=mask.tube,
+               clips=[str(c) for c in clips], objective=objective, mask_radius=mask.radius, mask_tube=mask.tube,
                noise_sigma=stats.sigma, seed=seed, **summary)
-    log.info("wrote %s: %d steps in %.0f s, held-out masked loss %s", out, summary["steps"], summary["seconds"],
+    log.info("wrote %s: %d steps in %.0f s, held-out %s loss %s", out, summary["steps"], summary["seconds"], objective,
              f"{summary['best_val']:.6f}" if summary["best_val"] is not None else "n/a")
-    return summary
+    return summary | {"objective": objective}
+
+
+def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.ndarray], stats: NoiseStats
+                    ) -> tuple[str, list[temporal.TemporalClip], list[temporal.TemporalClip]]:
+    """Aligned targets of the training and held-out clips, and the objective they allow ('masked'
+    when too few pixels align between frames)."""
+    gap = 2 if stats.temporal_corr > 0.3 else 0  # noise a codec copies between frames: reach further for the target
+    margin = min(2 * np.sqrt(3) * stats.sigma, 48.0)  # ~2 sigma per channel (sigma is measured on luma)
+    pools = [[temporal.build(c, temporal.denoise_clip(model, c), model.frames, model.target, gap, margin=margin)
+              for c in clips]
+             for clips in ([p.noisy for p in train], held)]
+    frac = float(np.mean([c.valid_fraction for c in pools[0]]))
+    held_frac = float(np.mean([c.valid_fraction for c in pools[1]])) if held else 0.0
+    log.info("temporal targets: %.0f%% of training pixels aligned (%.0f%% held out), frame gap +%d, "
+             "clipping margin %.0f", 100 * frac, 100 * held_frac, gap, margin)
+    if frac < temporal.MIN_VALID or (held and held_frac < temporal.MIN_VALID):
+        log.warning("too few pixels align between frames: falling back to the masked (blind-spot) objective")
+        return "masked", [], []
+    return "temporal", pools[0], [c for c in pools[1] if c.valid_fraction >= temporal.MIN_VALID]
+
+
+def _tensors(x: np.ndarray, tg: np.ndarray, v: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
+    t = torch.from_numpy(tg).to(device).permute(0, 3, 1, 2).float() / 255
+    return torch.from_numpy(to_input(x)).to(device), t, torch.from_numpy(v).to(device).permute(0, 3, 1, 2).float()

@@ -70,3 +70,62 @@ def test_cli_fine_tune_writes_a_model_that_run_denoise_and_export_accept(tmp_pat
     assert denoise_cli(sample, tmp_path / "o.mkv", "--model", str(model)).shape[0] == 75
     res = run_cli("-q", "export", str(model), "--out", str(tmp_path / "cam.onnx"))
     assert res.returncode == 0 and (tmp_path / "cam.onnx").exists(), res.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# the temporal objective: aligned frames outside the window as targets
+# ---------------------------------------------------------------------------------------------------
+
+def test_temporal_targets_come_from_outside_the_window():
+    from stream_denoise.buffer import reflect_indices
+    from stream_denoise.train.temporal import outside
+
+    for frames, target in ((5, 2), (5, 4), (3, 1)):
+        for length in (6, 9, 24):
+            for t in range(length):
+                window = set(reflect_indices(t, frames, target, length))
+                for gap in (0, 2):
+                    for u in outside(t, frames, target, length, gap):
+                        if u is not None:  # its noise never reaches the input of frame t
+                            assert 0 <= u < length and u not in window, (frames, target, length, t, u)
+                before, after = outside(t, frames, target, length)
+                assert before is not None or after is not None or length <= frames + 1
+
+
+def test_temporal_targets_follow_the_motion(clip):
+    from stream_denoise.train.temporal import build
+
+    clean, _ = clip
+    tc = build(clean, clean, 5, 2)  # the clean clip as its own guide: targets are the aligned clean frames
+    assert tc.valid_fraction > 0.5
+    err = np.abs(tc.target.astype(np.float32) - clean[:, None].astype(np.float32))
+    assert float(err[tc.valid].mean()) < 3.0  # grey levels: aligned, not just nearby frames
+    still = np.abs(clean[3:].astype(np.float32) - clean[:-3].astype(np.float32)).mean()
+    assert still > 3 * float(err[tc.valid].mean())  # the clip moves: without alignment the error is far larger
+
+
+@pytest.fixture(scope="module")
+def pan():
+    """A camera panning 2 whole pixels per frame over a photo: every frame is an exact crop, so
+    aligned frames show the same clean scene (moving_clip resamples each frame with its own
+    sub-pixel blur, which no flow can undo)."""
+    photo = skimage_photos()[2]  # chelsea: mostly mid-tones
+    clean = np.stack([photo[60:156, 80 + 2 * t : 176 + 2 * t] for t in range(24)])
+    return clean, add_noise(clean, CONDITIONS["gaussian30"], seed=5)
+
+
+def test_temporal_fine_tune_improves_its_start_and_records_the_objective(tmp_path, pan):
+    clean, noisy = pan
+    out = tmp_path / "cam.pt"
+    summary = fine_tune([], out, init="lite", minutes=2, steps=300, seed=0, batch=8, patch=80,
+                        frames=[noisy], progress=False)
+    assert summary["objective"] == "temporal"
+    from stream_denoise import zoo
+
+    def score(model: str) -> float:
+        den = Denoiser(create_backend(ModelConfig(model=model, backend="torch")))
+        outs = [den.denoise_window(list(noisy[i - 2 : i + 3])) for i in range(2, len(noisy) - 2)]
+        return float(np.mean([psnr(o, clean[i + 2]) for i, o in enumerate(outs)]))
+
+    start, tuned = score(str(zoo.resolve("lite", ".pt"))), score(str(out))
+    assert tuned > start + 0.3, (start, tuned)  # from noisy frames alone

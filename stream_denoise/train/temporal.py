@@ -1,0 +1,139 @@
+"""Full-pixel self-supervision from time: another frame of the recording, aligned to the target
+frame, is an independent noisy observation of the same scene.
+
+For the window of frame t, the target is the nearest noisy frame u *outside* the window (before and
+after t; so its noise never enters the input), warped to frame t with optical flow computed on the
+*denoised* frames of the starting model (OpenCV DIS), and kept only where the aligned denoised frames
+agree (occlusions, flow failures, scene cuts and borders are left out). Over the kept pixels
+
+    E |f(window_t) - warp(y_u)|^2 = E |f(window_t) - x_t|^2 + noise variance + alignment error,
+
+so minimising it teaches the network to denoise *every* pixel, its own included (the masked
+blind-spot objective teaches it to ignore the centre pixel, which costs quality at inference), and
+on held-out frames the same figure ranks models by their real error to the clean frame: fine-tuning
+uses it for early stopping and keeps the starting model when training does not beat it.
+
+It needs noise that is independent from frame to frame (sensor noise). Noise a codec copies between
+frames (measured ``temporal_corr``) is handled by a larger gap to the target frame; static content
+with such noise everywhere is the case for the masked objective (``masking.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..buffer import reflect_indices
+
+MIN_VALID = 0.05  # below this fraction of usable pixels a clip gives no temporal targets
+
+
+@dataclass
+class TemporalClip:
+    noisy: np.ndarray  # (T, H, W, 3) uint8
+    target: np.ndarray  # (T, 2, H, W, 3) uint8: the frame before / after the window, warped to t
+    valid: np.ndarray  # (T, 2, H, W, 3) bool: where (and in which channels) that target can be trusted
+
+    @property
+    def valid_fraction(self) -> float:
+        return float(self.valid.mean())
+
+
+def denoise_clip(model: torch.nn.Module, clip: np.ndarray, batch: int = 4) -> np.ndarray:
+    """Every frame of a (T, H, W, 3) uint8 clip through ``model`` (windows reflected at the ends)."""
+    from ..model.net import STRIDE
+
+    t_len, h, w = clip.shape[:3]
+    hp, wp = -(-h // STRIDE) * STRIDE, -(-w // STRIDE) * STRIDE
+    dev = next(model.parameters()).device
+    out = np.empty_like(clip)
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, t_len, batch):
+            ts = range(s, min(s + batch, t_len))
+            win = np.stack([clip[reflect_indices(t, model.frames, model.target, t_len)] for t in ts])
+            x = torch.from_numpy(win).to(dev).permute(0, 1, 4, 2, 3).reshape(len(ts), -1, h, w).float() / 255
+            x = torch.nn.functional.pad(x, (0, wp - w, 0, hp - h), mode="reflect" if min(h, w) > 4 else "replicate")
+            y = model(x)[:, :, :h, :w].clamp(0, 1) * 255 + 0.5
+            out[s : s + len(ts)] = y.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
+    return out
+
+
+def outside(t: int, frames: int, target: int, length: int, gap: int = 0) -> tuple[int | None, int | None]:
+    """The nearest frames before and after t that are not in t's window (+ ``gap``), or None."""
+    window = set(reflect_indices(t, frames, target, length))
+    before = next((u for u in range(t - 1, -1, -1) if u not in window and u < min(window)), None)
+    after = next((u for u in range(t + 1, length) if u not in window and u > max(window)), None)
+    before = before - gap if before is not None and before - gap >= 0 else None
+    after = after + gap if after is not None and after + gap < length else None
+    return before, after
+
+
+def build(clip: np.ndarray, denoised: np.ndarray, frames: int, target: int, gap: int = 0,
+          tolerance: float = 6.0, margin: float = 0.0) -> TemporalClip:
+    """Aligned targets for every frame of ``clip``; ``denoised`` (same shape) guides the alignment.
+
+    Channels whose denoised value at t is within ``margin`` of 0 or 255 are left out: there the
+    8-bit clipping of the noise moves the target's mean (E[clip(x + n)] != x), which would teach the
+    network to lift blacks and dim highlights. The test looks at the input's estimate only, never at
+    the target's noise (selecting on that would bias the target)."""
+    import cv2
+
+    t_len, h, w = clip.shape[:3]
+    gray = [cv2.cvtColor(d, cv2.COLOR_RGB2GRAY) for d in denoised]
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    tgt = np.zeros((t_len, 2, h, w, 3), np.uint8)
+    valid = np.zeros((t_len, 2, h, w, 3), bool)
+    for t in range(t_len):
+        for side, u in enumerate(outside(t, frames, target, t_len, gap)):
+            if u is None:
+                continue
+            flow = dis.calc(gray[t], gray[u], None)  # gray[t](p) ~ gray[u](p + flow(p))
+            mx, my = grid_x + flow[..., 0], grid_y + flow[..., 1]
+            tgt[t, side] = cv2.remap(clip[u], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            guide = cv2.remap(denoised[u], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            err = cv2.blur(np.abs(guide.astype(np.float32) - denoised[t].astype(np.float32)).mean(axis=2), (5, 5))
+            inside = (mx >= 1) & (mx <= w - 2) & (my >= 1) & (my <= h - 2)
+            unclipped = (denoised[t] >= margin) & (denoised[t] <= 255 - margin)
+            valid[t, side] = ((err < tolerance) & inside)[..., None] & unclipped
+    return TemporalClip(clip, tgt, valid)
+
+
+def sample(pool: list[TemporalClip], batch: int, frames: int, target: int, patch: int,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random windows with their aligned targets: (N,K,P,P,3) uint8, (N,P,P,3) uint8, (N,P,P,3) bool."""
+    xs, ts, vs = [], [], []
+    tries = 0
+    while len(xs) < batch:
+        c = pool[int(rng.integers(len(pool)))]
+        t_len, h, w = c.noisy.shape[:3]
+        t, side = int(rng.integers(t_len)), int(rng.integers(2))
+        y0, x0 = int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1))
+        v = c.valid[t, side, y0 : y0 + patch, x0 : x0 + patch]
+        tries += 1
+        if v.mean() < (0.25 if tries < 50 * batch else 0.0):  # prefer patches with targets; never loop forever
+            continue
+        win = c.noisy[reflect_indices(t, frames, target, t_len), y0 : y0 + patch, x0 : x0 + patch]
+        tg = c.target[t, side, y0 : y0 + patch, x0 : x0 + patch]
+        k, flip = int(rng.integers(4)), bool(rng.integers(2))
+        win, tg, v = _aug(win, k, flip, (1, 2)), _aug(tg, k, flip, (0, 1)), _aug(v, k, flip, (0, 1))
+        if target == frames // 2 and rng.integers(2):
+            win = win[::-1]  # time reversal: the same scene played backwards
+        xs.append(win)
+        ts.append(tg)
+        vs.append(v)
+    return np.stack(xs), np.stack(ts), np.stack(vs)
+
+
+def _aug(a: np.ndarray, k: int, flip: bool, axes: tuple[int, int]) -> np.ndarray:
+    a = np.rot90(a, k, axes=axes)
+    return np.ascontiguousarray(np.flip(a, axis=axes[1]) if flip else a)
+
+
+def loss(model: torch.nn.Module, x: torch.Tensor, tgt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean squared error to the aligned targets over the valid values. x (N,3K,P,P); tgt, valid (N,3,P,P)."""
+    err = (model(x) - tgt) ** 2 * valid
+    return err.sum() / valid.sum().clamp(min=1)

@@ -1,0 +1,48 @@
+"""ONNX Runtime lanes: a batch split over one-thread sessions, and a large frame split into bands,
+give the same output as one session on the whole input (no seams)."""
+
+import numpy as np
+import pytest
+
+from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend, onnx_for
+
+
+def frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 1, (1, 15, h, w)).astype(np.float32)
+    return np.clip(base + rng.normal(0, 0.05, (n, 15, h, w)), 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("model", ["lite", "base"])
+def test_lanes_and_bands_equal_one_session(model):
+    path = onnx_for(model)
+    one = OnnxRuntimeBackend(path, threads=2, lanes=1)
+    lanes = OnnxRuntimeBackend(path, threads=2, lanes=3, tile_pixels=1)  # every lone frame in bands
+    assert lanes.lanes == 3 and len(lanes._lanes) == 3
+    try:
+        x = frames(4, 200, 96)  # a batch of 4 windows over 3 lanes
+        ref = np.concatenate([one.infer(x[i : i + 1]).copy() for i in range(4)])
+        assert np.abs(lanes.infer(x) - ref).max() < 1e-4
+        big = frames(1, 412, 120, seed=1)  # 3 bands of ~137 rows, cut on the stride grid
+        whole = one.infer(big).copy()
+        banded = lanes.infer(big)
+        assert np.abs(banded - whole).max() < 1e-4, "seams: the bands' margins are narrower than the receptive field"
+    finally:
+        one.close()
+        lanes.close()
+
+
+def test_band_margin_covers_the_receptive_field():
+    """A pixel change moves the output no further than TILE_MARGIN rows away (lite and base)."""
+    from stream_denoise.backends.onnxruntime import TILE_MARGIN
+
+    for model in ("lite", "base"):
+        b = OnnxRuntimeBackend(onnx_for(model), threads=2, lanes=1)
+        try:
+            x = frames(1, 256, 64)
+            y0 = b.infer(x).copy()
+            x[:, :, 128, 32] += 0.5
+            rows = np.nonzero(np.abs(b.infer(x) - y0).max(axis=(0, 1, 3)) > 0)[0]
+            assert rows.size and max(abs(rows - 128)) < TILE_MARGIN, (model, rows.min(), rows.max())
+        finally:
+            b.close()
