@@ -302,6 +302,13 @@ class DeploymentConfig(Strict):
         if self.ray is not None:
             seen: dict[str, int] = {}
             for i in range(len(self.cameras)):
+                if self.cameras[i].endpoint is None:  # derived from [publish] endpoint: port + i
+                    base = self.publish.endpoint
+                    m = re.match(r"^tcp://.+:(\d+|\*)$", base)
+                    if m and (m.group(1) == "*" or int(m.group(1)) + i > 65535):
+                        _fail("camera_endpoint", f"cannot derive camera {i}'s endpoint from {base!r} (port + {i}): "
+                              "give [publish] a numbered port or the camera its own endpoint",
+                              ("cameras", i, "endpoint"), None)
                 ep = self.camera_endpoint(i)
                 if ep in seen:
                     _fail("duplicate_endpoint", f"endpoint {ep!r} is also used by cameras[{seen[ep]}]",

@@ -92,9 +92,11 @@ class Denoiser:
     def _run(self, ready: list[tuple[Frame, list[Frame]]]) -> list[Frame]:
         """Denoise (target, window) pairs, one backend call per run of same-size windows."""
         done: list[Frame] = []
+        limit = getattr(self.backend, "max_batch", None) or len(ready)
         while ready:
             shape = ready[0][0].pixels.shape
             n = next((i for i, (o, _) in enumerate(ready) if o.pixels.shape != shape), len(ready))
+            n = min(n, limit)
             group, ready = ready[:n], ready[n:]
             t0 = time.perf_counter()
             x = self._assemble([[self._plane(f.pixels, (f.source, f.segment, f.index)) for f in w] for _, w in group])

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from .config import RunConfig
 from .denoiser import Denoiser
-from .errors import SourceTimeout
+from .errors import SourceError, SourceTimeout
 from .frame import Frame
 from .metrics import Metrics
 from .resources import Closing
@@ -64,7 +64,11 @@ class Pipeline(Closing):
         self._closers: list = []
         self.health = None
         try:
-            self.denoiser = denoiser or Denoiser(create_backend(cfg.model), cfg.model.window)
+            if denoiser is None:
+                backend = create_backend(cfg.model)
+                self._closers.append(backend.close)  # created here, closed here
+                denoiser = Denoiser(backend, cfg.model.window)
+            self.denoiser = denoiser
             self.source = open_source(cfg.source)
             self._closers.append(self.source.close)
             self.publisher = None
@@ -124,13 +128,14 @@ class Pipeline(Closing):
         self._emit(self.denoiser.flush(), stop)
 
     def _ready_frames(self, n: int) -> list[Frame]:
-        """Up to ``n`` frames the source already has, without waiting (counted like the others)."""
+        """Up to ``n`` frames the source already has, without waiting (counted like the others). A
+        source error is left for the next blocking read, after the frames in hand are denoised."""
         out: list[Frame] = []
         while len(out) < n:
             t0 = time.perf_counter()
             try:
                 frame = self.source.read(timeout=0)
-            except SourceTimeout:
+            except (SourceTimeout, SourceError):
                 break
             if frame is None:
                 break

@@ -15,7 +15,8 @@ replica loses no frame. One slow or dead camera is only its own actor: nothing w
 
 Windows travel as uint8: the pre-processed window is exactly ``pixel / 255`` in float32, so the
 replica rebuilds it bit for bit from a 4x smaller message; the result comes back rounded to uint8
-the way :class:`Denoiser` rounds, so a camera publishes the same pixels it would compute locally.
+the way :class:`Denoiser` rounds, so a camera publishes the pixels it would compute locally (to
+within one level where a batched call rounds differently from a single one).
 
 Ray is optional: ``pip install "stream-denoise[ray]"`` (``ray[serve]``), imported only here.
 """
@@ -66,6 +67,17 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         socket.create_connection((m.group(1), int(m.group(2))), timeout=timeout_s).close()
     except OSError as exc:
         raise BackendUnavailable(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from exc
+
+
+def last_line(exc: BaseException) -> str:
+    """The informative line of a (possibly remote) error: its root cause's message, one line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    cause = getattr(exc, "cause", None)  # RayTaskError wraps the remote exception
+    if isinstance(cause, BaseException):
+        exc = cause
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def to_wire(x: np.ndarray) -> np.ndarray:
@@ -151,11 +163,11 @@ class ServeBackend:
         for attempt in range(self.retries + 1):
             try:
                 return request().result(timeout_s=self.timeout_s)
-            except GetTimeoutError as exc:
+            except (GetTimeoutError, TimeoutError) as exc:  # TimeoutError: still waiting for a replica
                 raise BackendUnavailable(f"ray serve: no answer within {self.timeout_s:g} s") from exc
             except lost as exc:
                 if attempt == self.retries:
-                    raise BackendUnavailable(f"ray serve: replica lost {attempt + 1} times: {exc}") from exc
+                    raise BackendUnavailable(f"ray serve: replica lost {attempt + 1} times: {last_line(exc)}") from exc
                 self.resent += 1
                 log.warning("ray serve: a replica was lost (%s); resending (%d/%d)",
                             type(exc).__name__, attempt + 1, self.retries)
@@ -196,8 +208,8 @@ class CameraWorker:
             self._denoiser = Denoiser(self._backend, self.cfg.model.window)
             if not is_live(self.cfg.source.uri):
                 self._pipeline = self._make()
-        except StreamDenoiseError as exc:
-            return str(exc)
+        except Exception as exc:  # reported to the driver as one line
+            return last_line(exc)
         return None
 
     def _make(self) -> Any:
@@ -217,9 +229,9 @@ class CameraWorker:
                 m = pipeline.run(self._stop)
             return {"camera": name, "state": "ended", "frames_in": m.frames_in, "frames_out": m.frames_out,
                     "resent": self._backend.resent, "snapshot": pipeline.snapshot()}
-        except StreamDenoiseError as exc:
-            log.error("%s: camera stopped: %s", name, exc)
-            return {"camera": name, "state": "failed", "error": str(exc)}
+        except Exception as exc:  # one camera's failure is reported, never a traceback
+            log.error("%s: camera stopped: %s", name, last_line(exc))
+            return {"camera": name, "state": "failed", "error": last_line(exc)}
 
     def _open(self, make: Any) -> Any:
         """Open the pipeline; a live camera that is down is retried with capped backoff until stopped."""
@@ -300,8 +312,11 @@ class RayDeployment(Closing):
                 model = ModelConfig.model_validate_json(model_json)
                 if model.threads is None:  # ONNX Runtime threads = the CPUs Ray reserves for the replica
                     model = model.model_copy(update={"threads": max(1, int(rc.replica_cpus))})
-                self.apps[app] = serve.run(deployment(model, cfg.batch, rc).bind(model.model_dump_json(), level),
-                                           name=app, route_prefix=None)
+                try:
+                    self.apps[app] = serve.run(deployment(model, cfg.batch, rc).bind(model.model_dump_json(), level),
+                                               name=app, route_prefix=None)
+                except Exception as exc:  # e.g. the model does not load in the replicas
+                    raise BackendUnavailable(f"ray serve: deploying {model.model} failed: {last_line(exc)}") from exc
             for run in runs:
                 app = f"{APP}-{models.index(run.model.model_copy(update={'window': None}).model_dump_json())}"
                 name = run.source.display_name
@@ -309,7 +324,10 @@ class RayDeployment(Closing):
                                        max_restarts=0).remote(run.model_dump_json(), app, rc.model_dump_json(), level)
                 self.actors[name] = actor
                 self._closers.append(lambda a=actor: ray.kill(a))
-            errors = ray.get([a.open.remote() for a in self.actors.values()])
+            try:
+                errors = ray.get([a.open.remote() for a in self.actors.values()])
+            except ray.exceptions.RayError as exc:
+                raise BackendUnavailable(f"ray: a camera actor did not start: {last_line(exc)}") from exc
             failed = [f"{name}: {e}" for name, e in zip(self.actors, errors) if e is not None]
             if failed:
                 raise SourceError("; ".join(failed))
@@ -331,7 +349,7 @@ class RayDeployment(Closing):
                 try:
                     results[name] = ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    results[name] = {"camera": name, "state": "failed", "error": str(exc).splitlines()[0]}
+                    results[name] = {"camera": name, "state": "failed", "error": last_line(exc)}
                 r = results[name]
                 (log.error if r["state"] == "failed" else log.info)(
                     "%s: %s%s", name, r["state"], f" ({r['error']})" if "error" in r

@@ -22,6 +22,7 @@ class Backend(Protocol):
     frames: int  # K, window length
     target: int  # index in the window of the frame being denoised
     stride: int  # H and W must be multiples of this
+    # optional: ``max_batch`` (int), the most windows one ``infer`` call takes (default: no limit)
 
     def infer(self, x: np.ndarray) -> np.ndarray: ...
 

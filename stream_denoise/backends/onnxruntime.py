@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -148,10 +148,8 @@ class OnnxRuntimeBackend:
             self._wide.run(x, out)
         else:
             bounds = np.linspace(0, n, min(n, len(self._lanes)) + 1).astype(int)
-            jobs = [self._pool.submit(lane.run_rows, x[a:b], out[a:b])
-                    for lane, a, b in zip(self._lanes, bounds[:-1], bounds[1:])]
-            for job in jobs:
-                job.result()
+            _finish([self._pool.submit(lane.run_rows, x[a:b], out[a:b])
+                     for lane, a, b in zip(self._lanes, bounds[:-1], bounds[1:])])
         return out if self._in_type == np.float32 else out.astype(np.float32)
 
     def _tiled(self, x: np.ndarray, out: np.ndarray) -> None:
@@ -170,12 +168,18 @@ class OnnxRuntimeBackend:
             lane.run(xin, y)
             out[:, :, a:b] = y[:, :, a - r0 : b - r0]
 
-        jobs = [self._pool.submit(band, lane, a, b) for lane, a, b in zip(self._lanes, cuts[:-1], cuts[1:]) if b > a]
-        for job in jobs:
-            job.result()
+        _finish([self._pool.submit(band, lane, a, b) for lane, a, b in zip(self._lanes, cuts[:-1], cuts[1:]) if b > a])
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         for s in (self._wide, *self._lanes):
             s.close()
+
+
+def _finish(jobs: list[Future]) -> None:
+    """Wait for every lane (none may still write into the output or use its session), then raise
+    the first failure."""
+    wait(jobs)
+    for job in jobs:
+        job.result()

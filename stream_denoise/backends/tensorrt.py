@@ -106,6 +106,7 @@ class TensorRTBackend:
         self.precision = cached.manifest.get("precision")
         self._owner, self._engine = owner, cached.engine  # the runtime must outlive the engine
         shapes = Shapes.from_profile(cached.manifest["profile"]) if "profile" in cached.manifest else None
+        self.max_batch = shapes.batch if shapes is not None else 1  # the Denoiser splits larger batches
         self._executor = GpuExecutor(TrtRunner(trt, torch, cached.engine, shapes), "cuda", graphs=graphs)
         log.info("tensorrt: %s (%s, window %d/%d)", self.path.name, self.precision, self.target, self.frames)
 

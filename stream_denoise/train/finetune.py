@@ -114,8 +114,13 @@ def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.nda
     when too few pixels align between frames)."""
     gap = 2 if stats.temporal_corr > 0.3 else 0  # noise a codec copies between frames: reach further for the target
     margin = min(2 * np.sqrt(3) * stats.sigma, 48.0)  # ~2 sigma per channel (sigma is measured on luma)
-    pools = [[temporal.build(c, temporal.denoise_clip(model, c), model.frames, model.target, gap, margin=margin)
-              for c in clips]
+    def one(c: np.ndarray) -> temporal.TemporalClip:
+        per_frame = 12 * c.shape[1] * c.shape[2]  # 2 targets + 2 masks, 3 channels each
+        step = max(1, -(-len(c) * per_frame // temporal.TARGET_BYTES))
+        return temporal.build(c, temporal.denoise_clip(model, c), model.frames, model.target, gap, margin=margin,
+                              ts=list(range(0, len(c), step)))
+
+    pools = [[one(c) for c in clips]
              for clips in ([p.noisy for p in train], held)]
     frac = float(np.mean([c.valid_fraction for c in pools[0]]))
     held_frac = float(np.mean([c.valid_fraction for c in pools[1]])) if held else 0.0
