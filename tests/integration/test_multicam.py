@@ -22,6 +22,7 @@ from stream_denoise.config import DeploymentConfig
 from stream_denoise.errors import BackendUnavailable
 from stream_denoise.multicam import BatchingBackend, MultiCamera
 from stream_denoise.publish import Received, Subscriber
+from tests.waiting import wait_until
 
 MODEL = {"model": "lite", "backend": "onnxruntime", "threads": 2}
 BAR = 8
@@ -93,12 +94,7 @@ class Collector:
         return len(self.by_topic[topic])
 
     def wait(self, cond, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if cond():
-                return True
-            time.sleep(0.02)
-        return cond()
+        return wait_until(cond, timeout, poll=0.02)
 
     def close(self) -> None:
         time.sleep(0.2)  # what is in flight

@@ -7,15 +7,7 @@ import time
 from stream_denoise.config import ModelConfig, PublishConfig, RunConfig, SourceConfig
 from stream_denoise.pipeline import Pipeline
 from stream_denoise.publish import Subscriber
-
-
-def wait_for(cond, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
+from tests.waiting import wait_until
 
 
 def test_camera_killed_restarted_and_stalled(rtsp_server, tmp_path):
@@ -38,7 +30,7 @@ def test_camera_killed_restarted_and_stalled(rtsp_server, tmp_path):
         with Pipeline(cfg) as pipe:
             runner = threading.Thread(target=pipe.run, args=(stop,))
             runner.start()
-            assert wait_for(lambda: len(got) >= 10, 60), "no frames before the fault"
+            assert wait_until(lambda: len(got) >= 10, 60), "no frames before the fault"
 
             rtsp_server.kill()  # the camera drops off the network
             killed_at = time.time()
@@ -47,7 +39,7 @@ def test_camera_killed_restarted_and_stalled(rtsp_server, tmp_path):
             assert not stale, "frames captured before the drop were published long after it"
             rtsp_server.start()  # ... and comes back
             back = time.time()
-            assert wait_for(lambda: any(h["segment"] >= 1 for _, h in got), 30), "did not resume after reconnect"
+            assert wait_until(lambda: any(h["segment"] >= 1 for _, h in got), 30), "did not resume after reconnect"
             resumed = min(t for t, h in got if h["segment"] >= 1)
             assert resumed - back < 15
             assert pipe.source.stats.reconnects >= 1
@@ -56,7 +48,7 @@ def test_camera_killed_restarted_and_stalled(rtsp_server, tmp_path):
             rtsp_server.stall()  # frozen camera: connection open, no data
             time.sleep(3.0)
             rtsp_server.resume()
-            assert wait_for(lambda: len(got) > n + 10, 45), "did not recover from a stall"
+            assert wait_until(lambda: len(got) > n + 10, 45), "did not recover from a stall"
             assert runner.is_alive()
             stop.set()
             runner.join(timeout=30)
@@ -64,4 +56,4 @@ def test_camera_killed_restarted_and_stalled(rtsp_server, tmp_path):
         consumer.join(timeout=10)
     segments = [h["segment"] for _, h in got]
     assert segments == sorted(segments)
-    assert wait_for(lambda: threading.active_count() <= threads_before + 1, 10), threading.enumerate()
+    assert wait_until(lambda: threading.active_count() <= threads_before + 1, 10), threading.enumerate()

@@ -20,6 +20,7 @@ from stream_denoise.config import DeploymentConfig, ModelConfig, SourceConfig
 from stream_denoise.denoiser import Denoiser
 from stream_denoise.sources import open_source
 from tests.integration.test_multicam import BAR, Collector, bar_position, camera_of, tinted
+from tests.waiting import wait_until
 
 pytest.importorskip("ray.serve", reason='Ray Serve is not installed (pip install "stream-denoise[ray]")')
 
@@ -88,7 +89,8 @@ def test_cameras_through_a_local_ray_cluster_survive_a_lost_replica(make_clip, t
             runner = threading.Thread(target=lambda: result.update(dep.run(stop)), daemon=True)
             runner.start()
             # let every camera publish a few frames, then kill one replica mid-stream
-            assert wait(lambda: all(c.count(f"cam-{name}") >= 8 for c, name in zip(collectors, CAMERAS)), 90)
+            assert wait_until(lambda: all(c.count(f"cam-{name}") >= 8 for c, name in zip(collectors, CAMERAS)), 90,
+                              poll=0.005)
             victim = min(pids)
             os.kill(victim, signal.SIGKILL)
             runner.join(150)
@@ -111,15 +113,6 @@ def test_cameras_through_a_local_ray_cluster_survive_a_lost_replica(make_clip, t
         ref = local_frames(clips[name], n)
         worst = max(int(np.abs(m.rgb().astype(int) - r.astype(int)).max()) for m, r in zip(got, ref))
         assert worst <= 1, (name, worst)  # batched on a replica == computed locally (±1 level)
-
-
-def wait(cond, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 def test_bad_address_and_missing_file_are_one_line(tmp_path):

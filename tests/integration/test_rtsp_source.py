@@ -13,6 +13,7 @@ from stream_denoise.config import SourceConfig
 from stream_denoise.errors import SourceError, SourceTimeout
 from stream_denoise.frame import Frame
 from stream_denoise.sources import ThreadedSource, open_source
+from tests.waiting import wait_until
 
 # Short timeouts and backoff keep every failure path to a few seconds.
 FAST: dict[str, Any] = dict(open_timeout_s=2, read_timeout_s=1, backoff_initial_s=0.2, backoff_max_s=1)
@@ -36,15 +37,6 @@ def read_until(src: ThreadedSource, ok: Any, within_s: float) -> Frame:
         if ok(f):
             return f
     pytest.fail(f"no matching frame within {within_s} s; stats={src.stats}")
-
-
-def wait_for(cond: Any, within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_rtsp_frames_received(rtsp_server: Any) -> None:
@@ -89,7 +81,7 @@ def test_server_killed_then_restarted_reconnects(rtsp_server: Any, caplog: pytes
     with live(rtsp_server.url) as src:
         before = read_until(src, lambda f: True, 10)
         rtsp_server.kill()
-        assert wait_for(lambda: not src.stats.connected, 10)  # the drop is seen, the pre-drop frame flushed
+        assert wait_until(lambda: not src.stats.connected, 10)  # the drop is seen, the pre-drop frame flushed
         with pytest.raises(SourceTimeout):
             src.read(timeout=0.5)  # nothing stale, nothing new while the camera is gone
         rtsp_server.start()
@@ -106,7 +98,7 @@ def test_stalled_server_times_out_and_recovers(rtsp_server: Any, caplog: pytest.
         before = read_until(src, lambda f: True, 10)
         n0 = len(caplog.records)
         rtsp_server.stall()
-        assert wait_for(lambda: any("stalled" in r.getMessage() for r in caplog.records[n0:]), 10), "no read timeout"
+        assert wait_until(lambda: any("stalled" in r.getMessage() for r in caplog.records[n0:]), 10), "no read timeout"
         with pytest.raises(SourceTimeout):
             src.read(timeout=0.5)
         with pytest.raises(SourceTimeout):  # a new connection to the frozen server times out at open
