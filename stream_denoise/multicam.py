@@ -37,7 +37,7 @@ import numpy as np
 from .backends import Backend
 from .config import CameraConfig, DeploymentConfig, ModelConfig
 from .denoiser import Denoiser
-from .errors import BackendUnavailable, SourceError, StreamDenoiseError
+from .errors import BackendUnavailable, StreamDenoiseError
 from .frame import Frame
 from .metrics import Metrics
 from .pipeline import counted_frames
@@ -243,19 +243,10 @@ class Camera:
 
     def _connect(self, stop: threading.Event) -> Source | None:
         """Open a live source, retrying with capped backoff while ``reconnect``; None when stopped."""
-        delay = self.source_cfg.backoff_initial_s
+        from .sources import open_retrying
+
         self.state = "connecting"
-        while not stop.is_set():
-            try:
-                return self._open()
-            except SourceError as exc:
-                if not self.source_cfg.reconnect:
-                    raise
-                log.warning("%s; retrying in %.1f s", exc, delay)
-            if stop.wait(delay):
-                break
-            delay = min(2 * delay, self.source_cfg.backoff_max_s)
-        return None
+        return open_retrying(self._open, self.source_cfg, stop)
 
     def run(self, stop: threading.Event, publish: Callable[[Camera, Frame], None]) -> None:
         """The worker: read, denoise, publish until the source ends, max_frames, or ``stop``."""

@@ -37,7 +37,7 @@ import numpy as np
 from .config import BatchConfig, DeploymentConfig, ModelConfig, PublishConfig, RayConfig, RunConfig
 from .errors import BackendUnavailable, SourceError, StreamDenoiseError
 from .resources import Closing
-from .sources import is_live
+from .sources import is_live, open_retrying
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,8 @@ class CameraWorker:
         """Process the camera until its source ends, max_frames, or :meth:`stop`; a summary, never raises."""
         name = self.cfg.source.display_name
         try:
-            pipeline = self._pipeline or self._open(self._make)  # a live camera: connect (with retries) now
+            # a live camera connects now, retried with capped backoff while it is down
+            pipeline = self._pipeline or open_retrying(self._make, self.cfg.source, self._stop)
             if pipeline is None:
                 return {"camera": name, "state": "stopped"}
             with pipeline:
@@ -232,21 +233,6 @@ class CameraWorker:
         except Exception as exc:  # one camera's failure is reported, never a traceback
             log.error("%s: camera stopped: %s", name, last_line(exc))
             return {"camera": name, "state": "failed", "error": last_line(exc)}
-
-    def _open(self, make: Any) -> Any:
-        """Open the pipeline; a live camera that is down is retried with capped backoff until stopped."""
-        src = self.cfg.source
-        delay = src.backoff_initial_s
-        while not self._stop.is_set():
-            try:
-                return make()
-            except SourceError as exc:
-                if not (is_live(src.uri) and src.reconnect):
-                    raise
-                log.warning("%s; retrying in %.1f s", exc, delay)
-            self._stop.wait(delay)
-            delay = min(2 * delay, src.backoff_max_s)
-        return None
 
     def stop(self) -> None:
         self._stop.set()

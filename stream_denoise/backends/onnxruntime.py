@@ -119,7 +119,6 @@ class OnnxRuntimeBackend:
             raise ModelError(f"{path} is an ONNX model but not a stream_denoise one (no window metadata)") from None
         self.meta = dict(meta)
         self._in_type = self._wide.in_type
-        self.session = self._wide.session
         self._lanes: list[_Session] = []
         self._pool: ThreadPoolExecutor | None = None
         if self.lanes > 1:

@@ -7,8 +7,12 @@ and iterable of :class:`~stream_denoise.frame.Frame` (pixels (H, W, 3) uint8 RGB
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ..config import SourceConfig
 from ..errors import SourceError, SourceTimeout
@@ -55,3 +59,24 @@ def open_source(cfg: SourceConfig) -> Source:
 
     opener = PyAVOpener(cfg, network=False)
     return ThreadedSource(cfg, opener, live=cfg.realtime, finite=True, pace=cfg.realtime)
+
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def open_retrying(make: Callable[[], T], cfg: SourceConfig, stop: threading.Event) -> T | None:
+    """``make()`` (which opens ``cfg``'s source), retried with capped exponential backoff while it
+    raises SourceError and ``cfg.reconnect``; None when ``stop`` is set first."""
+    delay = cfg.backoff_initial_s
+    while not stop.is_set():
+        try:
+            return make()
+        except SourceError as exc:
+            if not cfg.reconnect:
+                raise
+            log.warning("%s; retrying in %.1f s", exc, delay)
+        if stop.wait(delay):
+            break
+        delay = min(2 * delay, cfg.backoff_max_s)
+    return None

@@ -143,8 +143,8 @@ def sample_windows(pool: Sequence[Pair], batch: int, frames: int, target: int, p
         cen = pair.clean[t, y0 : y0 + patch, x0 : x0 + patch] if pair.clean is not None else None
         k = int(rng.integers(4))
         flip = bool(rng.integers(2))
-        win = _aug(win, k, flip, axes=(1, 2))
-        cen = _aug(cen, k, flip, axes=(0, 1)) if cen is not None else None
+        win = augment(win, k, flip, axes=(1, 2))
+        cen = augment(cen, k, flip, axes=(0, 1)) if cen is not None else None
         if target == frames // 2 and rng.integers(2):
             win = win[::-1]
         xs.append(win)
@@ -155,7 +155,8 @@ def sample_windows(pool: Sequence[Pair], batch: int, frames: int, target: int, p
     return np.stack(xs), clean, np.stack(ys)
 
 
-def _aug(a: np.ndarray, k: int, flip: bool, axes: tuple[int, int]) -> np.ndarray:
+def augment(a: np.ndarray, k: int, flip: bool, axes: tuple[int, int]) -> np.ndarray:
+    """``k`` quarter turns in the plane ``axes``, then a flip along its second axis (a view)."""
     a = np.rot90(a, k, axes=axes)
     return np.flip(a, axis=axes[1]) if flip else a
 

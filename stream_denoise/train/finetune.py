@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,38 +67,33 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     if objective == "temporal":
         objective, pool, vpool = _temporal_pools(model, train, held, stats)
     vrng = np.random.default_rng(seed + 1)
-    val_batches: list[tuple[torch.Tensor, ...]] = []
+    val_losses: list[Callable[[], torch.Tensor]] = []  # the objective on fixed held-out batches
     if objective == "temporal":
         for _ in range(4 if vpool else 0):
-            x, tg, v = temporal.sample(vpool, batch, model.frames, model.target, patch, vrng)
-            val_batches.append(_tensors(x, tg, v, device))
-
-        def validate() -> float:
-            with torch.no_grad():
-                return float(np.mean([temporal.loss(model, *b).item() for b in val_batches]))
+            b = _tensors(*temporal.sample(vpool, batch, model.frames, model.target, patch, vrng), device)
+            val_losses.append(lambda b=b: temporal.loss(model, *b))
 
         def step_loss(r: np.random.Generator) -> torch.Tensor:
             return temporal.loss(model, *_tensors(*temporal.sample(pool, batch, model.frames, model.target, patch, r),
                                                   device))
     else:
-        if held:
-            vpool_m = [Pair(h, None) for h in held]
-            for _ in range(4):
-                x, _, _ = sample_windows(vpool_m, batch, model.frames, model.target, patch, vrng)
-                val_batches.append((torch.from_numpy(to_input(x)).to(device), torch.tensor(int(vrng.integers(1 << 31)))))
-
-        def validate() -> float:
-            with torch.no_grad():
-                return float(np.mean([masked_loss(model, x, mask, np.random.default_rng(int(sd))).item()
-                                      for x, sd in val_batches]))
+        vpool_m = [Pair(h, None) for h in held]
+        for _ in range(4 if held else 0):
+            x, _, _ = sample_windows(vpool_m, batch, model.frames, model.target, patch, vrng)
+            xt, sd = torch.from_numpy(to_input(x)).to(device), int(vrng.integers(1 << 31))
+            val_losses.append(lambda xt=xt, sd=sd: masked_loss(model, xt, mask, np.random.default_rng(sd)))
 
         def step_loss(r: np.random.Generator) -> torch.Tensor:
             x, _, _ = sample_windows(train, batch, model.frames, model.target, patch, r)
             return masked_loss(model, torch.from_numpy(to_input(x)).to(device), mask, r)
 
+    def validate() -> float:
+        with torch.no_grad():
+            return float(np.mean([loss().item() for loss in val_losses]))
+
     out = Path(out)
     summary = fit(model, step_loss, steps=steps, minutes=minutes, lr=lr, seed=seed,
-                  checkpoint=out.with_suffix(".ckpt"), validate=validate if val_batches else None,
+                  checkpoint=out.with_suffix(".ckpt"), validate=validate if val_losses else None,
                   validate_every=100, progress=progress)
     save_model(model, out, trained="self-supervised fine-tune", init=init or f"scratch:{arch}",
                clips=[str(c) for c in clips], objective=objective, mask_radius=mask.radius, mask_tube=mask.tube,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..buffer import reflect_indices
+from .data import augment
 
 MIN_VALID = 0.05  # below this fraction of usable pixels a clip gives no temporal targets
 TARGET_BYTES = 1 << 30  # targets + masks of one clip stay below this (a strided subset of its frames)
@@ -135,18 +136,13 @@ def sample(pool: list[TemporalClip], batch: int, frames: int, target: int, patch
         win = c.noisy[window(t, frames, target, t_len), y0 : y0 + patch, x0 : x0 + patch]
         tg = c.target[j, side, y0 : y0 + patch, x0 : x0 + patch]
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
-        win, tg, v = _aug(win, k, flip, (1, 2)), _aug(tg, k, flip, (0, 1)), _aug(v, k, flip, (0, 1))
+        win, tg, v = augment(win, k, flip, (1, 2)), augment(tg, k, flip, (0, 1)), augment(v, k, flip, (0, 1))
         if target == frames // 2 and rng.integers(2):
             win = win[::-1]  # time reversal: the same scene played backwards
         xs.append(win)
         ts.append(tg)
         vs.append(v)
     return np.stack(xs), np.stack(ts), np.stack(vs)
-
-
-def _aug(a: np.ndarray, k: int, flip: bool, axes: tuple[int, int]) -> np.ndarray:
-    a = np.rot90(a, k, axes=axes)
-    return np.ascontiguousarray(np.flip(a, axis=axes[1]) if flip else a)
 
 
 def loss(model: torch.nn.Module, x: torch.Tensor, tgt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
