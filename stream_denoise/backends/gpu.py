@@ -148,10 +148,9 @@ class GpuExecutor:
     def infer_host(self, x: np.ndarray) -> np.ndarray:
         """Backend.infer: x (N, 3K, H, W) float32 in [0, 1] -> (N, 3, H, W) float32. The result is a
         reused (pinned) buffer, valid until the next call."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
         with self.on_stream():
             host_in, dev_in = self.staging("in", x.shape, self.torch.float32)
-            np.copyto(host_in.numpy(), x)
+            np.copyto(host_in.numpy(), x, casting="same_kind")  # one copy, from a strided view too
             if dev_in is not host_in:
                 dev_in.copy_(host_in, non_blocking=True)
             self.input(x.shape).copy_(dev_in)  # cast to the runner's dtype/layout on the device

@@ -134,8 +134,10 @@ class OnnxRuntimeBackend:
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """x: (N, 3K, H, W) float32 -> (N, 3, H, W) float32. The result is a reused buffer, valid
-        until the next call."""
-        x = np.ascontiguousarray(x, dtype=self._in_type)
+        until the next call. Each row of x must be contiguous, the batch need not be (the
+        Denoiser's windows are overlapping views of its plane slab): lanes bind row by row."""
+        if x.dtype != self._in_type or not x[:1].flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=self._in_type)  # rows of a view are bound as they are
         n = x.shape[0]
         shape = (n, 3, x.shape[2], x.shape[3])
         if self._out is None or self._out.shape != shape:
@@ -144,7 +146,7 @@ class OnnxRuntimeBackend:
         if n == 1 and self._pool is not None and x.shape[2] * x.shape[3] >= self.tile_pixels:
             self._tiled(x, out)
         elif n == 1 or self._pool is None:
-            self._wide.run(x, out)
+            self._wide.run(np.ascontiguousarray(x), out)
         else:
             bounds = np.linspace(0, n, min(n, len(self._lanes)) + 1).astype(int)
             _finish([self._pool.submit(lane.run_rows, x[a:b], out[a:b])
