@@ -80,7 +80,7 @@ def _speed_settings(a: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     s = SpeedSettings(threads=a.threads, allow_untrained=a.allow_untrained)
     if a.quick:
-        s = SpeedSettings(models=["lite"], resolutions=[(320, 180)], frames=6, warmup=1, peer_frames=8,
+        s = SpeedSettings(models=["lite"], resolutions=[(320, 180)], frames=6, warmup=1, peer_frames=8, file_frames=12,
                           threads=a.threads, allow_untrained=True)
     for k, attr in (("backends", "backends"), ("resolutions", "resolutions"), ("speed_frames", "frames"), ("models", "models")):
         if getattr(a, k) is not None:

@@ -291,16 +291,18 @@ def _speed(s: dict, q: dict | None) -> list[str]:
                 "fps: frames / time spent in the inference stage in the same run (the stage's own throughput, "
                 "sharing the cores with decode and publish); inference alone: the same batches with nothing else "
                 "running; live e2e: decode -> publish per frame with the file paced at 25 fps like a camera "
-                "(includes the centered window's look-ahead wait of 80 ms).", "",
+                "(includes the centered window's look-ahead wait of 80 ms); `denoise` fps: `stream-denoise denoise` "
+                "file to file (lossless .mkv out), frames / wall time including model loading.", "",
                 "| model | size | pipeline fps | inference stage fps | pipeline / inference stage | inference alone fps "
-                "| live e2e p50 ms | live e2e p99 ms |",
-                "|---|---|---|---|---|---|---|---|"]
+                "| live e2e p50 ms | live e2e p99 ms | `denoise` fps |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for r in piped:
             p = r["pipeline"]
             out.append(f"| {r['model']} | {r['resolution'][0]}x{r['resolution'][1]} | {_f(p['fps'], '.1f')} | "
                        f"{_f(p['infer_only_fps'], '.1f')} | {_f(100 * p['fps_vs_infer'], '.1f')}% | "
                        f"{_f(r.get('infer_batch_fps'), '.1f')} | "
-                       f"{_f(p['live_e2e_p50_ms'], '.0f')} | {_f(p['live_e2e_p99_ms'], '.0f')} |")
+                       f"{_f(p['live_e2e_p50_ms'], '.0f')} | {_f(p['live_e2e_p99_ms'], '.0f')} | "
+                       f"{_f((r.get('denoise_file') or {}).get('fps'), '.1f')} |")
     for n, why in s.get("skipped_models", {}).items():
         out.append(f"\nModel {n} skipped: {why}")
     for sk in s.get("skipped", []):

@@ -1,15 +1,21 @@
-"""File to file: every frame of INPUT denoised into OUTPUT, same count, size and order."""
+"""File to file: every frame of INPUT denoised into OUTPUT, same count, size and order.
+
+Decoding (the source's thread), inference (frames already decoded go to the ONNX Runtime lanes
+together) and encoding (a writer thread, at most two batches behind) overlap, as in ``run``."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .config import ModelConfig, SourceConfig
 from .denoiser import Denoiser
 from .errors import SourceError
 from .frame import Frame
+from .sources.base import ready_frames
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +43,30 @@ def denoise_file(src: str | Path, dst: str | Path, model: ModelConfig, progress_
                 writer.write(f.pixels)
                 written += 1
 
+        lanes = min(getattr(denoiser.backend, "lanes", 1), denoiser.backend.frames)
         try:
-            for frame in source:
-                write(denoiser.push(frame))
-                if time.monotonic() - last > progress_every_s:
-                    last = time.monotonic()
-                    log.info("%d frames, %.1f fps", written, written / (last - t0))
-            write(denoiser.flush())
+            # frames already decoded go to the lanes together; encoding runs on its own thread, at
+            # most two batches behind (bounded), its errors surface here
+            with ThreadPoolExecutor(1, thread_name_prefix="writer") as pool:
+                pending: deque[Future[None]] = deque()
+
+                def emit(frames: list[Frame]) -> None:
+                    pending.append(pool.submit(write, frames))
+                    while len(pending) > 2:
+                        pending.popleft().result()
+
+                for frame in source:
+                    batch = [frame] + ready_frames(source, lanes - 1) if lanes > 1 else [frame]
+                    emit(denoiser.push_many(batch))
+                    if time.monotonic() - last > progress_every_s:
+                        last = time.monotonic()
+                        log.info("%d frames, %.1f fps", written, written / (last - t0))
+                emit(denoiser.flush())
+                while pending:
+                    pending.popleft().result()
         finally:
             if writer is not None:
                 writer.close()
+            denoiser.backend.close()
     log.info("%d frames in %.1f s (%.1f fps)", written, time.monotonic() - t0, written / max(time.monotonic() - t0, 1e-9))
     return written

@@ -27,6 +27,8 @@ from .frame import Frame
 from .metrics import Metrics
 from .resources import Closing
 
+from .sources.base import ready_frames
+
 if TYPE_CHECKING:
     from .sources import Source
 
@@ -118,7 +120,9 @@ class Pipeline(Closing):
         for frame in counted_frames(self.source, m, stop, poll_s=0.5):
             frames = [frame]
             if lanes > 1:  # frames already decoded go with it, one per lane (files; live: only when behind)
-                frames += self._ready_frames(min(lanes - 1, limit - m.frames_in if limit is not None else lanes))
+                extra = ready_frames(self.source, min(lanes - 1, limit - m.frames_in if limit is not None else lanes))
+                m.frames_in += len(extra)
+                frames += extra
             if self.cfg.output.input_path is not None:
                 for f in frames:
                     self._record("input", self.cfg.output.input_path, f)
@@ -126,23 +130,6 @@ class Pipeline(Closing):
             if limit is not None and m.frames_in >= limit:
                 break  # the flush below publishes the look-ahead frames: exactly max_frames out
         self._emit(self.denoiser.flush(), stop)
-
-    def _ready_frames(self, n: int) -> list[Frame]:
-        """Up to ``n`` frames the source already has, without waiting (counted like the others). A
-        source error is left for the next blocking read, after the frames in hand are denoised."""
-        out: list[Frame] = []
-        while len(out) < n:
-            t0 = time.perf_counter()
-            try:
-                frame = self.source.read(timeout=0)
-            except (SourceTimeout, SourceError):
-                break
-            if frame is None:
-                break
-            self.metrics.latency["wait"].add(time.perf_counter() - t0)
-            self.metrics.frames_in += 1
-            out.append(frame)
-        return out
 
     def _emit(self, frames: list[Frame], stop: threading.Event) -> None:
         t = self.denoiser.times

@@ -16,9 +16,9 @@ from typing import TypeVar
 
 from ..config import SourceConfig
 from ..errors import SourceError, SourceTimeout
-from .base import Source, SourceStats, ThreadedSource, redact
+from .base import Source, SourceStats, ThreadedSource, ready_frames, redact
 
-__all__ = ["Source", "SourceError", "SourceStats", "SourceTimeout", "ThreadedSource", "is_live", "open_source"]
+__all__ = ["Source", "SourceError", "SourceStats", "SourceTimeout", "ThreadedSource", "is_live", "open_source", "ready_frames"]
 
 ACCEPTED = "rtsp://, rtsps://, an existing video file, or a camera ('0', '/dev/video0')"
 

@@ -76,6 +76,21 @@ class Source(Protocol):
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None: ...
 
 
+def ready_frames(source: Source, n: int) -> list[Frame]:
+    """Up to ``n`` frames ``source`` has already decoded, without waiting (a file's read-ahead; a
+    live source only when the consumer is behind). Its end or an error is left for the next ``read``."""
+    out: list[Frame] = []
+    while len(out) < n:
+        try:
+            frame = source.read(timeout=0)
+        except (SourceTimeout, SourceError):
+            break
+        if frame is None:
+            break
+        out.append(frame)
+    return out
+
+
 def redact(uri: str) -> str:
     """``uri`` without the password of ``scheme://user:password@host`` (for logs and messages)."""
     scheme, sep, rest = uri.partition("://")

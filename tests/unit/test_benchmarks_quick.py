@@ -78,6 +78,8 @@ def test_quick_speed_values(quick: Path) -> None:
     assert "available" in s["gpu"]
     ort = [r for r in s["runs"] if r["backend"] == "onnxruntime"]
     assert ort, s["skipped"]
+    for r in ort:  # `stream-denoise denoise` timed file to file: every frame of the clip written
+        assert r["denoise_file"]["frames"] == s["settings"]["file_frames"] and r["denoise_file"]["fps"] > 0
     for r in s["runs"]:
         assert r["fps"] > 0 and r["macs_per_pixel"] > 0 and r["gflops"] > 0
         for stage in ("decode", "pre", "infer", "post", "publish", "e2e"):
