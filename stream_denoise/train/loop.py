@@ -22,8 +22,12 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
         progress: bool = True) -> dict:
     """Adam + cosine decay for ``steps`` steps or ``minutes``, whichever ends first.
 
+    The decay follows whichever budget is nearer its end (the step count or the clock), so a run
+    that the time budget stops still ends at a learning rate near zero rather than mid-schedule.
+    A resumed run starts a new time budget, and with it the clock's part of the schedule.
     With ``validate`` (a held-out loss, lower is better) the best weights seen are kept (early
-    stopping). Returns a summary: steps done, seconds, last/best losses.
+    stopping; the last weights are validated too). Returns a summary: steps done, seconds,
+    last/best losses.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -45,9 +49,11 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
     budget = minutes * 60 if minutes else math.inf
     bar = _bar(steps, start_step, progress)
     ema, step = None, start_step
+    validated = -1
     for step in range(start_step, steps):
+        done_frac = min(1.0, max(step / steps, (time.monotonic() - t0) / budget))
         for g in opt.param_groups:
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done_frac))
         model.train()
         loss = step_loss(rng)
         opt.zero_grad(set_to_none=True)
@@ -60,9 +66,8 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
             bar.set_postfix(loss=f"{ema:.5f}", best_val=f"{best_val:.5f}" if validate else "-")
         if validate is not None and (step + 1) % validate_every == 0:
             model.eval()
-            v = validate()
-            if v < best_val:
-                best_val, best_state = v, {k: t.clone() for k, t in model.state_dict().items()}
+            best_val, best_state = _keep_best(model, validate, best_val, best_state)
+            validated = step
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
             _save(checkpoint, model, opt, rng, step + 1)
         if elapsed > budget:
@@ -71,13 +76,24 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
     if bar is not None:
         bar.close()
     done = step + 1
+    if validate is not None and validated != step and done > start_step:
+        model.eval()
+        best_val, best_state = _keep_best(model, validate, best_val, best_state)
     if checkpoint is not None:
         _save(checkpoint, model, opt, rng, done)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return {"steps": done, "seconds": round(time.monotonic() - t0, 1), "loss_ema": ema,
-            "best_val": None if validate is None else best_val}
+            "best_val": None if validate is None else best_val, "lr_end": opt.param_groups[0]["lr"]}
+
+
+def _keep_best(model: torch.nn.Module, validate: Callable[[], float], best_val: float,
+               best_state: dict | None) -> tuple[float, dict | None]:
+    v = validate()
+    if v < best_val:
+        return v, {k: t.clone() for k, t in model.state_dict().items()}
+    return best_val, best_state
 
 
 def _save(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: np.random.Generator, step: int) -> None:

@@ -47,6 +47,26 @@ def test_checkpoint_resume_continues(tmp_path, clip):
     assert again["steps"] == 20  # resumed at step 10 from cam.ckpt, not restarted
 
 
+def test_a_run_the_clock_stops_still_anneals_and_keeps_its_best_weights():
+    from stream_denoise.train.loop import fit
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 3, 3, padding=1)
+    x = torch.rand(4, 3, 16, 16)
+    seen: list[float] = []
+
+    def validate() -> float:
+        with torch.no_grad():
+            seen.append(float(((model(x) - x) ** 2).mean()))
+        return seen[-1]
+
+    s = fit(model, lambda r: ((model(x) - x) ** 2).mean(), steps=10**7, minutes=1 / 60, lr=1e-2,
+            validate=validate, validate_every=10**6, progress=False)
+    assert 1 < s["steps"] < 10**7  # the clock ended it
+    assert s["lr_end"] < 1e-2 * 0.01  # ...at the end of the cosine, not at the start of a 10**7-step one
+    assert len(seen) == 2 and s["best_val"] == min(seen)  # before training and the last weights
+
+
 def test_noise_measurement_tells_white_from_correlated_noise(clip):
     clean, _ = clip
     long = np.concatenate([clean, clean[::-1]])
