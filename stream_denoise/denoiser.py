@@ -63,6 +63,12 @@ class Denoiser:
         self.assembled = 0  # windows copied into the assembly buffer (not a view of the slab)
 
     @property
+    def lanes(self) -> int:
+        """Frames worth handing to :meth:`push_many` together: one per backend lane (ONNX Runtime's
+        one-thread sessions), at most a window; 1 for other backends."""
+        return min(getattr(self.backend, "lanes", 1), self.backend.frames)
+
+    @property
     def latency_frames(self) -> int:
         """Frames of look-ahead the window adds."""
         return self.buffer.lookahead

@@ -43,7 +43,6 @@ def denoise_file(src: str | Path, dst: str | Path, model: ModelConfig, progress_
                 writer.write(f.pixels)
                 written += 1
 
-        lanes = min(getattr(denoiser.backend, "lanes", 1), denoiser.backend.frames)
         try:
             # frames already decoded go to the lanes together; encoding runs on its own thread, at
             # most two batches behind (bounded), its errors surface here
@@ -56,8 +55,7 @@ def denoise_file(src: str | Path, dst: str | Path, model: ModelConfig, progress_
                         pending.popleft().result()
 
                 for frame in source:
-                    batch = [frame] + ready_frames(source, lanes - 1) if lanes > 1 else [frame]
-                    emit(denoiser.push_many(batch))
+                    emit(denoiser.push_many([frame, *ready_frames(source, denoiser.lanes - 1)]))
                     if time.monotonic() - last > progress_every_s:
                         last = time.monotonic()
                         log.info("%d frames, %.1f fps", written, written / (last - t0))

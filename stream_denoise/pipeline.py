@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING
 
 from .config import RunConfig
 from .denoiser import Denoiser
-from .errors import SourceError, SourceTimeout
+from .errors import SourceTimeout
 from .frame import Frame
 from .metrics import Metrics
 from .resources import Closing
-
 from .sources.base import ready_frames
 
 if TYPE_CHECKING:
@@ -116,7 +115,7 @@ class Pipeline(Closing):
 
     def _infer_loop(self, stop: threading.Event) -> None:
         m, limit = self.metrics, self.cfg.max_frames
-        lanes = min(getattr(self.denoiser.backend, "lanes", 1), self.denoiser.backend.frames)
+        lanes = self.denoiser.lanes
         for frame in counted_frames(self.source, m, stop, poll_s=0.5):
             frames = [frame]
             if lanes > 1:  # frames already decoded go with it, one per lane (files; live: only when behind)
