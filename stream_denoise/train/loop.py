@@ -48,7 +48,7 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
     t0 = time.monotonic()
     budget = minutes * 60 if minutes else math.inf
     bar = _bar(steps, start_step, progress)
-    ema, step = None, start_step
+    ema, step, skipped = None, start_step, 0
     validated = -1
     for step in range(start_step, steps):
         done_frac = min(1.0, max(step / steps, (time.monotonic() - t0) / budget))
@@ -56,10 +56,17 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
             g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done_frac))
         model.train()
         loss = step_loss(rng)
+        value = loss.item()
+        if not math.isfinite(value):  # a diverging batch: skip it rather than poison the weights
+            skipped += 1
+            log.warning("step %d: non-finite loss, skipped (%d so far)", step + 1, skipped)
+            if skipped > max(10, steps // 100):
+                raise FloatingPointError(f"training diverged: {skipped} non-finite losses")
+            continue
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        ema = value if ema is None else 0.98 * ema + 0.02 * value
         elapsed = time.monotonic() - t0
         if bar is not None:
             bar.update(1)
@@ -85,7 +92,8 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
         model.load_state_dict(best_state)
     model.eval()
     return {"steps": done, "seconds": round(time.monotonic() - t0, 1), "loss_ema": ema,
-            "best_val": None if validate is None else best_val, "lr_end": opt.param_groups[0]["lr"]}
+            "best_val": None if validate is None else best_val, "lr_end": opt.param_groups[0]["lr"],
+            "skipped_steps": skipped}
 
 
 def _keep_best(model: torch.nn.Module, validate: Callable[[], float], best_val: float,
