@@ -90,6 +90,9 @@ def write(results: Path, md: Path) -> Path:
         lines += _quality(q, rel, results)
     if s:
         lines += _speed(s, q)
+    gpu = _load(results / "speed-gpu.json")
+    if gpu:
+        lines += _gpu_run(gpu)
     slow = _load(results / "slow_consumer.json")
     if slow:
         rel_fps = slow["fps_relative_to_no_subscriber"]
@@ -331,6 +334,28 @@ def _speed(s: dict, q: dict | None) -> list[str]:
         g = [r for r in s["runs"] if r["backend"] in ("cuda", "tensorrt")]
         out.append(f"GPU: {gpu.get('name')}. "
                    + ("See the cuda / tensorrt rows above." if g else "No GPU backend ran (see skipped)."))
+    return out + [""]
+
+
+def _gpu_run(g: dict) -> list[str]:
+    """speed-gpu.json: the speed benchmark run on a lent GPU machine (its own date, machine and command)."""
+    m = g["meta"]
+    out = ["## On a GPU (`speed-gpu.json`)", "",
+           f"`{m.get('command')}` on {m.get('date')}, {g.get('gpu', {}).get('name', '?')} with {m.get('cpu')} "
+           f"({m.get('cores')} cores), commit {m.get('commit')}; torch {m.get('versions', {}).get('torch', '?')}. "
+           "The `cuda` backend (PyTorch fp32, CUDA graphs) through the streaming `Denoiser`, i.e. the host path: "
+           "each window goes up as float32 and the output comes back as float32. Stages as in the table above "
+           "(ms, median / p99).", "",
+           "| backend | model | size | fps | decode | pre | infer | post | publish | e2e |", "|---" * 10 + "|"]
+    for r in g["runs"]:
+        stg = r["stages"]
+        cells = [f"{_f(stg[k]['median_ms'], '.1f')} / {_f(stg[k]['p99_ms'], '.1f')}" for k in
+                 ("decode", "pre", "infer", "post", "publish", "e2e")]
+        out.append(f"| {r['backend']} | {r['model']} | {r['resolution'][0]}x{r['resolution'][1]} | "
+                   f"{_f(r['fps'], '.1f')} | " + " | ".join(cells) + " |")
+    for sk in g.get("skipped", []):
+        out.append(f"\nSkipped {sk['backend']} / {sk['model']} at {sk['resolution'][0]}x{sk['resolution'][1]}: "
+                   f"{sk['reason']}")
     return out + [""]
 
 
