@@ -88,9 +88,9 @@ def write(results: Path, md: Path) -> Path:
              "## Reading the numbers", "", _reading(results), ""]
     if q:
         lines += _quality(q, rel, results)
-    if s:
-        lines += _speed(s, q)
     gpu = _load(results / "speed-gpu.json")
+    if s:
+        lines += _speed(s, q, gpu is not None)
     if gpu:
         lines += _gpu_run(gpu)
     slow = _load(results / "slow_consumer.json")
@@ -264,7 +264,7 @@ def _literature(q: dict) -> list[str]:
     return out + [""]
 
 
-def _speed(s: dict, q: dict | None) -> list[str]:
+def _speed(s: dict, q: dict | None, gpu_run: bool = False) -> list[str]:
     pk, st = s["peak"], s["settings"]
     out = ["## Speed", "",
            f"{st['frames']} timed frames per configuration after {st['warmup']} warm-up frames, {st['threads']} threads. "
@@ -329,7 +329,8 @@ def _speed(s: dict, q: dict | None) -> list[str]:
     gpu = s.get("gpu", {})
     out += ["", "### GPU (TensorRT)", ""]
     if not gpu.get("available"):
-        out.append(f"Skipped: {gpu.get('note', 'no GPU')}.")
+        out.append(f"Skipped on this machine: {gpu.get('note', 'no GPU')}"
+                   + (" (a run on a lent GPU follows)." if gpu_run else "."))
     else:
         g = [r for r in s["runs"] if r["backend"] in ("cuda", "tensorrt")]
         out.append(f"GPU: {gpu.get('name')}. "
