@@ -61,7 +61,7 @@ def test_sampler_cuts_the_window_and_its_clean_target(target: int):
         assert sum(np.array_equal(f, centre) for f in frames) == 1  # no other slot repeats frame t
 
 
-def test_tiny_pretrain_writes_a_model_the_cli_loads(tmp_path: Path):
+def test_tiny_pretrain_writes_a_loadable_model_file(tmp_path: Path):
     pool = pretrain.build_pool(clean_clips(), 1, seed=0)
     out = tmp_path / "tiny.pt"
     summary = pretrain.pretrain("lite", "causal", steps=3, minutes=1, out=out, batch=2, patch=16, pool=pool,
