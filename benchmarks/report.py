@@ -279,8 +279,7 @@ def _speed(s: dict, q: dict | None, gpu_run: bool = False) -> list[str]:
            "| % measured peak | % nominal peak |", "|---" * 15 + "|"]
     for r in s["runs"]:
         stg = r["stages"]
-        cells = [f"{_f(stg[k]['median_ms'], '.1f')} / {_f(stg[k]['p99_ms'], '.1f')}" for k in
-                 ("decode", "pre", "infer", "post", "publish", "e2e")]
+        cells = _stage_cells(stg)
         pn = r.get("peak_fraction_nominal")
         out.append(f"| {r['backend']} | {r['model']}{' (untrained)' if r['untrained'] else ''} | "
                    f"{r['resolution'][0]}x{r['resolution'][1]} | {_f(r['fps'], '.1f')} | " + " | ".join(cells)
@@ -308,8 +307,7 @@ def _speed(s: dict, q: dict | None, gpu_run: bool = False) -> list[str]:
                        f"{_f((r.get('denoise_file') or {}).get('fps'), '.1f')} |")
     for n, why in s.get("skipped_models", {}).items():
         out.append(f"\nModel {n} skipped: {why}")
-    for sk in s.get("skipped", []):
-        out.append(f"\nSkipped {sk['backend']} / {sk['model']} at {sk['resolution'][0]}x{sk['resolution'][1]}: {sk['reason']}")
+    out += _skipped(s)
     res = list(dict.fromkeys(tuple(p["resolution"]) for p in s["peers"]))
     out += ["", "### Classical peers on the same frames", "",
             "fps, one representative setting each (ffmpeg: startup-corrected from an n/2-frame and an n-frame run; "
@@ -338,6 +336,17 @@ def _speed(s: dict, q: dict | None, gpu_run: bool = False) -> list[str]:
     return out + [""]
 
 
+def _stage_cells(stg: dict) -> list[str]:
+    """'median / p99' ms of each pipeline stage, in table order."""
+    return [f"{_f(stg[k]['median_ms'], '.1f')} / {_f(stg[k]['p99_ms'], '.1f')}" for k in
+            ("decode", "pre", "infer", "post", "publish", "e2e")]
+
+
+def _skipped(s: dict) -> list[str]:
+    return [f"\nSkipped {sk['backend']} / {sk['model']} at {sk['resolution'][0]}x{sk['resolution'][1]}: {sk['reason']}"
+            for sk in s.get("skipped", [])]
+
+
 def _gpu_run(g: dict) -> list[str]:
     """speed-gpu.json: the speed benchmark run on a lent GPU machine (its own date, machine and command)."""
     m = g["meta"]
@@ -350,13 +359,10 @@ def _gpu_run(g: dict) -> list[str]:
            "| backend | model | size | fps | decode | pre | infer | post | publish | e2e |", "|---" * 10 + "|"]
     for r in g["runs"]:
         stg = r["stages"]
-        cells = [f"{_f(stg[k]['median_ms'], '.1f')} / {_f(stg[k]['p99_ms'], '.1f')}" for k in
-                 ("decode", "pre", "infer", "post", "publish", "e2e")]
+        cells = _stage_cells(stg)
         out.append(f"| {r['backend']} | {r['model']} | {r['resolution'][0]}x{r['resolution'][1]} | "
                    f"{_f(r['fps'], '.1f')} | " + " | ".join(cells) + " |")
-    for sk in g.get("skipped", []):
-        out.append(f"\nSkipped {sk['backend']} / {sk['model']} at {sk['resolution'][0]}x{sk['resolution'][1]}: "
-                   f"{sk['reason']}")
+    out += _skipped(g)
     return out + [""]
 
 
