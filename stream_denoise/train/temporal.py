@@ -1,10 +1,11 @@
 """Full-pixel self-supervision from time: another frame of the recording, aligned to the target
 frame, is an independent noisy observation of the same scene.
 
-For the window of frame t, the target is the nearest noisy frame u *outside* the window (before and
-after t; so its noise never enters the input), warped to frame t with optical flow computed on the
-*denoised* frames of the starting model (OpenCV DIS), and kept only where the aligned denoised frames
-agree (occlusions, flow failures, scene cuts and borders are left out). Over the kept pixels
+For the window of frame t, the targets are the ``REACH`` nearest noisy frames u *outside* the window
+on each side (before and after t; so their noise never enters the input), each warped to frame t
+with optical flow computed on the *denoised* frames of the starting model (OpenCV DIS), and kept
+only where the aligned denoised frames agree (occlusions, flow failures, scene cuts and borders are
+left out); the loss sums over all kept targets of a pixel. Over the kept pixels
 
     E |f(window_t) - warp(y_u)|^2 = E |f(window_t) - x_t|^2 + noise variance + alignment error,
 
@@ -29,19 +30,21 @@ from ..buffer import reflect_indices
 from .data import augment
 
 MIN_VALID = 0.05  # below this fraction of usable pixels a clip gives no temporal targets
+REACH = 2  # aligned target frames on each side of the window (fine-tuning's default)
 TARGET_BYTES = 1 << 30  # targets + masks of one clip stay below this (a strided subset of its frames)
 
 
 @dataclass
 class TemporalClip:
     noisy: np.ndarray  # (T, H, W, 3) uint8
-    target: np.ndarray  # (T', 2, H, W, 3) uint8: the frame before / after the window, warped to t
-    valid: np.ndarray  # (T', 2, H, W, 3) bool: where (and in which channels) that target can be trusted
+    target: np.ndarray  # (T', S, H, W, 3) uint8: S frames around the window (``outside``), warped to t
+    valid: np.ndarray  # (T', S, H, W, 3) bool: where (and in which channels) each target can be trusted
     ts: list[int]  # the frames (of ``noisy``) that have targets: row j of target/valid is frame ts[j]
 
     @property
     def valid_fraction(self) -> float:
-        return float(self.valid.mean())
+        """The fraction of values that have at least one target."""
+        return float(self.valid.any(axis=1).mean())
 
 
 def window(t: int, frames: int, target: int, length: int) -> list[int]:
@@ -69,20 +72,25 @@ def denoise_clip(model: torch.nn.Module, clip: np.ndarray, batch: int = 4) -> np
     return out
 
 
-def outside(t: int, frames: int, target: int, length: int, gap: int = 0) -> tuple[int | None, int | None]:
-    """The nearest frames before and after t that are not in t's window (+ ``gap``), or None."""
+def outside(t: int, frames: int, target: int, length: int, gap: int = 0, reach: int = 1) -> tuple[int | None, ...]:
+    """The ``reach`` nearest frames before t and after t that are not in t's window (skipping ``gap``
+    more), or None where the clip ends: (before_1 .. before_reach, after_1 .. after_reach)."""
     window = set(reflect_indices(t, frames, target, length))
-    before = next((u for u in range(t - 1, -1, -1) if u not in window and u < min(window)), None)
-    after = next((u for u in range(t + 1, length) if u not in window and u > max(window)), None)
-    before = before - gap if before is not None and before - gap >= 0 else None
-    after = after + gap if after is not None and after + gap < length else None
-    return before, after
+    lo, hi = min(window) - 1 - gap, max(window) + 1 + gap
+    before = [u if u >= 0 else None for u in range(lo, lo - reach, -1)]
+    after = [u if u < length else None for u in range(hi, hi + reach)]
+    return (*before, *after)
 
 
 def build(clip: np.ndarray, denoised: np.ndarray, frames: int, target: int, gap: int = 0,
-          tolerance: float = 6.0, margin: float = 0.0, ts: list[int] | None = None) -> TemporalClip:
-    """Aligned targets for the frames ``ts`` (default all) of ``clip``; ``denoised`` (same shape, the
-    starting model's output) guides the alignment.
+          tolerance: float = 6.0, margin: float = 0.0, ts: list[int] | None = None, reach: int = 1) -> TemporalClip:
+    """Aligned targets for the frames ``ts`` (default all) of ``clip``: the ``reach`` nearest frames
+    on each side of the window; ``denoised`` (same shape, the starting model's output) guides the
+    alignment.
+
+    Several targets per pixel average their noise in the loss (the gradient of the summed squared
+    errors is that of the error to their mean): less of the targets' noise for the network to fit
+    on a short recording.
 
     Known bias: the agreement test compares the denoised target frame, whose small residual noise
     comes from the target's own noise; averaged over 5x5 pixels its pull is weak (on a test pan,
@@ -101,10 +109,10 @@ def build(clip: np.ndarray, denoised: np.ndarray, frames: int, target: int, gap:
     gray = [cv2.cvtColor(d, cv2.COLOR_RGB2GRAY) for d in denoised]
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    tgt = np.zeros((len(ts), 2, h, w, 3), np.uint8)
-    valid = np.zeros((len(ts), 2, h, w, 3), bool)
+    tgt = np.zeros((len(ts), 2 * reach, h, w, 3), np.uint8)
+    valid = np.zeros((len(ts), 2 * reach, h, w, 3), bool)
     for j, t in enumerate(ts):
-        for side, u in enumerate(outside(t, frames, target, t_len, gap)):
+        for side, u in enumerate(outside(t, frames, target, t_len, gap, reach)):
             if u is None:
                 continue
             flow = dis.calc(gray[t], gray[u], None)  # gray[t](p) ~ gray[u](p + flow(p))
@@ -120,23 +128,23 @@ def build(clip: np.ndarray, denoised: np.ndarray, frames: int, target: int, gap:
 
 def sample(pool: list[TemporalClip], batch: int, frames: int, target: int, patch: int,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Random windows with their aligned targets: (N,K,P,P,3) uint8, (N,P,P,3) uint8, (N,P,P,3) bool."""
+    """Random windows with all their aligned targets: (N,K,P,P,3) uint8, (N,S,P,P,3) uint8, (N,S,P,P,3) bool."""
     xs, ts, vs = [], [], []
     tries = 0
     while len(xs) < batch:
         c = pool[int(rng.integers(len(pool)))]
         t_len, h, w = c.noisy.shape[:3]
-        j, side = int(rng.integers(len(c.ts))), int(rng.integers(2))
+        j = int(rng.integers(len(c.ts)))
         t = c.ts[j]
         y0, x0 = int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1))
-        v = c.valid[j, side, y0 : y0 + patch, x0 : x0 + patch]
+        v = c.valid[j, :, y0 : y0 + patch, x0 : x0 + patch]
         tries += 1
-        if v.mean() < (0.25 if tries < 50 * batch else 0.0):  # prefer patches with targets; never loop forever
+        if v.any(axis=0).mean() < (0.25 if tries < 50 * batch else 0.0):  # prefer patches with targets; never loop forever
             continue
         win = c.noisy[window(t, frames, target, t_len), y0 : y0 + patch, x0 : x0 + patch]
-        tg = c.target[j, side, y0 : y0 + patch, x0 : x0 + patch]
+        tg = c.target[j, :, y0 : y0 + patch, x0 : x0 + patch]
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
-        win, tg, v = augment(win, k, flip, (1, 2)), augment(tg, k, flip, (0, 1)), augment(v, k, flip, (0, 1))
+        win, tg, v = augment(win, k, flip, (1, 2)), augment(tg, k, flip, (1, 2)), augment(v, k, flip, (1, 2))
         if target == frames // 2 and rng.integers(2):
             win = win[::-1]  # time reversal: the same scene played backwards
         xs.append(win)
@@ -146,6 +154,6 @@ def sample(pool: list[TemporalClip], batch: int, frames: int, target: int, patch
 
 
 def loss(model: torch.nn.Module, x: torch.Tensor, tgt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean squared error to the aligned targets over the valid values. x (N,3K,P,P); tgt, valid (N,3,P,P)."""
-    err = (model(x) - tgt) ** 2 * valid
+    """Mean squared error to the aligned targets over the valid values. x (N,3K,P,P); tgt, valid (N,S,3,P,P)."""
+    err = (model(x)[:, None] - tgt) ** 2 * valid
     return err.sum() / valid.sum().clamp(min=1)

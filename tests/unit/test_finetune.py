@@ -110,14 +110,39 @@ def test_temporal_targets_come_from_outside_the_window():
                             assert 0 <= u < length and u not in window, (frames, target, length, t, u)
                 before, after = outside(t, frames, target, length)
                 assert before is not None or after is not None or length <= frames + 1
+                far = outside(t, frames, target, length, 0, reach=3)  # 3 before (nearest first), 3 after
+                assert far[0] == before and far[3] == after
+                for side in (far[:3], far[3:]):
+                    got = [u for u in side if u is not None]
+                    assert all(u is not None for u in side[: len(got)])  # only the clip's ends cut a side short
+                    assert not set(got) & window and len(set(got)) == len(got)
+                    assert [abs(u - t) for u in got] == sorted(abs(u - t) for u in got)
+
+
+def test_several_targets_pull_towards_their_mean():
+    """The summed squared errors to S valid targets have the gradient of S times the error to their mean."""
+    import torch
+
+    from stream_denoise.train.temporal import loss
+
+    net = torch.nn.Conv2d(15, 3, 3, padding=1)
+    net.target = 2
+    x = torch.rand(2, 15, 8, 8)
+    tgt = torch.rand(2, 4, 3, 8, 8)
+    grads = []
+    for t, v in ((tgt, torch.ones_like(tgt)), (tgt.mean(dim=1, keepdim=True), torch.ones(2, 1, 3, 8, 8))):
+        net.zero_grad()
+        loss(net, x, t, v).backward()
+        grads.append(net.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)  # the mean's noise is 1/S of one target's
 
 
 def test_temporal_targets_follow_the_motion(clip):
     from stream_denoise.train.temporal import build
 
     clean, _ = clip
-    tc = build(clean, clean, 5, 2)  # the clean clip as its own guide: targets are the aligned clean frames
-    assert tc.valid_fraction > 0.5
+    tc = build(clean, clean, 5, 2, reach=2)  # the clean clip as its own guide: targets are the aligned clean frames
+    assert tc.target.shape[1] == 4 and tc.valid_fraction > 0.5
     err = np.abs(tc.target.astype(np.float32) - clean[:, None].astype(np.float32))
     assert float(err[tc.valid].mean()) < 3.0  # grey levels: aligned, not just nearby frames
     still = np.abs(clean[3:].astype(np.float32) - clean[:-3].astype(np.float32)).mean()
