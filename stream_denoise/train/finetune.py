@@ -3,11 +3,11 @@
     stream-denoise fine-tune rec1.mp4 rec2.mkv --out mycam.pt [--from lite] [--minutes 10]
 
 1. Measure the noise of the recordings (level, spatial and temporal correlation).
-2. Objective ``temporal`` (default, ``temporal.py``): targets are other frames of the recording (two
-   on each side of the window) aligned to the target frame by optical flow on the starting model's
-   output; the network learns to denoise every pixel, its own included. Objective ``masked``
-   (``masking.py``; also the fallback when too few pixels can be aligned, e.g. no model to start
-   from): the blind spot, sized from the noise's spatial correlation.
+2. Objective ``temporal`` (default, ``temporal.py``): targets are other frames of the recording (one
+   or two on each side of the window, by noise level) aligned to the target frame by optical flow
+   on the starting model's output; the network learns to denoise every pixel, its own included.
+   Objective ``masked`` (``masking.py``; also the fallback when too few pixels can be aligned, e.g.
+   no model to start from): the blind spot, sized from the noise's spatial correlation.
 3. Hold out the last 10% of each clip (at least K+1 frames, at most 30); the objective's loss on
    fixed held-out batches is the validation score, measured before training too, and the best
    weights seen are kept (early stopping; with ``temporal`` this keeps the starting model when
@@ -112,18 +112,19 @@ def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.nda
     # and a wider margin discards too much (2 sigma left 30 % of carphone's pixels at sigma 30; lite
     # fine-tuned 28.94 -> 29.35 dB with 24 levels, bikes sigma30 +0.25 dB, carphone ISO 1600 +0.10 dB)
     margin = min(np.sqrt(3) * stats.sigma, 48.0)
+    reach = temporal.reach_for(stats.sigma)
     def one(c: np.ndarray) -> temporal.TemporalClip:
-        per_frame = 12 * temporal.REACH * c.shape[1] * c.shape[2]  # 2*REACH targets and masks, 3 channels each
+        per_frame = 12 * reach * c.shape[1] * c.shape[2]  # 2*reach targets and masks, 3 channels each
         step = max(1, -(-len(c) * per_frame // temporal.TARGET_BYTES))
         return temporal.build(c, temporal.denoise_clip(model, c), model.frames, model.target, gap, margin=margin,
-                              ts=list(range(0, len(c), step)), reach=temporal.REACH)
+                              ts=list(range(0, len(c), step)), reach=reach)
 
     pools = [[one(c) for c in clips]
              for clips in ([p.noisy for p in train], held)]
     frac = float(np.mean([c.valid_fraction for c in pools[0]]))
     held_frac = float(np.mean([c.valid_fraction for c in pools[1]])) if held else 0.0
-    log.info("temporal targets: %.0f%% of training pixels aligned (%.0f%% held out), frame gap +%d, "
-             "clipping margin %.0f", 100 * frac, 100 * held_frac, gap, margin)
+    log.info("temporal targets: %d frame(s) each side, %.0f%% of training pixels aligned (%.0f%% held out), "
+             "frame gap +%d, clipping margin %.0f", reach, 100 * frac, 100 * held_frac, gap, margin)
     if frac < temporal.MIN_VALID or (held and held_frac < temporal.MIN_VALID):
         log.warning("too few pixels align between frames: falling back to the masked (blind-spot) objective")
         return "masked", [], []
