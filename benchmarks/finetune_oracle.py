@@ -17,6 +17,8 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,40 +27,33 @@ from . import CACHE_DIR
 from . import clips, metrics, models
 
 
-def oracle_build(kind: str, rec_noisy: np.ndarray, rec_clean: np.ndarray, forced_reach: int | None):
-    """``temporal.build`` with the targets replaced by clean ones of the recorded half."""
-    import cv2
-
+@contextmanager
+def oracle_targets(kind: str, rec_noisy: np.ndarray, rec_clean: np.ndarray, forced_reach: int | None) -> Iterator[None]:
+    """While active, ``temporal.build`` (as the fine-tune calls it) makes ``kind`` targets from the
+    clean frames of the recorded half."""
     from stream_denoise.train import temporal
 
     build = temporal.build
 
-    def wrapped(clip, denoised, frames, target, gap=0, tolerance=6.0, margin=0.0, ts=None, reach=1):
-        r = forced_reach or reach
-        tc = build(clip, denoised, frames, target, gap, tolerance, margin, ts, reach=r)
+    def oracle(clip, denoised, frames, target, gap=0, tolerance=6.0, margin=0.0, ts=None, reach=1):
+        reach = forced_reach or reach
         if kind == "noisy":
-            return tc
+            return build(clip, denoised, frames, target, gap, tolerance, margin, ts, reach)
         # the fine-tune passes a slice (training part or held-out tail) of the recorded clip
         off = next(o for o in range(len(rec_noisy) - len(clip) + 1)
                    if np.array_equal(rec_noisy[o], clip[0]) and np.array_equal(rec_noisy[o + len(clip) - 1], clip[-1]))
         clean = rec_clean[off : off + len(clip)]
-        t_len, h, w = clip.shape[:3]
-        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-        gray = [cv2.cvtColor(d, cv2.COLOR_RGB2GRAY) for d in denoised]
-        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # as temporal.build: same flow
-        for j, t in enumerate(tc.ts):
-            for side, u in enumerate(temporal.outside(t, frames, target, t_len, gap, r)):
-                if u is None:
-                    continue
-                if kind == "clean-warped":
-                    flow = dis.calc(gray[t], gray[u], None)
-                    tc.target[j, side] = cv2.remap(clean[u], gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR,
-                                                   borderMode=cv2.BORDER_REFLECT)
-                else:
-                    tc.target[j, side] = clean[t]
+        tc = build(clip, denoised, frames, target, gap, tolerance, margin, ts, reach,
+                   source=clean if kind == "clean-warped" else None)
+        if kind == "clean-same-pixels":
+            tc.target[:] = clean[tc.ts][:, None]
         return tc
 
-    return temporal, build, wrapped
+    temporal.build = oracle
+    try:
+        yield
+    finally:
+        temporal.build = build
 
 
 def main() -> None:
@@ -78,16 +73,11 @@ def main() -> None:
 
     c = clips.make(a.clip, a.condition, a.frames, None, CACHE_DIR, 0)
     (noisy, clean), (rec_noisy, rec_clean) = c.live, c.recorded
-    temporal, original, wrapped = oracle_build(a.targets, rec_noisy, rec_clean, a.reach)
-    temporal.build = wrapped
     t0 = time.time()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "model.pt"
-            summary = models.fine_tune(Path(zoo.resolve(a.model, ".pt")), rec_noisy, out, a.minutes, 3000, a.threads)
-            den, _ = models.denoise_clip(out, noisy, "onnxruntime", a.threads)
-    finally:
-        temporal.build = original
+    with tempfile.TemporaryDirectory() as tmp, oracle_targets(a.targets, rec_noisy, rec_clean, a.reach):
+        out = Path(tmp) / "model.pt"
+        summary = models.fine_tune(Path(zoo.resolve(a.model, ".pt")), rec_noisy, out, a.minutes, 3000, a.threads)
+        den, _ = models.denoise_clip(out, noisy, "onnxruntime", a.threads)
     print(json.dumps({"clip": a.clip, "condition": a.condition, "targets": a.targets, "model": a.model,
                       "reach": a.reach, "minutes": a.minutes, "steps": summary["steps"],
                       "psnr": round(metrics.score(den, clean)["psnr"], 2), "seconds": round(time.time() - t0)}))

@@ -91,10 +91,12 @@ def outside(t: int, frames: int, target: int, length: int, gap: int = 0, reach: 
 
 
 def build(clip: np.ndarray, denoised: np.ndarray, frames: int, target: int, gap: int = 0,
-          tolerance: float = 6.0, margin: float = 0.0, ts: list[int] | None = None, reach: int = 1) -> TemporalClip:
+          tolerance: float = 6.0, margin: float = 0.0, ts: list[int] | None = None, reach: int = 1,
+          source: np.ndarray | None = None) -> TemporalClip:
     """Aligned targets for the frames ``ts`` (default all) of ``clip``: the ``reach`` nearest frames
     on each side of the window; ``denoised`` (same shape, the starting model's output) guides the
-    alignment.
+    alignment. ``source`` (same shape; default ``clip``) are the frames warped into targets: the
+    oracle benchmark (``benchmarks.finetune_oracle``) passes the clean frames.
 
     Several targets per pixel average their noise in the loss (the gradient of the summed squared
     errors is that of the error to their mean): less of the targets' noise for the network to fit
@@ -114,6 +116,7 @@ def build(clip: np.ndarray, denoised: np.ndarray, frames: int, target: int, gap:
 
     t_len, h, w = clip.shape[:3]
     ts = list(range(t_len)) if ts is None else ts
+    source = clip if source is None else source
     gray = [cv2.cvtColor(d, cv2.COLOR_RGB2GRAY) for d in denoised]
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
@@ -125,7 +128,7 @@ def build(clip: np.ndarray, denoised: np.ndarray, frames: int, target: int, gap:
                 continue
             flow = dis.calc(gray[t], gray[u], None)  # gray[t](p) ~ gray[u](p + flow(p))
             mx, my = grid_x + flow[..., 0], grid_y + flow[..., 1]
-            tgt[j, side] = cv2.remap(clip[u], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            tgt[j, side] = cv2.remap(source[u], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
             g = cv2.remap(denoised[u], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
             err = cv2.blur(np.abs(g.astype(np.float32) - denoised[t].astype(np.float32)).mean(axis=2), (5, 5))
             inside = (mx >= 1) & (mx <= w - 2) & (my >= 1) & (my <= h - 2)

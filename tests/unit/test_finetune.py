@@ -126,7 +126,6 @@ def test_several_targets_pull_towards_their_mean():
     from stream_denoise.train.temporal import loss
 
     net = torch.nn.Conv2d(15, 3, 3, padding=1)
-    net.target = 2
     x = torch.rand(2, 15, 8, 8)
     tgt = torch.rand(2, 4, 3, 8, 8)
     grads = []
@@ -140,9 +139,12 @@ def test_several_targets_pull_towards_their_mean():
 def test_temporal_targets_follow_the_motion(clip):
     from stream_denoise.train.temporal import build
 
-    clean, _ = clip
+    clean, noisy = clip
     tc = build(clean, clean, 5, 2, reach=2)  # the clean clip as its own guide: targets are the aligned clean frames
     assert tc.target.shape[1] == 4 and tc.valid_fraction > 0.5
+    oracle = build(noisy, clean, 5, 2, reach=2, source=clean)  # the oracle benchmark's clean targets of a noisy clip
+    assert np.array_equal(oracle.target, tc.target) and np.array_equal(oracle.valid, tc.valid)
+    assert not np.array_equal(build(noisy, clean, 5, 2, reach=2).target, tc.target)  # default: the clip's own frames
     err = np.abs(tc.target.astype(np.float32) - clean[:, None].astype(np.float32))
     assert float(err[tc.valid].mean()) < 3.0  # grey levels: aligned, not just nearby frames
     still = np.abs(clean[3:].astype(np.float32) - clean[:-3].astype(np.float32)).mean()
