@@ -30,7 +30,7 @@ Params = dict[str, float | int | str]
 Runner = Callable[[np.ndarray, Params, float, int], np.ndarray]  # (clip, params, sigma, threads) -> clip
 
 GRIDS: dict[str, dict[str, list]] = {
-    "hqdn3d": {"spatial": [2, 4, 7, 11, 16, 24, 32], "temporal_ratio": [1.5]},
+    "hqdn3d": {"spatial": [2, 4, 7, 11, 16, 24, 32, 48, 64], "temporal_ratio": [1.5]},
     "atadenoise": {"a": [0.02, 0.05, 0.1, 0.2, 0.3], "s": [9]},
     "nlmeans": {"s": [2, 4, 7, 11, 16, 24], "p": [7], "r": [15]},
     "opencv_nlm": {"h": [5, 9, 14, 20, 28, 40], "template": [7], "search": [21]},
