@@ -132,7 +132,7 @@ def supervised(init: Path, noisy: np.ndarray, clean: np.ndarray, out: Path, minu
 
     from stream_denoise.model import load_model, save_model
     from stream_denoise.train.data import Pair, sample_windows, to_input
-    from stream_denoise.train.loop import fit
+    from stream_denoise.train.loop import fit, use_bf16
 
     torch.set_num_threads(threads)
     model = load_model(init)
@@ -144,6 +144,7 @@ def supervised(init: Path, noisy: np.ndarray, clean: np.ndarray, out: Path, minu
         assert c is not None
         return torch.nn.functional.mse_loss(model(torch.from_numpy(to_input(x))), torch.from_numpy(to_input(c[:, None])))
 
-    summary = fit(model, step_loss, steps=steps, minutes=minutes, lr=lr, seed=seed, checkpoint=None, progress=False)
+    summary = fit(model, step_loss, steps=steps, minutes=minutes, lr=lr, seed=seed, checkpoint=None, progress=False,
+                  bf16=use_bf16("auto", torch.device("cpu")))  # the same arithmetic as fine_tune on this machine
     save_model(model, out, trained="supervised on the recorded half (benchmark upper bound)", init=str(init), **summary)
     return summary

@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--max-frames", type=int, default=300, help="frames read per clip")
     f.add_argument("--objective", choices=["temporal", "masked"], default="temporal",
                    help="temporal: aligned neighbouring frames as targets (every pixel learnt); masked: blind spot")
+    f.add_argument("--precision", choices=["auto", "bfloat16", "float32"], default="auto",
+                   help="training arithmetic; auto: bfloat16 autocast where the GPU or CPU (AMX, AVX512-BF16) runs it natively")
 
     e = sub.add_parser("export", help="export a model to ONNX (fp32 or fp16)")
     e.add_argument("model")
@@ -270,7 +272,7 @@ def cmd_fine_tune(a: argparse.Namespace) -> int:
 
     fine_tune(a.clips, a.out, init=None if a.scratch else (a.init or ("lite-causal" if a.window == "causal" else "lite")),
               arch=a.arch, window=a.window, minutes=a.minutes, steps=a.steps, seed=a.seed, max_frames=a.max_frames,
-              objective=a.objective)
+              objective=a.objective, precision=a.precision)
     return 0
 
 

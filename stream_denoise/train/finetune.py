@@ -6,13 +6,16 @@
 2. Objective ``temporal`` (default, ``temporal.py``): targets are other frames of the recording (one
    or two on each side of the window, by noise level) aligned to the target frame by optical flow
    on the starting model's output; the network learns to denoise every pixel, its own included.
+   Under strong noise the pixels no frame aligns to are held near the starting model's output
+   (``temporal.anchor_for``).
    Objective ``masked`` (``masking.py``; also the fallback when too few pixels can be aligned, e.g.
    no model to start from): the blind spot, sized from the noise's spatial correlation.
 3. Hold out the last 10% of each clip (at least K+1 frames, at most 30); the objective's loss on
    fixed held-out batches is the validation score, measured before training too, and the best
    weights seen are kept (early stopping; with ``temporal`` this keeps the starting model when
    training does not beat it on held-out frames).
-4. Write a model file that ``run``, ``denoise`` and ``export`` accept.
+4. Train (``loop.fit``) in bfloat16 autocast where the GPU or CPU runs it natively (``--precision``).
+5. Write a model file that ``run``, ``denoise`` and ``export`` accept.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from .. import zoo
 from ..model import create_model, load_model, save_model
 from .data import Pair, read_clip, sample_windows, to_input
-from .loop import fit
+from .loop import fit, use_bf16
 from . import temporal
 from .masking import MaskSpec, NoiseStats, masked_loss, measure_noise
 
@@ -38,7 +41,7 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
               window: str = "centered", minutes: float = 10.0, steps: int = 3000, seed: int = 0,
               max_frames: int = 300, batch: int = 8, patch: int = 96, lr: float = 3e-4,
               mask: MaskSpec | None = None, threads: int | None = None, frames: Sequence[np.ndarray] | None = None,
-              progress: bool = True, objective: str = "temporal") -> dict:
+              progress: bool = True, objective: str = "temporal", precision: str = "auto") -> dict:
     """Fit a model to recordings; ``frames`` may pass decoded clips ((T,H,W,3) uint8 RGB) directly."""
     if threads:
         torch.set_num_threads(threads)
@@ -46,7 +49,8 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     model = load_model(zoo.resolve(init, ".pt")) if init else create_model(arch, window=window)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    log.info("fine-tuning on %s", device)
+    bf16 = use_bf16(precision, device)
+    log.info("fine-tuning on %s (%s)", device, "bfloat16 autocast" if bf16 else "float32")
     stats = measure_noise(data[0])
     mask = mask or stats.mask_spec()
     log.info("noise: sigma %.1f, spatial corr %.2f/%.2f, temporal corr %.2f -> blind spot r=%d%s",
@@ -64,18 +68,21 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     if objective == "temporal" and init is None:
         log.warning("no model to start from: the temporal objective needs one to align frames; using the masked objective")
         objective = "masked"
+    anchor = temporal.anchor_for(stats.sigma)
     if objective == "temporal":
         objective, pool, vpool = _temporal_pools(model, train, held, stats)
+    if objective == "temporal":
+        log.info("pixels no frame aligns to: pulled towards the starting model's output with weight %.1f", anchor)
     vrng = np.random.default_rng(seed + 1)
     val_losses: list[Callable[[], torch.Tensor]] = []  # the objective on fixed held-out batches
     if objective == "temporal":
         for _ in range(4 if vpool else 0):
             b = _tensors(*temporal.sample(vpool, batch, model.frames, model.target, patch, vrng), device)
-            val_losses.append(lambda b=b: temporal.loss(model, *b))
+            val_losses.append(lambda b=b: temporal.loss(model, *b[:3]))  # aligned targets only: the anchor is no evidence
 
         def step_loss(r: np.random.Generator) -> torch.Tensor:
-            return temporal.loss(model, *_tensors(*temporal.sample(pool, batch, model.frames, model.target, patch, r),
-                                                  device))
+            b = _tensors(*temporal.sample(pool, batch, model.frames, model.target, patch, r), device)
+            return temporal.loss(model, *b, anchor_weight=anchor)
     else:
         vpool_m = [Pair(h, None) for h in held]
         for _ in range(4 if held else 0):
@@ -94,10 +101,10 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     out = Path(out)
     summary = fit(model, step_loss, steps=steps, minutes=minutes, lr=lr, seed=seed,
                   checkpoint=out.with_suffix(".ckpt"), validate=validate if val_losses else None,
-                  validate_every=100, progress=progress)
+                  validate_every=100, progress=progress, bf16=bf16)
     save_model(model, out, trained="self-supervised fine-tune", init=init or f"scratch:{arch}",
                clips=[str(c) for c in clips], objective=objective, mask_radius=mask.radius, mask_tube=mask.tube,
-               noise_sigma=stats.sigma, seed=seed, **summary)
+               noise_sigma=stats.sigma, anchor_weight=anchor if objective == "temporal" else None, seed=seed, **summary)
     log.info("wrote %s: %d steps in %.0f s, held-out %s loss %s", out, summary["steps"], summary["seconds"], objective,
              f"{summary['best_val']:.6f}" if summary["best_val"] is not None else "n/a")
     return summary | {"objective": objective}
@@ -114,7 +121,7 @@ def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.nda
     margin = min(np.sqrt(3) * stats.sigma, 48.0)
     reach = temporal.reach_for(stats.sigma)
     def one(c: np.ndarray) -> temporal.TemporalClip:
-        per_frame = 12 * reach * c.shape[1] * c.shape[2]  # 2*reach targets and masks, 3 channels each
+        per_frame = (12 * reach + 4) * c.shape[1] * c.shape[2]  # 2*reach targets and masks (3 channels), anchor, free
         step = max(1, -(-len(c) * per_frame // temporal.TARGET_BYTES))
         return temporal.build(c, temporal.denoise_clip(model, c), model.frames, model.target, gap, margin=margin,
                               ts=list(range(0, len(c), step)), reach=reach)
@@ -131,6 +138,9 @@ def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.nda
     return "temporal", pools[0], [c for c in pools[1] if c.valid_fraction >= temporal.MIN_VALID]
 
 
-def _tensors(x: np.ndarray, tg: np.ndarray, v: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
+def _tensors(x: np.ndarray, tg: np.ndarray, v: np.ndarray, a: np.ndarray, f: np.ndarray,
+             device: torch.device) -> tuple[torch.Tensor, ...]:
     t = torch.from_numpy(tg).to(device).permute(0, 1, 4, 2, 3).float() / 255
-    return torch.from_numpy(to_input(x)).to(device), t, torch.from_numpy(v).to(device).permute(0, 1, 4, 2, 3).float()
+    an = torch.from_numpy(a).to(device).permute(0, 3, 1, 2).float() / 255
+    return (torch.from_numpy(to_input(x)).to(device), t, torch.from_numpy(v).to(device).permute(0, 1, 4, 2, 3), an,
+            torch.from_numpy(f).to(device))

@@ -16,25 +16,49 @@ log = logging.getLogger(__name__)
 StepFn = Callable[[np.random.Generator], torch.Tensor]  # returns the loss of one fresh batch
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 convolutions natively: a CUDA GPU that supports it, or a CPU
+    with AMX or AVX512-BF16 (there a bfloat16-autocast ``base`` training step in channels-last takes
+    69 ms instead of 196 ms on two Xeon cores; without them bfloat16 is emulated and slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return any(bool(getattr(cpu, f, lambda: False)()) for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return False
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """``precision``: auto (bfloat16 where ``native_bf16``), bfloat16 or float32."""
+    if precision not in ("auto", "bfloat16", "float32"):
+        raise ValueError(f"unknown precision {precision!r}; choose auto, bfloat16 or float32")
+    return native_bf16(device) if precision == "auto" else precision == "bfloat16"
+
+
 def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float | None = None,
         lr: float = 1e-3, seed: int = 0, checkpoint: Path | None = None, checkpoint_every: int = 200,
         resume: bool = True, validate: Callable[[], float] | None = None, validate_every: int = 100,
-        progress: bool = True) -> dict:
+        progress: bool = True, bf16: bool = False) -> dict:
     """Adam + cosine decay for ``steps`` steps or ``minutes``, whichever ends first.
 
     The decay follows whichever budget is nearer its end (the step count or the clock), so a run
     that the time budget stops still ends at a learning rate near zero rather than mid-schedule.
     A resumed run starts a new time budget, and with it the clock's part of the schedule.
     With ``validate`` (a held-out loss, lower is better) the best weights seen are kept (early
-    stopping; the last weights are validated too). Returns a summary: steps done, seconds,
-    last/best losses.
+    stopping; the last weights are validated too). ``bf16``: the training steps run under bfloat16
+    autocast with the model in channels-last memory (weights, optimiser and loss stay float32;
+    validation runs in float32, so early stopping compares like with like). Returns a summary:
+    steps done, seconds, last/best losses.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    device = next(model.parameters()).device
+    if bf16:
+        model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     start_step = 0
     if checkpoint is not None and resume and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False, map_location=next(model.parameters()).device)
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         rng.bit_generator.state = state["rng"]
@@ -55,7 +79,8 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
         for g in opt.param_groups:
             g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done_frac))
         model.train()
-        loss = step_loss(rng)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = step_loss(rng)
         value = loss.item()
         if not math.isfinite(value):  # a diverging batch: skip it rather than poison the weights
             skipped += 1
@@ -90,10 +115,10 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
         _save(checkpoint, model, opt, rng, done)
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.eval()
+    model.to(memory_format=torch.contiguous_format).eval()
     return {"steps": done, "seconds": round(time.monotonic() - t0, 1), "loss_ema": ema,
             "best_val": None if validate is None else best_val, "lr_end": opt.param_groups[0]["lr"],
-            "skipped_steps": skipped}
+            "skipped_steps": skipped, "precision": "bfloat16 autocast" if bf16 else "float32"}
 
 
 def _keep_best(model: torch.nn.Module, validate: Callable[[], float], best_val: float,

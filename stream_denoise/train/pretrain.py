@@ -10,7 +10,8 @@ which are held out for evaluation. Noise: ``variants`` random conditions per cli
 H.264 at CCTV bit rates), made by ``workers`` processes; each (clip, variant) has its own seed, so
 the pool is the same whatever the number of workers.
 
-Runs on a CUDA GPU when there is one (``--device``; bfloat16 autocast there): the noisy pool is
+Runs on a CUDA GPU when there is one (``--device``), in bfloat16 autocast wherever the device runs it
+natively (``loop.native_bf16``: such GPUs, CPUs with AMX or AVX512-BF16): the noisy pool is
 moved to the device once and windows are cut from it there. ``--pool FILE`` keeps the pool in an
 uncompressed .npz so that several trainings (scripts/train_models.sh trains three at once on one
 GPU) share one pool; ``--pool-only`` just builds it.
@@ -32,7 +33,7 @@ from ..buffer import reflect_indices
 from ..model import create_model, save_model
 from ..noise import add_noise, random_spec
 from .data import default_clean_clips
-from .loop import fit
+from .loop import fit, native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,8 @@ def pretrain(arch: str, window: str, steps: int, minutes: float, out: Path, seed
     if pool is None:
         pool = build_pool(default_clean_clips(np.random.default_rng(seed)), 3, seed)
     sampler = WindowSampler(pool, dev)
-    amp = dev.type == "cuda"
-    if amp:
+    amp = native_bf16(dev)
+    if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     log.info("pre-training %s (%s) on %s: %d params, %.0f MAC/pixel, batch %d x %d^2%s", arch, window, dev,
              sum(p.numel() for p in model.parameters()), model.macs_per_pixel(), batch, patch,
@@ -140,13 +141,11 @@ def pretrain(arch: str, window: str, steps: int, minutes: float, out: Path, seed
 
     def step_loss(r: np.random.Generator) -> torch.Tensor:
         x, c = sampler.sample(batch, model.frames, model.target, patch, r)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            y = model(x)
-        return torch.nn.functional.mse_loss(y.float(), c)
+        return torch.nn.functional.mse_loss(model(x).float(), c)
 
     ckpt = out.with_suffix(".ckpt")
     summary = fit(model, step_loss, steps=steps, minutes=minutes, lr=lr, seed=seed, checkpoint=ckpt,
-                  progress=progress)
+                  progress=progress, bf16=amp)
     model.cpu()
     save_model(model, out, trained="supervised synthetic", data="bigbuckbunny + scikit-image photos",
                arch=arch, window=window, seed=seed, device=str(dev), batch=batch, patch=patch,

@@ -67,6 +67,24 @@ def test_a_run_the_clock_stops_still_anneals_and_keeps_its_best_weights():
     assert len(seen) == 2 and s["best_val"] == min(seen)  # before training and the last weights
 
 
+def test_bfloat16_steps_train_and_leave_a_float32_model():
+    import torch
+
+    from stream_denoise.train.loop import fit, use_bf16
+
+    assert use_bf16("float32", torch.device("cpu")) is False and use_bf16("bfloat16", torch.device("cpu")) is True
+    with pytest.raises(ValueError, match="unknown precision"):
+        use_bf16("fp8", torch.device("cpu"))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 3, padding=1))
+    x = torch.rand(4, 3, 16, 16)
+    before = torch.nn.functional.mse_loss(net(x), x).item()
+    s = fit(net, lambda r: torch.nn.functional.mse_loss(net(x).float(), x), steps=150, lr=3e-3, progress=False, bf16=True)
+    assert s["precision"] == "bfloat16 autocast"
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in net.parameters())  # not left channels-last
+    assert torch.nn.functional.mse_loss(net(x), x).item() < 0.5 * before  # it learnt (checked in float32)
+
+
 def test_noise_measurement_tells_white_from_correlated_noise(clip):
     clean, _ = clip
     long = np.concatenate([clean, clean[::-1]])
@@ -136,12 +154,47 @@ def test_several_targets_pull_towards_their_mean():
     assert torch.allclose(grads[0], grads[1], atol=1e-6)  # the mean's noise is 1/S of one target's
 
 
+def test_pixels_no_frame_aligns_to_are_pulled_towards_the_anchor():
+    """Only ``free`` pixels feel the anchor; elsewhere the gradient is the targets' alone."""
+    import torch
+
+    from stream_denoise.train.temporal import loss
+
+    class Out(torch.nn.Module):  # the "network" is its output: gradients land on each value
+        def __init__(self) -> None:
+            super().__init__()
+            self.y = torch.nn.Parameter(torch.rand(1, 3, 4, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.y
+
+    net, x = Out(), torch.zeros(1, 15, 4, 4)
+    tgt, anchor = torch.rand(1, 2, 3, 4, 4), torch.rand(1, 3, 4, 4)
+    valid = torch.ones(1, 2, 3, 4, 4, dtype=torch.bool)
+    valid[:, :, :, 0, 0] = False  # pixel (0, 0): no target aligns
+    free = ~valid.any(dim=(1, 2))
+    grads = []
+    for w in (0.0, 1.0):
+        net.zero_grad()
+        loss(net, x, tgt, valid, anchor, free, anchor_weight=w).backward()
+        grads.append(net.y.grad.clone())
+    assert torch.all(grads[0][..., 0, 0] == 0)  # without the anchor the loss says nothing there
+    expect = 2 * (net.y - anchor)[..., 0, 0] / (valid.sum() + 3)
+    assert torch.allclose(grads[1][..., 0, 0], expect.detach(), atol=1e-6)  # pulled towards the anchor
+    scale = (valid.sum() + 3) / valid.sum()  # elsewhere: the same direction, one more value in the mean
+    assert torch.allclose(grads[1][..., 1:, :] * scale, grads[0][..., 1:, :], atol=1e-6)
+
+
 def test_temporal_targets_follow_the_motion(clip):
     from stream_denoise.train.temporal import build
 
     clean, noisy = clip
     tc = build(clean, clean, 5, 2, reach=2)  # the clean clip as its own guide: targets are the aligned clean frames
     assert tc.target.shape[1] == 4 and tc.valid_fraction > 0.5
+    assert np.array_equal(tc.anchor, clean[tc.ts])  # the anchor is the guide's frame
+    assert not (tc.free[..., None] & tc.valid.any(axis=1)).any() and 0 < tc.free.mean() < 0.5
+    dark = build(clean, clean, 5, 2, reach=2, margin=100)  # many channels left out for clipping only...
+    assert dark.valid.mean() < tc.valid.mean() and np.array_equal(dark.free, tc.free)  # ...are not free
     oracle = build(noisy, clean, 5, 2, reach=2, source=clean)  # the oracle benchmark's clean targets of a noisy clip
     assert np.array_equal(oracle.target, tc.target) and np.array_equal(oracle.valid, tc.valid)
     assert not np.array_equal(build(noisy, clean, 5, 2, reach=2).target, tc.target)  # default: the clip's own frames
