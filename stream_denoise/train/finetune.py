@@ -72,7 +72,7 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     if objective == "temporal":
         objective, pool, vpool = _temporal_pools(model, train, held, stats)
     if objective == "temporal":
-        log.info("pixels no frame aligns to: pulled towards the starting model's output with weight %.1f", anchor)
+        log.info("values without a valid target: pulled towards the starting model's output with weight %.1f", anchor)
     vrng = np.random.default_rng(seed + 1)
     val_losses: list[Callable[[], torch.Tensor]] = []  # the objective on fixed held-out batches
     if objective == "temporal":
@@ -121,7 +121,7 @@ def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.nda
     margin = min(np.sqrt(3) * stats.sigma, 48.0)
     reach = temporal.reach_for(stats.sigma)
     def one(c: np.ndarray) -> temporal.TemporalClip:
-        per_frame = (12 * reach + 4) * c.shape[1] * c.shape[2]  # 2*reach targets and masks (3 channels), anchor, free
+        per_frame = (12 * reach + 3) * c.shape[1] * c.shape[2]  # 2*reach targets and masks, the anchor: 3 channels each
         step = max(1, -(-len(c) * per_frame // temporal.TARGET_BYTES))
         return temporal.build(c, temporal.denoise_clip(model, c), model.frames, model.target, gap, margin=margin,
                               ts=list(range(0, len(c), step)), reach=reach)
@@ -138,9 +138,7 @@ def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.nda
     return "temporal", pools[0], [c for c in pools[1] if c.valid_fraction >= temporal.MIN_VALID]
 
 
-def _tensors(x: np.ndarray, tg: np.ndarray, v: np.ndarray, a: np.ndarray, f: np.ndarray,
-             device: torch.device) -> tuple[torch.Tensor, ...]:
+def _tensors(x: np.ndarray, tg: np.ndarray, v: np.ndarray, a: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
     t = torch.from_numpy(tg).to(device).permute(0, 1, 4, 2, 3).float() / 255
     an = torch.from_numpy(a).to(device).permute(0, 3, 1, 2).float() / 255
-    return (torch.from_numpy(to_input(x)).to(device), t, torch.from_numpy(v).to(device).permute(0, 1, 4, 2, 3), an,
-            torch.from_numpy(f).to(device))
+    return torch.from_numpy(to_input(x)).to(device), t, torch.from_numpy(v).to(device).permute(0, 1, 4, 2, 3), an

@@ -33,7 +33,7 @@ from ..buffer import reflect_indices
 from ..model import create_model, save_model
 from ..noise import add_noise, random_spec
 from .data import default_clean_clips
-from .loop import fit, native_bf16
+from .loop import fit, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class WindowSampler:
 
 def pretrain(arch: str, window: str, steps: int, minutes: float, out: Path, seed: int = 0, batch: int = 16,
              patch: int = 96, lr: float = 2e-3, pool: Pool | None = None, device: str = "auto",
-             progress: bool = True) -> dict:
+             progress: bool = True, precision: str = "auto") -> dict:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     torch.manual_seed(seed)
@@ -132,7 +132,7 @@ def pretrain(arch: str, window: str, steps: int, minutes: float, out: Path, seed
     if pool is None:
         pool = build_pool(default_clean_clips(np.random.default_rng(seed)), 3, seed)
     sampler = WindowSampler(pool, dev)
-    amp = native_bf16(dev)
+    amp = use_bf16(precision, dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     log.info("pre-training %s (%s) on %s: %d params, %.0f MAC/pixel, batch %d x %d^2%s", arch, window, dev,
@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (a CUDA GPU when present), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--precision", choices=["auto", "bfloat16", "float32"], default="auto",
+                   help="auto: bfloat16 autocast where the device runs it natively (loop.native_bf16)")
     g = p.add_argument_group("data")
     g.add_argument("--variants", type=int, default=3, help="noise realisations per clean clip")
     g.add_argument("--photo-clips", type=int, default=24, help="moving-photo clips (16 frames of 256x256)")
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.out is None:
         p.error("--out is required (unless --pool-only)")
     pretrain(a.arch, a.window, a.steps, a.minutes, a.out, a.seed, a.batch, a.patch, a.lr, pool, a.device,
-             not a.no_progress)
+             not a.no_progress, a.precision)
 
 
 if __name__ == "__main__":

@@ -61,8 +61,7 @@ class TemporalClip:
     target: np.ndarray  # (T', S, H, W, 3) uint8: S frames around the window (``outside``), warped to t
     valid: np.ndarray  # (T', S, H, W, 3) bool: where (and in which channels) each target can be trusted
     ts: list[int]  # the frames (of ``noisy``) that have targets: row j of target/valid is frame ts[j]
-    anchor: np.ndarray  # (T', H, W, 3) uint8: the starting model's output at ts
-    free: np.ndarray  # (T', H, W) bool: pixels that no target frame aligns to (``loss`` pulls them to the anchor)
+    anchor: np.ndarray  # (T', H, W, 3) uint8: the starting model's output at ts (``loss``: where no target is valid)
 
     @property
     def valid_fraction(self) -> float:
@@ -137,7 +136,6 @@ def build(clip: np.ndarray, denoised: np.ndarray, frames: int, target: int, gap:
     grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     tgt = np.zeros((len(ts), 2 * reach, h, w, 3), np.uint8)
     valid = np.zeros((len(ts), 2 * reach, h, w, 3), bool)
-    free = np.ones((len(ts), h, w), bool)
     for j, t in enumerate(ts):
         for side, u in enumerate(outside(t, frames, target, t_len, gap, reach)):
             if u is None:
@@ -149,17 +147,15 @@ def build(clip: np.ndarray, denoised: np.ndarray, frames: int, target: int, gap:
             err = cv2.blur(np.abs(g.astype(np.float32) - denoised[t].astype(np.float32)).mean(axis=2), (5, 5))
             inside = (mx >= 1) & (mx <= w - 2) & (my >= 1) & (my <= h - 2)
             unclipped = (denoised[t] >= margin) & (denoised[t] <= 255 - margin)
-            aligned = (err < tolerance) & inside
-            valid[j, side] = aligned[..., None] & unclipped
-            free[j] &= ~aligned
-    return TemporalClip(clip, tgt, valid, ts, denoised[ts], free)
+            valid[j, side] = ((err < tolerance) & inside)[..., None] & unclipped
+    return TemporalClip(clip, tgt, valid, ts, denoised[ts])
 
 
 def sample(pool: list[TemporalClip], batch: int, frames: int, target: int, patch: int,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Random windows with all their aligned targets, the anchor and where it applies: (N,K,P,P,3) uint8,
-    (N,S,P,P,3) uint8, (N,S,P,P,3) bool, (N,P,P,3) uint8, (N,P,P) bool."""
-    xs, ts, vs, an, fr = [], [], [], [], []
+    """Random windows with all their aligned targets and the anchor: (N,K,P,P,3) uint8,
+    (N,S,P,P,3) uint8, (N,S,P,P,3) bool, (N,P,P,3) uint8."""
+    xs, ts, vs, an = [], [], [], []
     tries = 0
     while len(xs) < batch:
         c = pool[int(rng.integers(len(pool)))]
@@ -173,36 +169,34 @@ def sample(pool: list[TemporalClip], batch: int, frames: int, target: int, patch
             continue
         win = c.noisy[window(t, frames, target, t_len), y0 : y0 + patch, x0 : x0 + patch]
         tg = c.target[j, :, y0 : y0 + patch, x0 : x0 + patch]
-        a, f = c.anchor[j, y0 : y0 + patch, x0 : x0 + patch], c.free[j, y0 : y0 + patch, x0 : x0 + patch]
+        a = c.anchor[j, y0 : y0 + patch, x0 : x0 + patch]
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
         win, tg, v = augment(win, k, flip, (1, 2)), augment(tg, k, flip, (1, 2)), augment(v, k, flip, (1, 2))
-        a, f = augment(a, k, flip, (0, 1)), augment(f, k, flip, (0, 1))
+        a = augment(a, k, flip, (0, 1))
         if target == frames // 2 and rng.integers(2):
             win = win[::-1]  # time reversal: the same scene played backwards
         xs.append(win)
         ts.append(tg)
         vs.append(v)
         an.append(a)
-        fr.append(f)
-    return np.stack(xs), np.stack(ts), np.stack(vs), np.stack(an), np.stack(fr)
+    return np.stack(xs), np.stack(ts), np.stack(vs), np.stack(an)
 
 
 def loss(model: torch.nn.Module, x: torch.Tensor, tgt: torch.Tensor, valid: torch.Tensor,
-         anchor: torch.Tensor | None = None, free: torch.Tensor | None = None,
-         anchor_weight: float = 0.0) -> torch.Tensor:
+         anchor: torch.Tensor | None = None, anchor_weight: float = 0.0) -> torch.Tensor:
     """Mean squared error to the aligned targets over the valid values. x (N,3K,P,P); tgt, valid (N,S,3,P,P).
 
-    With ``anchor`` (N,3,P,P, the starting model's output) and ``free`` (N,P,P, the pixels no target
-    frame aligns to), the free pixels are pulled towards the anchor, ``anchor_weight`` times as
-    strongly as towards one target: the loss otherwise says nothing there, and a network trained
-    only where flow aligns frames drifts there (2-min ``base`` fine-tunes on bikes sigma 30 with
-    *clean* targets on the same pixels: 34.11 dB after ~550 steps, 33.66 after ~1560). Pixels left
-    out only for 8-bit clipping are not free. See ``anchor_for``."""
+    With ``anchor`` (N,3,P,P, the starting model's output), the values that have no valid target
+    (no frame aligns there, or 8-bit clipping biases every target) are pulled towards it,
+    ``anchor_weight`` times as strongly as towards one target: the loss otherwise says nothing there,
+    and a network trained only on the other values drifts there (2-min ``base`` fine-tunes on bikes
+    sigma 30 with *clean* targets on the same values: 34.11 dB after ~550 steps, 33.66 after ~1560).
+    See ``anchor_for``."""
     y = model(x)
     err = ((y[:, None] - tgt) ** 2 * valid).sum()
     count = valid.sum()
-    if anchor is not None and free is not None and anchor_weight > 0:
-        free = free[:, None].expand_as(anchor)
+    if anchor is not None and anchor_weight > 0:
+        free = ~valid.any(dim=1)
         err = err + anchor_weight * ((y - anchor) ** 2 * free).sum()
         count = count + anchor_weight * free.sum()
     return err / count.clamp(min=1)
