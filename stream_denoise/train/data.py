@@ -120,32 +120,49 @@ class Pair:
     clean: np.ndarray | None  # same, or None for self-supervised data
 
 
+@dataclass(frozen=True)
+class Cut:
+    """One random training window of a pool: which clip, its target frame t and window frames (reflected
+    at the clip's ends without repeating t), the patch corner, and the augmentation."""
+
+    clip: int
+    t: int
+    frames: list[int]
+    y0: int
+    x0: int
+    turns: int  # quarter turns in the image plane
+    flip: bool  # then a horizontal flip
+    reverse: bool  # time reversal (centered windows only)
+
+
+def draw_cut(rng: np.random.Generator, shapes: Sequence[tuple[int, ...]], frames: int, target: int, patch: int) -> Cut:
+    """A random ``Cut`` of a pool whose clips have ``shapes`` (T, H, W, ...): the one place that draws
+    training windows (``sample_windows`` here, ``pretrain.WindowSampler`` on the training device)."""
+    j = int(rng.integers(len(shapes)))
+    t_len, h, w = shapes[j][:3]
+    t = int(rng.integers(t_len))
+    y0, x0 = int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1))
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    reverse = target == frames // 2 and bool(rng.integers(2))
+    return Cut(j, t, reflect_indices(t, frames, target, t_len), y0, x0, k, flip, reverse)
+
+
 def sample_windows(pool: Sequence[Pair], batch: int, frames: int, target: int, patch: int,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Random windows: (noisy (N,K,P,P,3), clean centre (N,P,P,3) or None, noisy target (N,P,P,3)).
-
-    Window frames outside the clip are reflected without repeating the target frame.
-    Augmentation: flips, 90-degree rotation, time reversal (only for centered windows).
-    """
+    """Random windows (``draw_cut``): (noisy (N,K,P,P,3), clean centre (N,P,P,3) or None, noisy target (N,P,P,3))."""
     xs, cs, ys = [], [], []
+    shapes = [p.noisy.shape for p in pool]
     for _ in range(batch):
-        pair = pool[int(rng.integers(len(pool)))]
-        t_len, h, w = pair.noisy.shape[:3]
-        t = int(rng.integers(t_len))
-        idx = reflect_indices(t, frames, target, t_len)
-        y0, x0 = int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1))
-        win = pair.noisy[idx, y0 : y0 + patch, x0 : x0 + patch]
-        cen = pair.clean[t, y0 : y0 + patch, x0 : x0 + patch] if pair.clean is not None else None
-        k = int(rng.integers(4))
-        flip = bool(rng.integers(2))
-        win = augment(win, k, flip, axes=(1, 2))
-        cen = augment(cen, k, flip, axes=(0, 1)) if cen is not None else None
-        if target == frames // 2 and rng.integers(2):
+        c = draw_cut(rng, shapes, frames, target, patch)
+        pair = pool[c.clip]
+        box = (slice(c.y0, c.y0 + patch), slice(c.x0, c.x0 + patch))
+        win = augment(pair.noisy[(c.frames, *box)], c.turns, c.flip, axes=(1, 2))
+        if c.reverse:
             win = win[::-1]
         xs.append(win)
         ys.append(win[target])
-        if cen is not None:
-            cs.append(cen)
+        if pair.clean is not None:
+            cs.append(augment(pair.clean[(c.t, *box)], c.turns, c.flip, axes=(0, 1)))
     clean = np.stack(cs) if cs else None
     return np.stack(xs), clean, np.stack(ys)
 

@@ -29,10 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..buffer import reflect_indices
 from ..model import create_model, save_model
 from ..noise import add_noise, random_spec
-from .data import default_clean_clips
+from .data import default_clean_clips, draw_cut
 from .loop import fit, use_bf16
 
 log = logging.getLogger(__name__)
@@ -95,25 +94,21 @@ class WindowSampler:
         self.clean = [torch.from_numpy(c).to(device) for c in clean]
         self.noisy = [torch.from_numpy(n).to(device) for n in noisy]
         self.index = [int(i) for i in index]
+        self.shapes = [tuple(n.shape) for n in noisy]
         self.device = device
 
     def sample(self, batch: int, frames: int, target: int, patch: int,
                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         xs, cs = [], []
         for _ in range(batch):
-            j = int(rng.integers(len(self.noisy)))
-            noisy, clean = self.noisy[j], self.clean[self.index[j]]
-            t_len, h, w = noisy.shape[:3]
-            t = int(rng.integers(t_len))
-            idx = torch.tensor(reflect_indices(t, frames, target, t_len), device=self.device)
-            y0, x0 = int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1))
-            win = noisy[idx, y0 : y0 + patch, x0 : x0 + patch]  # (K,P,P,3)
-            cen = clean[t, y0 : y0 + patch, x0 : x0 + patch]
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            win, cen = torch.rot90(win, k, (1, 2)), torch.rot90(cen, k, (0, 1))
-            if flip:
+            cut = draw_cut(rng, self.shapes, frames, target, patch)
+            box = (slice(cut.y0, cut.y0 + patch), slice(cut.x0, cut.x0 + patch))
+            idx = torch.tensor(cut.frames, device=self.device)
+            win = torch.rot90(self.noisy[cut.clip][(idx, *box)], cut.turns, (1, 2))  # (K,P,P,3)
+            cen = torch.rot90(self.clean[self.index[cut.clip]][(cut.t, *box)], cut.turns, (0, 1))
+            if cut.flip:
                 win, cen = win.flip(2), cen.flip(1)
-            if target == frames // 2 and rng.integers(2):
+            if cut.reverse:
                 win = win.flip(0)
             xs.append(win)
             cs.append(cen)

@@ -80,3 +80,20 @@ def test_older_model_files_keep_their_layers():
     base = create_model("base")
     assert any(k.startswith("full.0") for k in base.state_dict()) and "dec1.2.weight" in base.state_dict()
     assert base.macs_per_pixel() > 20 * create_model("lite").macs_per_pixel()
+
+
+def test_device_sampler_cuts_the_same_windows_as_the_numpy_one():
+    """pretrain.WindowSampler (tensors on the training device) and data.sample_windows (NumPy, used by
+    fine-tuning) draw through data.draw_cut: the same seed gives the same windows and targets."""
+    from stream_denoise.train.data import Pair, sample_windows
+
+    r = np.random.default_rng(0)
+    clean = [r.integers(0, 256, (9, 40, 50, 3), dtype=np.uint8) for _ in range(2)]
+    noisy = [r.integers(0, 256, c.shape, dtype=np.uint8) for c in clean]
+    sampler = pretrain.WindowSampler((clean, noisy, np.arange(2)), torch.device("cpu"))
+    for target in (2, 4):  # centered (time reversal drawn) and causal
+        x, c = sampler.sample(16, 5, target, 24, np.random.default_rng(7))
+        xn, cn, _ = sample_windows([Pair(n, c_) for n, c_ in zip(noisy, clean)], 16, 5, target, 24,
+                                   np.random.default_rng(7))
+        assert np.array_equal(x.numpy(), xn.transpose(0, 1, 4, 2, 3).reshape(16, 15, 24, 24) / np.float32(255))
+        assert np.array_equal(c.numpy(), cn.transpose(0, 3, 1, 2) / np.float32(255))
