@@ -6,8 +6,8 @@
 2. Objective ``temporal`` (default, ``temporal.py``): targets are other frames of the recording (one
    or two on each side of the window, by noise level) aligned to the target frame by optical flow
    on the starting model's output; the network learns to denoise every pixel, its own included.
-   Under strong noise the pixels no frame aligns to are held near the starting model's output
-   (``temporal.anchor_for``).
+   Under strong noise the values without a valid target (no frame aligns there, or 8-bit clipping)
+   are held near the starting model's output (``temporal.anchor_for``).
    Objective ``masked`` (``masking.py``; also the fallback when too few pixels can be aligned, e.g.
    no model to start from): the blind spot, sized from the noise's spatial correlation.
 3. Hold out the last 10% of each clip (at least K+1 frames, at most 30); the objective's loss on
@@ -71,11 +71,10 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     anchor = temporal.anchor_for(stats.sigma)
     if objective == "temporal":
         objective, pool, vpool = _temporal_pools(model, train, held, stats)
-    if objective == "temporal":
-        log.info("values without a valid target: pulled towards the starting model's output with weight %.1f", anchor)
     vrng = np.random.default_rng(seed + 1)
     val_losses: list[Callable[[], torch.Tensor]] = []  # the objective on fixed held-out batches
     if objective == "temporal":
+        log.info("values without a valid target: pulled towards the starting model's output with weight %.1f", anchor)
         for _ in range(4 if vpool else 0):
             b = _tensors(*temporal.sample(vpool, batch, model.frames, model.target, patch, vrng), device)
             val_losses.append(lambda b=b: temporal.loss(model, *b[:3]))  # aligned targets only: the anchor is no evidence

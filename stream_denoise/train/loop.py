@@ -28,9 +28,12 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+PRECISIONS = ("auto", "bfloat16", "float32")  # training arithmetic (``use_bf16``)
+
+
 def use_bf16(precision: str, device: torch.device) -> bool:
     """``precision``: auto (bfloat16 where ``native_bf16``), bfloat16 or float32."""
-    if precision not in ("auto", "bfloat16", "float32"):
+    if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose auto, bfloat16 or float32")
     return native_bf16(device) if precision == "auto" else precision == "bfloat16"
 

@@ -32,7 +32,7 @@ import torch
 from ..model import create_model, save_model
 from ..noise import add_noise, random_spec
 from .data import default_clean_clips, draw_cut
-from .loop import fit, use_bf16
+from .loop import PRECISIONS, fit, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (a CUDA GPU when present), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    p.add_argument("--precision", choices=["auto", "bfloat16", "float32"], default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bfloat16 autocast where the device runs it natively (loop.native_bf16)")
     g = p.add_argument_group("data")
     g.add_argument("--variants", type=int, default=3, help="noise realisations per clean clip")
