@@ -35,16 +35,16 @@ def oracle_targets(kind: str, rec_noisy: np.ndarray, rec_clean: np.ndarray, forc
 
     build = temporal.build
 
-    def oracle(clip, denoised, frames, target, gap=0, tolerance=6.0, margin=0.0, ts=None, reach=1):
+    def oracle(clip, denoised, frames, target, gap=0, tolerance=6.0, margin=0.0, ts=None, reach=1, near=False):
         reach = forced_reach or reach
         if kind == "noisy":
-            return build(clip, denoised, frames, target, gap, tolerance, margin, ts, reach)
+            return build(clip, denoised, frames, target, gap, tolerance, margin, ts, reach, near=near)
         # the fine-tune passes a slice (training part or held-out tail) of the recorded clip
         off = next(o for o in range(len(rec_noisy) - len(clip) + 1)
                    if np.array_equal(rec_noisy[o], clip[0]) and np.array_equal(rec_noisy[o + len(clip) - 1], clip[-1]))
         clean = rec_clean[off : off + len(clip)]
         tc = build(clip, denoised, frames, target, gap, tolerance, margin, ts, reach,
-                   source=clean if kind == "clean-warped" else None)
+                   source=clean if kind == "clean-warped" else None, near=near)
         if kind == "clean-same-pixels":
             tc.target[:] = clean[tc.ts][:, None]
         return tc

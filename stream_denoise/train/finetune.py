@@ -3,9 +3,10 @@
     stream-denoise fine-tune rec1.mp4 rec2.mkv --out mycam.pt [--from lite] [--minutes 10]
 
 1. Measure the noise of the recordings (level, spatial and temporal correlation).
-2. Objective ``temporal`` (default, ``temporal.py``): targets are other frames of the recording (one
-   or two on each side of the window, by noise level) aligned to the target frame by optical flow
-   on the starting model's output; the network learns to denoise every pixel, its own included.
+2. Objective ``temporal`` (default, ``temporal.py``): targets are other frames of the recording
+   aligned to the target frame by optical flow on the starting model's output (by noise level: the
+   nearest frame on each side, left out of the input, or one or two on each side outside the
+   window); the network learns to denoise every pixel, its own included.
    Under strong noise the values without a valid target (no frame aligns there, or 8-bit clipping)
    are held near the starting model's output (``temporal.anchor_for``).
    Objective ``masked`` (``masking.py``; also the fallback when too few pixels can be aligned, e.g.
@@ -119,18 +120,21 @@ def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.nda
     # fine-tuned 28.94 -> 29.35 dB with 24 levels, bikes sigma30 +0.25 dB, carphone ISO 1600 +0.10 dB)
     margin = min(np.sqrt(3) * stats.sigma, 48.0)
     reach = temporal.reach_for(stats.sigma)
-    def one(c: np.ndarray) -> temporal.TemporalClip:
-        per_frame = (12 * reach + 3) * c.shape[1] * c.shape[2]  # 2*reach targets and masks, the anchor: 3 channels each
+    near = gap == 0 and temporal.near_for(stats.sigma)  # held-out targets stay outside the full window (inference's input)
+
+    def one(c: np.ndarray, near: bool) -> temporal.TemporalClip:
+        r = 1 if near else reach
+        per_frame = (12 * r + 3) * c.shape[1] * c.shape[2]  # 2*reach targets and masks, the anchor: 3 channels each
         step = max(1, -(-len(c) * per_frame // temporal.TARGET_BYTES))
         return temporal.build(c, temporal.denoise_clip(model, c), model.frames, model.target, gap, margin=margin,
-                              ts=list(range(0, len(c), step)), reach=reach)
+                              ts=list(range(0, len(c), step)), reach=r, near=near)
 
-    pools = [[one(c) for c in clips]
-             for clips in ([p.noisy for p in train], held)]
+    pools = [[one(p.noisy, near) for p in train], [one(c, False) for c in held]]
     frac = float(np.mean([c.valid_fraction for c in pools[0]]))
     held_frac = float(np.mean([c.valid_fraction for c in pools[1]])) if held else 0.0
-    log.info("temporal targets: %d frame(s) each side, %.0f%% of training pixels aligned (%.0f%% held out), "
-             "frame gap +%d, clipping margin %.0f", reach, 100 * frac, 100 * held_frac, gap, margin)
+    log.info("temporal targets: %s, %.0f%% of training pixels aligned (%.0f%% held out), "
+             "frame gap +%d, clipping margin %.0f", "the nearest frame each side, left out of the input" if near else
+             f"{reach} frame(s) each side outside the window", 100 * frac, 100 * held_frac, gap, margin)
     if frac < temporal.MIN_VALID or (held and held_frac < temporal.MIN_VALID):
         log.warning("too few pixels align between frames: falling back to the masked (blind-spot) objective")
         return "masked", [], []

@@ -137,6 +137,39 @@ def test_temporal_targets_come_from_outside_the_window():
                     assert [abs(u - t) for u in got] == sorted(abs(u - t) for u in got)
 
 
+def test_nearest_targets_are_left_out_of_the_input():
+    from stream_denoise.buffer import reflect_indices
+    from stream_denoise.train.temporal import nearest
+
+    for frames, target in ((5, 2), (5, 4), (3, 1)):
+        for length in (4, 6, 24):
+            for t in range(length):
+                us, win = nearest(t, frames, target, length)
+                assert us == (t - 1 if t > 0 else None, t + 1 if t + 1 < length else None)
+                assert len(win) == frames and win[target] == t  # the output frame stays where it was
+                assert not {u for u in us if u is not None} & set(win)  # no target's noise in the input
+                full = reflect_indices(t, frames, target, length)
+                assert all(w == f for w, f in zip(win, full) if f not in us)  # only the targets are replaced
+
+
+def test_sampled_windows_are_the_rows_input_frames():
+    """A clip whose frame i is the grey level 10 i: a sampled window shows which frames it holds."""
+    from stream_denoise.train.temporal import build, sample
+
+    clip = np.repeat(np.arange(0, 120, 10, dtype=np.uint8), 32 * 32 * 3).reshape(12, 32, 32, 3)
+    rng = np.random.default_rng(0)
+    for near in (False, True):
+        tc = build(clip, clip, 5, 2, tolerance=255.0, near=near)  # every aligned pixel counts
+        assert tc.inputs is not None and len(tc.inputs) == len(tc.ts)
+        for _ in range(20):
+            x, tg, v, _ = sample([tc], 1, 5, 2, 16, rng)
+            held = {int(f[0, 0, 0]) // 10 for f in x[0]}
+            t = int(x[0, 2, 0, 0, 0]) // 10  # the centre frame (time reversal keeps it there)
+            targets = {int(g[0, 0, 0]) // 10 for g, ok in zip(tg[0], v[0]) if ok.any()}
+            assert targets and not targets & held  # the targets' frames never reach the input
+            assert all(abs(u - t) == 1 for u in targets) if near else all(abs(u - t) >= 3 for u in targets)
+
+
 def test_several_targets_pull_towards_their_mean():
     """The summed squared errors to S valid targets have the gradient of S times the error to their mean."""
     import torch
