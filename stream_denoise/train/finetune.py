@@ -122,12 +122,12 @@ def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.nda
     reach = temporal.reach_for(stats.sigma)
     near = gap == 0 and temporal.near_for(stats.sigma)  # held-out targets stay outside the full window (inference's input)
 
-    def one(c: np.ndarray, near: bool) -> temporal.TemporalClip:
-        r = 1 if near else reach
+    def one(c: np.ndarray, nearest: bool) -> temporal.TemporalClip:
+        r = 1 if nearest else reach  # t-1 and t+1 only: more would empty the window
         per_frame = (12 * r + 3) * c.shape[1] * c.shape[2]  # 2*reach targets and masks, the anchor: 3 channels each
         step = max(1, -(-len(c) * per_frame // temporal.TARGET_BYTES))
         return temporal.build(c, temporal.denoise_clip(model, c), model.frames, model.target, gap, margin=margin,
-                              ts=list(range(0, len(c), step)), reach=r, near=near)
+                              ts=list(range(0, len(c), step)), reach=r, near=nearest)
 
     pools = [[one(p.noisy, near) for p in train], [one(c, False) for c in held]]
     frac = float(np.mean([c.valid_fraction for c in pools[0]]))
