@@ -78,7 +78,7 @@ class TemporalClip:
     valid: np.ndarray  # (T', S, H, W, 3) bool: where (and in which channels) each target can be trusted
     ts: list[int]  # the frames (of ``noisy``) that have targets: row j of target/valid is frame ts[j]
     anchor: np.ndarray  # (T', H, W, 3) uint8: the starting model's output at ts (``loss``: where no target is valid)
-    inputs: list[list[int]] | None = None  # per row, the input window's frames (default ``window``; ``build(near=True)`` leaves the targets out)
+    inputs: list[list[int]]  # per row, the input window's frames (``window``, or ``nearest``'s without the targets)
 
     @property
     def valid_fraction(self) -> float:
@@ -210,16 +210,14 @@ def sample(pool: list[TemporalClip], batch: int, frames: int, target: int, patch
     tries = 0
     while len(xs) < batch:
         c = pool[int(rng.integers(len(pool)))]
-        t_len, h, w = c.noisy.shape[:3]
+        h, w = c.noisy.shape[1:3]
         j = int(rng.integers(len(c.ts)))
-        t = c.ts[j]
         y0, x0 = int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1))
         v = c.valid[j, :, y0 : y0 + patch, x0 : x0 + patch]
         tries += 1
         if v.any(axis=0).mean() < (0.25 if tries < 50 * batch else 0.0):  # prefer patches with targets; never loop forever
             continue
-        idx = c.inputs[j] if c.inputs is not None else window(t, frames, target, t_len)
-        win = c.noisy[idx, y0 : y0 + patch, x0 : x0 + patch]
+        win = c.noisy[c.inputs[j], y0 : y0 + patch, x0 : x0 + patch]
         tg = c.target[j, :, y0 : y0 + patch, x0 : x0 + patch]
         a = c.anchor[j, y0 : y0 + patch, x0 : x0 + patch]
         k, flip = int(rng.integers(4)), bool(rng.integers(2))

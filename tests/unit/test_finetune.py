@@ -160,7 +160,7 @@ def test_sampled_windows_are_the_rows_input_frames():
     rng = np.random.default_rng(0)
     for near in (False, True):
         tc = build(clip, clip, 5, 2, tolerance=255.0, near=near)  # every aligned pixel counts
-        assert tc.inputs is not None and len(tc.inputs) == len(tc.ts)
+        assert len(tc.inputs) == len(tc.ts)
         for _ in range(20):
             x, tg, v, _ = sample([tc], 1, 5, 2, 16, rng)
             held = {int(f[0, 0, 0]) // 10 for f in x[0]}
