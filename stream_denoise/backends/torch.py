@@ -98,7 +98,10 @@ class TorchBackend:
             return self.executor.infer_host(x)
         torch = self.torch
         with torch.inference_mode():
-            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device, self.dtype)
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            if not x.flags.writeable:  # a read-only view (e.g. of the window slab): torch wants its own memory
+                x = x.copy()
+            t = torch.from_numpy(x).to(self.device, self.dtype)
             return self.model(t).float().cpu().numpy()
 
     def close(self) -> None:

@@ -42,3 +42,19 @@ def test_fp16_export_runs_close_to_fp32(tmp_path):
     fp16 = OnnxRuntimeBackend(export_onnx(pt, tmp_path / "b.onnx", precision="fp16"), threads=1)
     x = np.random.default_rng(0).random((1, 15, 64, 64), dtype=np.float32)
     assert np.abs(fp16.infer(x) - fp32.infer(x)).max() < 2e-2
+
+
+def test_torch_backend_takes_read_only_windows_quietly():
+    """Windows are read-only views of the pipeline's slab; torch.from_numpy warns on those."""
+    import warnings
+
+    from stream_denoise.backends.torch import TorchBackend
+    from stream_denoise.zoo import resolve
+
+    backend = TorchBackend(str(resolve("lite", ".pt")), threads=1)
+    x = np.random.default_rng(0).random((1, 15, 32, 48), dtype=np.float32)
+    x.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = backend.infer(x)
+    assert y.shape == (1, 3, 32, 48) and np.isfinite(y).all()
