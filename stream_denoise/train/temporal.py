@@ -196,7 +196,8 @@ def build(clip: np.ndarray, denoised: np.ndarray, frames: int, target: int, gap:
             tgt[j, side] = cv2.remap(source[u], mx, my, cv2.INTER_LANCZOS4, borderMode=cv2.BORDER_REFLECT)
             g = cv2.remap(denoised[u], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
             err = cv2.blur(np.abs(g.astype(np.float32) - denoised[t].astype(np.float32)).mean(axis=2), (5, 5))
-            inside = (mx >= 1) & (mx <= w - 2) & (my >= 1) & (my <= h - 2)
+            # Lanczos reads x-3 .. x+4: a target closer to the border would be made of reflected pixels
+            inside = (mx >= 3) & (mx < w - 4) & (my >= 3) & (my < h - 4)
             unclipped = (denoised[t] >= margin) & (denoised[t] <= 255 - margin)
             valid[j, side] = ((err < tolerance) & inside)[..., None] & unclipped
     return TemporalClip(clip, tgt, valid, ts, denoised[ts], inputs)

@@ -233,6 +233,10 @@ def test_temporal_targets_follow_the_motion(clip):
     assert float(err[tc.valid].mean()) < 3.0  # grey levels: aligned, not just nearby frames
     still = np.abs(clean[3:].astype(np.float32) - clean[:-3].astype(np.float32)).mean()
     assert still > 3 * float(err[tc.valid].mean())  # the clip moves: without alignment the error is far larger
+    static = build(clean[:1].repeat(12, axis=0), clean[:1].repeat(12, axis=0), 5, 2)  # no motion: flow 0
+    band = np.ones(clean.shape[1:3], bool)
+    band[3:-4, 3:-4] = False  # within Lanczos' reach (3 px before, 4 after) of the border
+    assert not static.valid[:, :, band].any() and static.valid.any(axis=1)[:, ~band].mean() > 0.9
 
 
 @pytest.fixture(scope="module")
