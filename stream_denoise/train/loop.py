@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +42,16 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float | None = None,
         lr: float = 1e-3, seed: int = 0, checkpoint: Path | None = None, checkpoint_every: int = 200,
         resume: bool = True, validate: Callable[[], float] | None = None, validate_every: int = 100,
-        progress: bool = True, bf16: bool = False) -> dict:
+        progress: bool = True, bf16: bool = False, average: float = 0.0) -> dict:
     """Adam + cosine decay for ``steps`` steps or ``minutes``, whichever ends first.
 
     The decay follows whichever budget is nearer its end (the step count or the clock), so a run
     that the time budget stops still ends at a learning rate near zero rather than mid-schedule.
     A resumed run starts a new time budget, and with it the clock's part of the schedule.
     With ``validate`` (a held-out loss, lower is better) the best weights seen are kept (early
-    stopping; the last weights are validated too). ``bf16``: the training steps run under bfloat16
+    stopping; the last weights are validated too). ``average``: a decay in (0, 1) keeps an
+    exponential moving average of the weights (``Average``), and the averaged weights are the ones
+    validated and returned. ``bf16``: the training steps run under bfloat16
     autocast with the model in channels-last memory (weights, optimiser and loss stay float32;
     validation runs in float32, so early stopping compares like with like). Returns a summary:
     steps done, seconds, last/best losses.
@@ -67,6 +70,9 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
         rng.bit_generator.state = state["rng"]
         start_step = int(state["step"])
         log.info("resumed from %s at step %d", checkpoint, start_step)
+    avg = Average(model, average) if average else None
+    if avg is not None and start_step and "average" in state:
+        avg.load(state["average"])
     best_val, best_state = math.inf, None
     if validate is not None:
         best_val = validate()
@@ -94,6 +100,8 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if avg is not None:
+            avg.update()
         ema = value if ema is None else 0.98 * ema + 0.02 * value
         elapsed = time.monotonic() - t0
         if bar is not None:
@@ -101,10 +109,11 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
             bar.set_postfix(loss=f"{ema:.5f}", best_val=f"{best_val:.5f}" if validate else "-")
         if validate is not None and (step + 1) % validate_every == 0:
             model.eval()
-            best_val, best_state = _keep_best(model, validate, best_val, best_state)
+            with _averaged(avg):
+                best_val, best_state = _keep_best(model, validate, best_val, best_state)
             validated = step
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-            _save(checkpoint, model, opt, rng, step + 1)
+            _save(checkpoint, model, opt, rng, step + 1, avg)
         if elapsed > budget:
             log.info("time budget of %.1f min reached at step %d", minutes, step + 1)
             break
@@ -113,15 +122,66 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
     done = step + 1
     if validate is not None and validated != step and done > start_step:
         model.eval()
-        best_val, best_state = _keep_best(model, validate, best_val, best_state)
+        with _averaged(avg):
+            best_val, best_state = _keep_best(model, validate, best_val, best_state)
     if checkpoint is not None:
-        _save(checkpoint, model, opt, rng, done)
+        _save(checkpoint, model, opt, rng, done, avg)
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif avg is not None:
+        avg.swap()
     model.to(memory_format=torch.contiguous_format).eval()
     return {"steps": done, "seconds": round(time.monotonic() - t0, 1), "loss_ema": ema,
             "best_val": None if validate is None else best_val, "lr_end": opt.param_groups[0]["lr"],
             "skipped_steps": skipped, "precision": "bfloat16 autocast" if bf16 else "float32"}
+
+
+class Average:
+    """An exponential moving average of a model's floating-point weights and buffers, kept beside
+    it: ``update`` after each optimiser step; ``swap`` exchanges the averaged and the live values in
+    place (twice restores them). The decay ramps up as (1 + n) / (10 + n) over the first updates,
+    so early averages are not dominated by the starting weights."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0 < decay < 1:
+            raise ValueError(f"average decay must be in (0, 1), got {decay}")
+        self.decay, self.n = decay, 0
+        self.live = [v for v in model.state_dict().values() if v.is_floating_point()]
+        self.avg = [v.detach().clone() for v in self.live]
+
+    def update(self) -> None:
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        self.n += 1
+        with torch.no_grad():
+            torch._foreach_lerp_(self.avg, [v.detach() for v in self.live], 1 - d)
+
+    def swap(self) -> None:
+        with torch.no_grad():
+            for live, avg in zip(self.live, self.avg):
+                tmp = live.clone()
+                live.copy_(avg)
+                avg.copy_(tmp)
+
+    def state(self) -> dict:
+        return {"n": self.n, "avg": self.avg}
+
+    def load(self, state: dict) -> None:
+        self.n = int(state["n"])
+        for a, v in zip(self.avg, state["avg"]):
+            a.copy_(v)
+
+
+@contextmanager
+def _averaged(avg: Average | None) -> Iterator[None]:
+    """The averaged weights in the model while active (nothing without ``avg``)."""
+    if avg is None:
+        yield
+        return
+    avg.swap()
+    try:
+        yield
+    finally:
+        avg.swap()
 
 
 def _keep_best(model: torch.nn.Module, validate: Callable[[], float], best_val: float,
@@ -132,10 +192,14 @@ def _keep_best(model: torch.nn.Module, validate: Callable[[], float], best_val: 
     return best_val, best_state
 
 
-def _save(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: np.random.Generator, step: int) -> None:
+def _save(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: np.random.Generator, step: int,
+          avg: Average | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state, "step": step}, tmp)
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state, "step": step}
+    if avg is not None:
+        state["average"] = avg.state()
+    torch.save(state, tmp)
     tmp.replace(path)
 
 

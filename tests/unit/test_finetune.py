@@ -67,6 +67,31 @@ def test_a_run_the_clock_stops_still_anneals_and_keeps_its_best_weights():
     assert len(seen) == 2 and s["best_val"] == min(seen)  # before training and the last weights
 
 
+def test_averaged_weights_are_the_moving_average_of_the_trajectory(tmp_path):
+    from stream_denoise.train.loop import fit
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 3, 3, padding=1)
+    x = torch.rand(4, 3, 16, 16)
+    seen: list[torch.Tensor] = []  # the weights before each step
+
+    def step_loss(r: np.random.Generator) -> torch.Tensor:
+        seen.append(model.weight.detach().clone())
+        return ((model(x) - x.flip(-1)) ** 2).mean()
+
+    ckpt = tmp_path / "run.ckpt"
+    s = fit(model, step_loss, steps=20, lr=3e-2, average=0.8, checkpoint=ckpt, progress=False)
+    state = torch.load(ckpt, weights_only=False)
+    trajectory = [*seen, state["model"]["weight"]]  # the live weights after the last step are in the checkpoint
+    expected = trajectory[0]
+    for n, w in enumerate(trajectory[1:]):
+        d = min(0.8, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * w
+    assert s["steps"] == 20 and state["average"]["n"] == 20
+    assert torch.allclose(model.weight, expected, atol=1e-6)  # the model returned holds the average...
+    assert not torch.allclose(model.weight, trajectory[-1], atol=1e-3)  # ...not the last step's weights
+
+
 def test_bfloat16_steps_train_and_leave_a_float32_model():
     import torch
 
