@@ -281,6 +281,22 @@ def test_temporal_fine_tune_improves_its_start_and_records_the_objective(tmp_pat
                         frames=[noisy], progress=False)
     assert summary["objective"] == "temporal"
     from stream_denoise import zoo
+    from stream_denoise.model.checkpoint import model_meta
+
+    meta = model_meta(out)
+    assert meta["objective"] == "temporal" and meta["init"] == "lite"
+    targets = meta["temporal_targets"]  # how the targets were chosen for this noise (sigma 30: strong)
+    assert targets["frames"] == "outside" and targets["per_side"] == 2 and targets["gap"] == 0
+    assert 0.05 < targets["aligned_fraction"] <= 1
+    assert meta["anchor_weight"] == 0.0  # lite is too small to drift where no target aligns (anchor_for)
+    assert meta["average"] == 0.998  # the weights kept are the moving average
+    from stream_denoise.model import create_model
+    from stream_denoise.train.temporal import anchor_for
+
+    n_params = {name: sum(p.numel() for p in create_model(name).parameters()) for name in ("lite", "base")}
+    sigma = meta["noise_sigma"]  # strong noise: base, large enough to drift, is held there; mild noise: neither
+    assert anchor_for(sigma, n_params["base"]) == 1.0 and anchor_for(sigma, n_params["lite"]) == 0.0
+    assert anchor_for(5.0, n_params["base"]) == 0.0
 
     def score(model: str) -> float:
         den = Denoiser(create_backend(ModelConfig(model=model, backend="torch")))
