@@ -153,7 +153,8 @@ class Average:
         d = min(self.decay, (1 + self.n) / (10 + self.n))
         self.n += 1
         with torch.no_grad():
-            torch._foreach_lerp_(self.avg, [v.detach() for v in self.live], 1 - d)
+            for avg, live in zip(self.avg, self.live):
+                avg.lerp_(live, 1 - d)
 
     def swap(self) -> None:
         with torch.no_grad():
