@@ -83,6 +83,9 @@ class VideoDenoiser(nn.Module):
     def config(self) -> dict:
         return {"arch": asdict(self.arch), "frames": self.frames, "target": self.target}
 
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
     def macs_per_pixel(self) -> float:
         """Multiply-accumulates per output pixel (conv/convT weights x their resolution factor)."""
         total = 0.0

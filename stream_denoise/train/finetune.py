@@ -73,7 +73,7 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     if objective == "temporal" and init is None:
         log.warning("no model to start from: the temporal objective needs one to align frames; using the masked objective")
         objective = "masked"
-    anchor = temporal.anchor_for(stats.sigma, sum(p.numel() for p in model.parameters()))
+    anchor = temporal.anchor_for(stats.sigma, model.param_count())
     targets = None  # how the temporal objective chose its targets (recorded in the model file)
     if objective == "temporal":
         objective, pool, vpool, targets = _temporal_pools(model, train, held, stats)
@@ -110,7 +110,7 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     save_model(model, out, trained="self-supervised fine-tune", init=init or f"scratch:{arch}",
                clips=[str(c) for c in clips], objective=objective, mask_radius=mask.radius, mask_tube=mask.tube,
                noise_sigma=stats.sigma, anchor_weight=anchor if objective == "temporal" else None,
-               temporal_targets=targets if objective == "temporal" else None, average=average or None, seed=seed,
+               temporal_targets=targets, average=average or None, seed=seed,
                **summary)
     log.info("wrote %s: %d steps in %.0f s, held-out %s loss %s", out, summary["steps"], summary["seconds"], objective,
              f"{summary['best_val']:.6f}" if summary["best_val"] is not None else "n/a")
@@ -118,9 +118,10 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
 
 
 def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.ndarray], stats: NoiseStats
-                    ) -> tuple[str, list[temporal.TemporalClip], list[temporal.TemporalClip], dict]:
+                    ) -> tuple[str, list[temporal.TemporalClip], list[temporal.TemporalClip], dict | None]:
     """Aligned targets of the training and held-out clips, the objective they allow ('masked'
-    when too few pixels align between frames), and how the training targets were chosen."""
+    when too few pixels align between frames), and how the training targets were chosen (None
+    with 'masked')."""
     gap = 2 if stats.temporal_corr > 0.3 else 0  # noise a codec copies between frames: reach further for the target
     # ~1 sigma per channel (sigma is measured on luma): the clipping bias left at 1 sigma is < 0.1 sigma,
     # and a wider margin discards too much (2 sigma left 30 % of carphone's pixels at sigma 30; lite
@@ -137,8 +138,6 @@ def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.nda
                               ts=list(range(0, len(c), step)), reach=r, near=nearest)
 
     pools = [[one(p.noisy, near) for p in train], [one(c, False) for c in held]]
-    how = {"frames": "nearest" if near else "outside", "per_side": 1 if near else reach, "gap": gap,
-           "clip_margin": round(float(margin), 1)}
     frac = float(np.mean([c.valid_fraction for c in pools[0]]))
     held_frac = float(np.mean([c.valid_fraction for c in pools[1]])) if held else 0.0
     log.info("temporal targets: %s, %.0f%% of training pixels aligned (%.0f%% held out), "
@@ -146,8 +145,9 @@ def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.nda
              f"{reach} frame(s) each side outside the window", 100 * frac, 100 * held_frac, gap, margin)
     if frac < temporal.MIN_VALID or (held and held_frac < temporal.MIN_VALID):
         log.warning("too few pixels align between frames: falling back to the masked (blind-spot) objective")
-        return "masked", [], [], how
-    how["aligned_fraction"] = round(frac, 3)
+        return "masked", [], [], None
+    how = {"frames": "nearest" if near else "outside", "per_side": 1 if near else reach, "gap": gap,
+           "clip_margin": round(float(margin), 1), "aligned_fraction": round(frac, 3)}
     return "temporal", pools[0], [c for c in pools[1] if c.valid_fraction >= temporal.MIN_VALID], how
 
 

@@ -131,7 +131,7 @@ def pretrain(arch: str, window: str, steps: int, minutes: float, out: Path, seed
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     log.info("pre-training %s (%s) on %s: %d params, %.0f MAC/pixel, batch %d x %d^2%s", arch, window, dev,
-             sum(p.numel() for p in model.parameters()), model.macs_per_pixel(), batch, patch,
+             model.param_count(), model.macs_per_pixel(), batch, patch,
              ", bfloat16 autocast" if amp else "")
 
     def step_loss(r: np.random.Generator) -> torch.Tensor:

@@ -293,7 +293,7 @@ def test_temporal_fine_tune_improves_its_start_and_records_the_objective(tmp_pat
     from stream_denoise.model import create_model
     from stream_denoise.train.temporal import anchor_for
 
-    n_params = {name: sum(p.numel() for p in create_model(name).parameters()) for name in ("lite", "base")}
+    n_params = {name: create_model(name).param_count() for name in ("lite", "base")}
     sigma = meta["noise_sigma"]  # strong noise: base, large enough to drift, is held there; mild noise: neither
     assert anchor_for(sigma, n_params["base"]) == 1.0 and anchor_for(sigma, n_params["lite"]) == 0.0
     assert anchor_for(5.0, n_params["base"]) == 0.0
