@@ -5,6 +5,12 @@ float32 in [0, 1], padded by reflection at the bottom/right to the network's str
 converted once, into a slot of the :class:`PlaneSlab`, and the windows of a stream in order are
 views of it (no window is copied together); only windows at stream edges or of interleaved
 cameras are assembled. Post-processing: crop back to (H, W), clip, round to uint8 RGB.
+
+On a GPU backend (``cuda``, ``tensorrt``: those with ``device_windows``) the same steps run on the
+GPU instead (``backends.gpu.GpuWindowRunner``): each frame goes up once as uint8, its plane stays
+there while windows need it, a batch of windows (cameras of one size) is one network run, and only
+the uint8 frames come back. Stage times then read: pre = uploads, infer = network with the window
+gather and post-processing, post = 0.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ class Denoiser:
         self.times = StageTimes()
         self._slab = PlaneSlab(3 * backend.frames + 2)
         self._input: np.ndarray | None = None
+        self._gpu = backend.window_runner() if getattr(backend, "device_windows", False) else None  # type: ignore[attr-defined]
         self.assembled = 0  # windows copied into the assembly buffer (not a view of the slab)
 
     @property
@@ -107,10 +114,28 @@ class Denoiser:
             n = min(n, limit)
             group, ready = ready[:n], ready[n:]
             t0 = time.perf_counter()
-            x = self._window_input([w for _, w in group])
-            images = self._infer_post(x, shape[:2], t0)
+            if self._gpu is not None:
+                images = self._on_gpu([w for _, w in group], t0)
+            else:
+                x = self._window_input([w for _, w in group])
+                images = self._infer_post(x, shape[:2], t0)
             done += [o.with_pixels(img) for (o, _), img in zip(group, images)]
         return done
+
+    def _on_gpu(self, windows: list[list[Frame]], t0: float) -> list[np.ndarray]:
+        """Windows through the GPU window runner: frames not yet on the GPU go up (once each), then
+        one batched run returns the uint8 frames."""
+        runner = self._gpu
+        assert runner is not None
+        keys = [[_key(f) for f in w] for w in windows]
+        runner.reserve(len({k for ks in keys for k in ks}))
+        for w, ks in zip(windows, keys):
+            for f, k in zip(w, ks):
+                runner.upload(k, f.pixels)
+        t1 = time.perf_counter()
+        images = runner.denoise_many(keys)
+        self.times.record(t1 - t0, time.perf_counter() - t1, 0.0, len(images))
+        return images
 
     def _window_input(self, windows: list[list[Frame]]) -> np.ndarray:
         """The (N, 3K, Hp, Wp) input of these windows: a view of the slab when each window is K

@@ -206,16 +206,38 @@ class GpuWindowRunner:
         hp, wp = -(-h // s) * s, -(-w // s) * s
         with ex.on_stream():
             ex.synchronize()
-            pinned = dict(pin_memory=ex.cuda)
             t = {"pool": torch.zeros((self.capacity, 3, hp, wp), dtype=ex.runner.dtype, device=ex.device),
-                 "u8_host": torch.empty((h, w, 3), dtype=torch.uint8, **pinned),
-                 "post": torch.empty((3, h, w), dtype=torch.float32, device=ex.device),
-                 "out_host": torch.empty((h, w, 3), dtype=torch.uint8, **pinned)}
+                 "u8_host": torch.empty((h, w, 3), dtype=torch.uint8, pin_memory=ex.cuda)}
             t["u8_dev"] = torch.empty((h, w, 3), dtype=torch.uint8, device=ex.device) if ex.cuda else t["u8_host"]
-            t["out_dev"] = torch.empty((h, w, 3), dtype=torch.uint8, device=ex.device) if ex.cuda else t["out_host"]
             t["uploaded"] = torch.cuda.Event() if ex.cuda else None
         self._t, self._hw = t, (h, w)
         self._slots.clear()
+
+    def _out_buffers(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(post float32 (N, 3, H, W), device uint8 (N, H, W, 3), pinned host uint8) for a batch of n."""
+        t, ex, torch = self._t, self.ex, self.torch
+        assert self._hw is not None
+        if t.get("post") is None or t["post"].shape[0] != n:
+            h, w = self._hw
+            t["post"] = torch.empty((n, 3, h, w), dtype=torch.float32, device=ex.device)
+            t["out_host"] = torch.empty((n, h, w, 3), dtype=torch.uint8, pin_memory=ex.cuda)
+            t["out_dev"] = torch.empty((n, h, w, 3), dtype=torch.uint8, device=ex.device) if ex.cuda else t["out_host"]
+        return t["post"], t["out_dev"], t["out_host"]
+
+    def reserve(self, planes: int) -> None:
+        """Make room for at least ``planes`` frames at once (a batch of windows of several cameras
+        needs all its frames on the GPU together). The pool only grows to what a batch needs, so it
+        is bounded by the largest batch (cameras x window); planes already there are kept."""
+        if planes <= self.capacity:
+            return
+        new = planes + self.frames + 1  # the next frame of each stream fits before an eviction
+        if self._hw is not None:
+            old = self._t["pool"]
+            with self.ex.on_stream():
+                pool = self.torch.zeros((new, *old.shape[1:]), dtype=old.dtype, device=old.device)
+                pool[: len(old)].copy_(old)
+            self._t["pool"] = pool
+        self.capacity = new
 
     def upload(self, key: Hashable, pixels: np.ndarray) -> None:
         """Put one frame on the GPU as a pre-processed plane (once per key; LRU of ``capacity``)."""
@@ -254,29 +276,41 @@ class GpuWindowRunner:
 
     def denoise(self, keys: Sequence[Hashable]) -> np.ndarray:
         """The denoised target frame of the window ``keys`` (K uploaded frames, oldest -> newest)."""
-        if len(keys) != self.frames:
-            raise ValueError(f"need {self.frames} frames, got {len(keys)}")
-        missing = [k for k in keys if k not in self._slots]
+        return self.denoise_many([keys])[0]
+
+    def denoise_many(self, windows: Sequence[Sequence[Hashable]]) -> list[np.ndarray]:
+        """The denoised target frames of N windows (each K uploaded keys, oldest -> newest; e.g. one
+        per camera of this size) in one network run: one gather of the N*K planes into the static
+        input, the network (a CUDA graph per batch size), post-processing of the batch on the GPU
+        and one copy of N uint8 frames back."""
+        if not windows:
+            return []
+        if any(len(keys) != self.frames for keys in windows):
+            raise ValueError(f"need {self.frames} frames per window, got {sorted({len(k) for k in windows})}")
+        missing = [k for keys in windows for k in keys if k not in self._slots]
         if missing:
-            raise KeyError(f"frames not uploaded (or evicted): {missing}")
+            raise KeyError(f"frames not uploaded (or evicted): {missing[:4]}")
         assert self._hw is not None
-        t, ex = self._t, self.ex
-        pool = t["pool"]
-        x = ex.input((1, 3 * self.frames, pool.shape[2], pool.shape[3]))
-        with ex.on_stream():
-            for k, key in enumerate(keys):
-                x[0, 3 * k : 3 * k + 3].copy_(pool[self._slots[key]])
+        torch, ex, pool = self.torch, self.ex, self._t["pool"]
+        n, (h, w) = len(windows), self._hw
+        slots = [self._slots[key] for keys in windows for key in keys]
+        for keys in windows:
+            for key in keys:
                 self._slots.move_to_end(key)
+        x = ex.input((n, 3 * self.frames, pool.shape[2], pool.shape[3]))
+        post, out_dev, out_host = self._out_buffers(n)
+        with ex.on_stream():
+            index = torch.as_tensor(slots, dtype=torch.long).to(ex.device, non_blocking=True)
+            x.copy_(pool.index_select(0, index).view(x.shape))  # (N*K, 3, Hp, Wp) is (N, 3K, Hp, Wp)
             y = ex.run()
-            h, w = self._hw
-            post = t["post"]
-            post.copy_(y[0, :, :h, :w])
+            post.copy_(y[:, :, :h, :w])
             post.mul_(255.0).add_(0.5).clamp_(0.0, 255.0)
-            t["out_dev"].copy_(post.permute(1, 2, 0))  # float -> uint8 truncates: x + 0.5 rounds
-            if t["out_dev"] is not t["out_host"]:
-                t["out_host"].copy_(t["out_dev"], non_blocking=True)
+            out_dev.copy_(post.permute(0, 2, 3, 1))  # float -> uint8 truncates: x + 0.5 rounds
+            if out_dev is not out_host:
+                out_host.copy_(out_dev, non_blocking=True)
             ex.synchronize()
-            return t["out_host"].numpy().copy()
+            host = out_host.numpy()
+            return [host[i].copy() for i in range(n)]
 
     def push(self, pixels: np.ndarray) -> np.ndarray | None:
         """Add the next frame of the stream; return the frame that became ready (``lookahead``

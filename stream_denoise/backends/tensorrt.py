@@ -89,6 +89,7 @@ def _torch_dtype(trt: Any, torch: Any, dt: Any) -> Any:
 
 class TensorRTBackend:
     name = "tensorrt"
+    device_windows = True  # the Denoiser keeps the window on the GPU (window_runner)
 
     def __init__(self, cached: CachedEngine[Any], owner: Any = None, graphs: bool = True) -> None:
         """``cached``: from build.engine.find_or_build; ``owner``: what holds its TensorRT runtime."""

@@ -77,6 +77,11 @@ class TorchBackend:
         return cls(str(zoo.resolve(cfg.model, ".pt")), device, cfg.threads, cfg.precision)
 
     @property
+    def device_windows(self) -> bool:
+        """On a GPU the Denoiser keeps the window there (window_runner) instead of calling infer."""
+        return self.device.type == "cuda"
+
+    @property
     def executor(self) -> GpuExecutor:
         """The shared GPU path (static buffers, stream, CUDA graphs); on the CPU the same code, eager."""
         if self._executor is None:

@@ -110,3 +110,58 @@ def test_window_runner_graphs_and_fp16_on_the_gpu(cuda, tiny_model, tmp_path, no
     assert backend.executor.graph_active
     for a, b in zip(ref, got, strict=True):
         assert np.abs(a.astype(np.int16) - b).max() <= 6  # fp16: 2e-2 of full scale is ~5 levels
+
+
+def _windowed(backend_cls):
+    """The backend with the Denoiser's device-window path switched on, whatever the device (on the
+    CPU the same GpuWindowRunner code runs eagerly, so the path is tested without a GPU)."""
+    return type("Windowed" + backend_cls.__name__, (backend_cls,), {"device_windows": True})
+
+
+def test_denoise_many_is_the_windows_one_by_one(device, tiny_model, noisy_frames):
+    streams = [noisy_frames(7, 26, 36, seed=s) for s in range(3)]
+    runner = TorchBackend(str(tiny_model), device, threads=1).window_runner()
+    runner.reserve(3 * 7)
+    for s, frames in enumerate(streams):
+        for i, f in enumerate(frames):
+            runner.upload((s, i), f)
+    windows = [[(s, i) for i in range(t, t + 5)] for s in range(3) for t in (0, 2)]
+    batched = runner.denoise_many(windows)
+    assert len(batched) == 6 and runner.ex.input((6, 15, 28, 36)).shape[0] == 6
+    for keys, got in zip(windows, batched):
+        one = runner.denoise(keys)
+        assert got.shape == (26, 36, 3) and got.dtype == np.uint8
+        assert np.abs(one.astype(np.int16) - got).max() <= (0 if device == "cpu" else 1)
+    assert runner.denoise_many([]) == []
+    with pytest.raises(ValueError, match="5 frames per window"):
+        runner.denoise_many([windows[0][:4]])
+
+
+def test_denoiser_keeps_the_window_on_the_device(device, tiny_model, noisy_frames):
+    from stream_denoise.denoiser import Denoiser
+    from stream_denoise.frame import Frame
+
+    frames = [Frame(f, i, None, 0.0, "cam") for i, f in enumerate(noisy_frames(14, 30, 42))]
+    host = Denoiser(TorchBackend(str(tiny_model), "cpu", threads=1))
+    gpu = Denoiser(_windowed(TorchBackend)(str(tiny_model), device, threads=1))
+    assert gpu._gpu is not None and host._gpu is None
+    pairs = []
+    for i in range(0, 12, 4):  # decoded frames handed over together: one batch of their windows
+        pairs += zip(host.push_many(frames[i : i + 4]), gpu.push_many(frames[i : i + 4]), strict=True)
+    pairs += zip(host.push(frames[12]), gpu.push(frames[12]), strict=True)
+    more = noisy_frames(6, 20, 28, seed=3)  # a new segment of another size: the window restarts
+    pairs += zip(host.push(frames[13]), gpu.push(frames[13]), strict=True)
+    for i, f in enumerate(more):
+        frame = Frame(f, i, None, 0.0, "cam", segment=1)
+        pairs += zip(host.push(frame), gpu.push(frame), strict=True)
+    pairs += zip(host.flush(), gpu.flush(), strict=True)
+    assert len(pairs) == 20 and gpu.times.frames == 20
+    assert gpu.times.calls < host.times.calls + 1 and gpu.times.total["post"] == 0.0
+    for a, b in pairs:
+        assert (a.segment, a.index) == (b.segment, b.index)
+        diff = np.abs(a.pixels.astype(np.int16) - b.pixels)
+        assert diff.max() <= (0 if device == "cpu" else 2)
+    assert gpu._gpu.capacity <= 2 * 5 + 2  # the pool never grew: a stream needs K + look-ahead planes
+    bad = [Frame(np.zeros((8, 8, 3), np.float32), i, None, 0.0, "cam", segment=2) for i in range(3)]
+    with pytest.raises(ValueError, match="uint8"):
+        gpu.push_many(bad)
