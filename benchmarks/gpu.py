@@ -32,6 +32,8 @@ from .report import machine_info
 
 log = logging.getLogger("benchmarks.gpu")
 
+DATASHEET = {"NVIDIA H100 80GB HBM3": 989.4, "NVIDIA H200": 989.4}  # dense fp16 tensor TFLOP/s (SXM)
+
 
 def _size(v: str) -> tuple[int, int]:
     w, h = v.lower().split("x")
@@ -62,6 +64,7 @@ class Bench:
         from stream_denoise.backends.gpu import require_cuda
 
         self.a = a
+        self.form = a.forms[0]
         if a.device == "cuda":
             self.torch = require_cuda()
         else:
@@ -95,14 +98,16 @@ class Bench:
         n = 8192
         a = torch.randn(n, n, device="cuda", dtype=torch.float16)
         b = torch.randn(n, n, device="cuda", dtype=torch.float16)
-        t = self.timed(lambda: a @ b, 1.0, least=10)
-        return {"tflops_fp16_measured": 2 * n**3 / float(np.median(t)) / 1e12, "matmul": f"{n}^3 fp16"}
+        t = self.timed(lambda: a @ b, 2.0, least=10)  # the first second brings the clocks up
+        return {"tflops_fp16_measured": 2 * n**3 / float(np.percentile(t, 10)) / 1e12, "matmul": f"{n}^3 fp16, 10th percentile time",
+                "tflops_fp16_datasheet": DATASHEET.get(torch.cuda.get_device_name(0))}
 
     def backend(self, model: str):  # type: ignore[no-untyped-def]
         from stream_denoise import zoo
         from stream_denoise.backends.torch import TorchBackend
 
-        return TorchBackend(str(zoo.resolve(model, ".pt")), self.a.device, threads=None, precision=self.a.precision)
+        return TorchBackend(str(zoo.resolve(model, ".pt")), self.a.device, threads=None, precision=self.a.precision,
+                            form=self.form)
 
     def agreement(self, model: str) -> dict:
         """Max abs difference (on [0, 1]) of the GPU backend (host path and window runner, in uint8
@@ -140,9 +145,35 @@ class Bench:
             tflops = 2 * macs * w * h * fps / 1e12
             rows.append({"size": f"{w}x{h}", "fps": fps, **_stats_ms(t), "tflops": tflops,
                          "fraction_of_peak": tflops / peak if peak else None, "graph": ex.graph_active})
-            log.info("%s network %dx%d: %.0f fps (%.2f ms), %.0f TFLOP/s", model, w, h, fps, 1000 / fps, tflops)
+            log.info("%s (%s) network %dx%d: %.0f fps (%.2f ms), %.0f TFLOP/s", model, self.form, w, h, fps, 1000 / fps, tflops)
             backend.close()
         return rows
+
+    def profile(self, model: str) -> list[dict]:
+        """Where the network's time goes at the first --sizes (eager forward under the profiler):
+        the 12 kernels with the most GPU time, in percent of the total."""
+        if self.a.device != "cuda":
+            return []
+        from torch.profiler import ProfilerActivity, profile
+
+        w, h = self.a.sizes[0]
+        backend = self.backend(model)
+        ex = backend.executor
+        x = ex.input((1, 15, h, w))
+        with ex.on_stream():
+            for _ in range(3):
+                ex.runner.forward(ex._full)
+        self.sync()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof, ex.on_stream():
+            for _ in range(5):
+                ex.runner.forward(ex._full)
+            self.sync()
+        rows = [(e.key, e.device_time_total) for e in prof.key_averages()]
+        total = sum(t for _, t in rows) or 1.0
+        backend.close()
+        del x
+        return [{"kernel": k[:90], "percent": 100 * t / total, "ms_per_frame": t / 5 / 1000}
+                for k, t in sorted(rows, key=lambda r: -r[1])[:12]]
 
     def one_stream(self, model: str) -> list[dict]:
         rows = []
@@ -153,7 +184,7 @@ class Bench:
             i = iter(range(10**9))
             t = self.timed(lambda: runner.push(frames[next(i) % len(frames)]), self.a.seconds)
             rows.append({"size": f"{w}x{h}", "fps": len(t) / sum(t), **_stats_ms(t)})
-            log.info("%s one stream %dx%d: %.0f fps, p50 %.2f / p99 %.2f ms", model, w, h, rows[-1]["fps"],
+            log.info("%s (%s) one stream %dx%d: %.0f fps, p50 %.2f / p99 %.2f ms", model, self.form, w, h, rows[-1]["fps"],
                      rows[-1]["p50_ms"], rows[-1]["p99_ms"])
             backend.close()
         return rows
@@ -207,7 +238,7 @@ class Bench:
                 for b, _ in runners:
                     b.close()
             row["holds_30fps_each"] = row["batched_fps"] >= 30 * s
-            log.info("%s %d streams %dx%d: batched %.0f fps total%s", model, s, w, h, row["batched_fps"],
+            log.info("%s (%s) %d streams %dx%d: batched %.0f fps total%s", model, self.form, s, w, h, row["batched_fps"],
                      f", separate {row['separate_fps']:.0f}" if separate else "")
             rows.append(row)
             if self.a.device == "cuda":
@@ -223,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=lambda v: [_size(x) for x in v.split(",")], default="1920x1080,3840x2160")
     p.add_argument("--stream-size", type=_size, default="1280x720")
     p.add_argument("--streams", type=_ints, default="1,4,16")
-    p.add_argument("--max-streams", type=_ints, default="32,64,96,128,160", help="batched only (base model)")
+    p.add_argument("--max-streams", type=_ints, default="32,64,128", help="batched only (first model)")
+    p.add_argument("--forms", type=lambda v: v.split(","), default="padded",
+                   help="GPU forms of the network (plain,padded,shuffle; see stream_denoise.model.gpu_form)")
     p.add_argument("--check-size", type=_size, default="640x360", help="frame size of the ONNX Runtime comparison")
     p.add_argument("--seconds", type=float, default=1.5, help="timed seconds per configuration")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -254,17 +287,27 @@ def main(argv: list[str] | None = None) -> int:
     for i, model in enumerate(a.models.split(",")):
         m = load_model(zoo.resolve(model, ".pt"))
         macs, params = m.macs_per_pixel(), m.param_count()
-        r: dict = {"macs_per_pixel": macs, "params": params}
-        r["agreement"] = bench.agreement(model)
-        log.info("%s agreement with ONNX Runtime fp32: %s", model, r["agreement"])
-        r["network"] = bench.network(model, macs, peak)
-        r["one_stream"] = bench.one_stream(model)
-        r["streams"] = bench.streams(model, a.streams, separate=True)
-        if i == 0 and a.max_streams:
-            r["max_streams"] = bench.streams(model, a.max_streams, separate=False)
+        r: dict = {"macs_per_pixel": macs, "params": params, "forms": {}}
         doc["models"][model] = r
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(doc, indent=1))  # after each model: a later failure keeps these
+        for form in a.forms:
+            bench.form = form
+            f: dict = {"agreement": bench.agreement(model)}
+            log.info("%s (%s) agreement with ONNX Runtime fp32: %s", model, form, f["agreement"])
+            r["forms"][form] = f
+            f["network"] = bench.network(model, macs, peak)
+            if i == 0:
+                try:
+                    f["profile"] = bench.profile(model)
+                except Exception as exc:  # noqa: BLE001 - the profiler is a nicety
+                    log.warning("profiler: %s", exc)
+                for k in f.get("profile", [])[:6]:
+                    log.info("  %5.1f%%  %.3f ms  %s", k["percent"], k["ms_per_frame"], k["kernel"][:70])
+            f["one_stream"] = bench.one_stream(model)
+            f["streams"] = bench.streams(model, a.streams, separate=True)
+            if i == 0 and a.max_streams:
+                f["max_streams"] = bench.streams(model, a.max_streams, separate=False)
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(doc, indent=1))  # after each form: a later failure keeps these
     log.info("wrote %s", a.out)
     return 0
 

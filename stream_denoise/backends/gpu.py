@@ -50,6 +50,7 @@ class Runner(Protocol):
 
     dtype: torch.dtype  # of the input tensor (the output may differ)
     memory_format: torch.memory_format  # of the static input (TensorRT: contiguous NCHW)
+    # optional: ``in_channels`` (int), the input's width when wider than 3K (zero-padded channels)
 
     def prepare(self, x: torch.Tensor) -> None:
         """``x`` is the new static input (new shape or address): bind it, allocate outputs."""
@@ -72,7 +73,8 @@ class GpuExecutor:
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.graphs = graphs and self.cuda
         self.captures = 0  # how many CUDA graphs were captured (one per input shape)
-        self._x: torch.Tensor | None = None
+        self._x: torch.Tensor | None = None  # what callers fill: (N, 3K, H, W), a view of _full
+        self._full: torch.Tensor | None = None  # what the runner reads (wider with in_channels)
         self._graph: Any = None
         self._graph_out: torch.Tensor | None = None
         self._warm = False
@@ -90,22 +92,25 @@ class GpuExecutor:
 
     def input(self, shape: Sequence[int]) -> torch.Tensor:
         """The static input tensor for ``shape`` (N, 3K, H, W), in the runner's dtype; a new shape
-        re-allocates it, re-binds the runner and drops the captured graph."""
+        re-allocates it, re-binds the runner and drops the captured graph. A runner with a wider
+        ``in_channels`` (channels padded for tensor cores) gets the whole tensor, its extra channels
+        zero; callers write the first 3K through the returned view."""
         shape = tuple(int(s) for s in shape)
         if self._x is None or tuple(self._x.shape) != shape:
             with self.on_stream():
-                self._graph = self._graph_out = self._x = None
+                self._graph = self._graph_out = self._x = self._full = None
                 self._warm = False
-                x = self.torch.zeros(shape, dtype=self.runner.dtype, device=self.device)
-                x = x.contiguous(memory_format=self.runner.memory_format)
-                self.runner.prepare(x)  # may refuse the shape: then nothing stays bound
-                self._x = x
+                wide = (shape[0], max(shape[1], getattr(self.runner, "in_channels", None) or 0), *shape[2:])
+                full = self.torch.zeros(wide, dtype=self.runner.dtype, device=self.device)
+                full = full.contiguous(memory_format=self.runner.memory_format)
+                self.runner.prepare(full)  # may refuse the shape: then nothing stays bound
+                self._full, self._x = full, full[:, : shape[1]]
         return self._x
 
     def run(self) -> torch.Tensor:
         """The network on the static input: eager the first time for a shape, then a captured CUDA
         graph replayed. The output is overwritten by the next run."""
-        assert self._x is not None, "input() first"
+        assert self._full is not None, "input() first"
         with self.on_stream():
             if self._graph is not None:
                 self._graph.replay()
@@ -116,7 +121,7 @@ class GpuExecutor:
                 except Exception as exc:  # some runners cannot be captured: keep going eagerly
                     log.warning("CUDA graph capture failed (%s); running without CUDA graphs", str(exc).splitlines()[0][:200])
                     self.graphs, self._graph, self._graph_out = False, None, None
-            out = self.runner.forward(self._x)
+            out = self.runner.forward(self._full)
             self._warm = True
             return out
 
@@ -124,10 +129,10 @@ class GpuExecutor:
         torch = self.torch
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
-            out = self.runner.forward(self._x)
+            out = self.runner.forward(self._full)
         self._graph, self._graph_out = graph, out
         self.captures += 1
-        log.debug("CUDA graph captured for input %s", tuple(self._x.shape))  # type: ignore[union-attr]
+        log.debug("CUDA graph captured for input %s", tuple(self._full.shape))  # type: ignore[union-attr]
         graph.replay()  # capturing does not execute
         return out
 
@@ -165,7 +170,7 @@ class GpuExecutor:
     def close(self) -> None:
         """Wait for queued work, drop the graph and buffers, then the runner's own resources."""
         self.synchronize()
-        self._graph = self._graph_out = self._x = None
+        self._graph = self._graph_out = self._x = self._full = None
         self._staging.clear()
         closer = getattr(self.runner, "close", None)
         if closer is not None:

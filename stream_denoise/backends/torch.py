@@ -28,6 +28,7 @@ class TorchRunner:
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
         self.model, self.dtype, self.memory_format = model, dtype, memory_format
+        self.in_channels: int | None = getattr(model, "in_channels", None)  # gpu_form.GpuForm pads its input
 
     def prepare(self, x: torch.Tensor) -> None:
         pass
@@ -38,7 +39,10 @@ class TorchRunner:
 
 class TorchBackend:
     def __init__(self, path: str, device: str = "cpu", threads: int | None = None, precision: str = "fp32",
-                 graphs: bool = True) -> None:
+                 graphs: bool = True, form: str = "padded") -> None:
+        """``form`` (GPU only): ``plain`` runs the network as trained; ``padded`` (default) and
+        ``shuffle`` run model.gpu_form.GpuForm, the same function with channels padded for tensor
+        cores (``shuffle``: transposed convolutions as 1x1 conv + pixel shuffle)."""
         try:
             import torch
         except ImportError as exc:
@@ -52,7 +56,15 @@ class TorchBackend:
         if threads and device == "cpu":
             torch.set_num_threads(threads)
         self.torch, self.device = torch, torch.device(device)
+        if form not in ("plain", "padded", "shuffle"):
+            raise ValueError(f"unknown GPU form {form!r}; choose plain, padded or shuffle")
         self.model = load_model(path).to(self.device)
+        self.frames, self.target, self.stride = self.model.frames, self.model.target, STRIDE
+        self.form = form if device == "cuda" else "plain"
+        if self.form != "plain":
+            from ..model.gpu_form import GpuForm
+
+            self.model = GpuForm(self.model, shuffle=self.form == "shuffle").to(self.device)
         self.dtype = torch.float16 if precision == "fp16" and device == "cuda" else torch.float32
         if precision == "int8":
             log.warning("%s backend: int8 is for TensorRT engines; running %s", "cuda" if device == "cuda" else "torch", self.dtype)
@@ -62,11 +74,10 @@ class TorchBackend:
             torch.backends.cudnn.benchmark = True  # fixed shapes per stream: pick the fastest kernels once
             self.memory_format = torch.channels_last
             self.model = self.model.to(memory_format=self.memory_format)
-        self.frames, self.target, self.stride = self.model.frames, self.model.target, STRIDE
         self.name = "torch" if device == "cpu" else "cuda"
         self.graphs = graphs
         self._executor: GpuExecutor | None = None
-        log.info("%s: %s on %s (%s)", self.name, path, device, self.dtype)
+        log.info("%s: %s on %s (%s%s)", self.name, path, device, self.dtype, "" if self.form == "plain" else f", {self.form} form")
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, device: str) -> TorchBackend:

@@ -165,3 +165,50 @@ def test_denoiser_keeps_the_window_on_the_device(device, tiny_model, noisy_frame
     bad = [Frame(np.zeros((8, 8, 3), np.float32), i, None, 0.0, "cam", segment=2) for i in range(3)]
     with pytest.raises(ValueError, match="uint8"):
         gpu.push_many(bad)
+
+
+@pytest.mark.parametrize("window", ["centered", "causal"])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_gpu_form_is_the_same_function(window, shuffle):
+    from stream_denoise.model import create_model
+    from stream_denoise.model.gpu_form import GpuForm
+
+    torch.manual_seed(3)
+    model = create_model("lite", window=window)
+    for p in model.parameters():
+        p.data.add_(torch.randn_like(p) * 0.05)
+    form = GpuForm(model, shuffle=shuffle)
+    assert form.in_channels == 16 and all(c.out_channels % 8 == 0 for c in form.modules() if isinstance(c, torch.nn.Conv2d))
+    x = torch.rand(2, 15, 24, 40)
+    wide = torch.cat([x, torch.zeros(2, 1, 24, 40)], dim=1)
+    with torch.no_grad():
+        assert (form(wide) - model(x)).abs().max() < 1e-5
+
+
+def test_executor_gives_a_wide_runner_zero_padded_channels(tiny_model):
+    from stream_denoise.backends.gpu import GpuExecutor
+    from stream_denoise.backends.torch import TorchRunner
+    from stream_denoise.model import load_model
+    from stream_denoise.model.gpu_form import GpuForm
+
+    model = load_model(tiny_model)
+    ex = GpuExecutor(TorchRunner(GpuForm(model), torch.float32, torch.contiguous_format), "cpu")
+    x = np.random.default_rng(4).random((1, 15, 32, 44), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    for _ in range(2):
+        assert np.abs(ex.infer_host(x) - expected).max() < 1e-5
+    assert ex.input((1, 15, 32, 44)).shape[1] == 15 and ex._full.shape[1] == 16
+    assert ex._full[:, 15].abs().max() == 0  # the padding channel is never written
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("form", ["padded", "shuffle"])
+def test_cuda_gpu_forms_equal_the_plain_network(cuda, tiny_model, form):
+    rng = np.random.default_rng(5)
+    x = rng.random((2, 15, 72, 128), dtype=np.float32)
+    plain = TorchBackend(str(tiny_model), "cuda", form="plain").infer(x).copy()
+    backend = TorchBackend(str(tiny_model), "cuda", form=form)
+    assert backend.executor.runner.in_channels == 16
+    for _ in range(3):  # eager, capture, replay
+        assert np.abs(backend.infer(x) - plain).max() < 3e-3  # TF32 convolutions on both sides

@@ -1,0 +1,80 @@
+"""The same network, rearranged for GPU tensor cores (exact: same function, same weights).
+
+cuDNN's fp16 tensor-core kernels for channels-last tensors want channel counts that are multiples of
+8. ``VideoDenoiser`` has two that are not: its input (3K = 15 channels) and its output convolution
+(c0 + 3 channels in, 3 out, at full resolution). :class:`GpuForm` pads both with zero weights:
+
+* the input is given ``in_channels`` (16) channels, the extra ones zero (the GPU executor allocates
+  its static input that wide and never writes them);
+* the output convolution reads the full-resolution features and the whole input (the centre
+  frame's weights in their slots, zeros elsewhere), writes 8 channels of which the first 3 are the
+  image, and carries the residual ``+ centre`` as an identity tap of its centre weights.
+
+``shuffle=True`` also turns each 2x2 stride-2 transposed convolution into a 1x1 convolution to 4x
+the channels followed by a pixel shuffle (depth-to-space), the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .net import VideoDenoiser
+
+ALIGN = 8
+
+
+def _ceil(n: int, a: int = ALIGN) -> int:
+    return -(-n // a) * a
+
+
+class _ShuffleUp(nn.Module):
+    """ConvTranspose2d(ci, co, 2, stride 2) as Conv2d(ci, 4co, 1) + PixelShuffle(2)."""
+
+    def __init__(self, convt: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        ci, co = convt.in_channels, convt.out_channels
+        self.conv = nn.Conv2d(ci, 4 * co, 1)
+        with torch.no_grad():  # out[o, 2y+a, 2x+b] = sum_i in[i, y, x] W[i, o, a, b]; shuffle: channel o*4 + a*2 + b
+            self.conv.weight.copy_(convt.weight.permute(1, 2, 3, 0).reshape(4 * co, ci, 1, 1))
+            self.conv.bias.copy_(convt.bias.repeat_interleave(4))
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+
+class GpuForm(nn.Module):
+    def __init__(self, model: VideoDenoiser, shuffle: bool = False) -> None:
+        super().__init__()
+        self.frames, self.target = model.frames, model.target
+        c_in = 3 * model.frames
+        self.in_channels = _ceil(c_in)
+        d1 = model.down1[0]
+        self.down1 = nn.Sequential(nn.Conv2d(self.in_channels, d1.out_channels, 2, 2), nn.ReLU(inplace=True))
+        self.enc1, self.down2, self.mid, self.dec1, self.full = model.enc1, model.down2, model.mid, model.dec1, model.full
+        up = (lambda s: nn.Sequential(_ShuffleUp(s[0]), s[1])) if shuffle else (lambda s: s)
+        self.up2, self.up1 = up(model.up2), up(model.up1)
+        c0 = model.out.in_channels - 3
+        self.out = nn.Conv2d(c0 + self.in_channels, ALIGN, 3, padding=1)
+        t = 3 * model.target
+        with torch.no_grad():
+            self.down1[0].weight.zero_()
+            self.down1[0].weight[:, :c_in].copy_(d1.weight)
+            self.down1[0].bias.copy_(d1.bias)
+            w = torch.zeros_like(self.out.weight)
+            w[:3, :c0] = model.out.weight[:, :c0]
+            w[:3, c0 + t : c0 + t + 3] = model.out.weight[:, c0:]
+            for i in range(3):  # the residual: + centre
+                w[i, c0 + t + i, 1, 1] += 1.0
+            self.out.weight.copy_(w)
+            self.out.bias.zero_()
+            self.out.bias[:3].copy_(model.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, in_channels, H, W), channels past 3K zero -> (N, 3, H, W) (a view of 8 channels)."""
+        e1 = self.enc1(self.down1(x))
+        e2 = self.down2(e1)
+        m = self.mid(e2) + e2
+        d1 = self.dec1(self.up2(m) + e1)
+        return self.out(torch.cat([self.full(self.up1(d1)), x], dim=1))[:, :3]
