@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+GPU_FORMS = ("plain", "padded", "shuffle", "fused")  # see model.gpu_form
+
 
 class TorchRunner:
     """gpu.Runner for an nn.Module: forward on the current stream."""
@@ -40,9 +42,10 @@ class TorchRunner:
 class TorchBackend:
     def __init__(self, path: str, device: str = "cpu", threads: int | None = None, precision: str = "fp32",
                  graphs: bool = True, form: str = "padded") -> None:
-        """``form`` (GPU only): ``plain`` runs the network as trained; ``padded`` (default) and
-        ``shuffle`` run model.gpu_form.GpuForm, the same function with channels padded for tensor
-        cores (``shuffle``: transposed convolutions as 1x1 conv + pixel shuffle)."""
+        """``form`` (GPU only): ``plain`` runs the network as trained; ``padded`` (default),
+        ``shuffle`` and ``fused`` run model.gpu_form.GpuForm, the same function with channels
+        padded for tensor cores (``shuffle``: transposed convolutions as 1x1 conv + pixel shuffle;
+        ``fused``: conv + bias + ReLU as one cuDNN call)."""
         try:
             import torch
         except ImportError as exc:
@@ -56,15 +59,15 @@ class TorchBackend:
         if threads and device == "cpu":
             torch.set_num_threads(threads)
         self.torch, self.device = torch, torch.device(device)
-        if form not in ("plain", "padded", "shuffle"):
-            raise ValueError(f"unknown GPU form {form!r}; choose plain, padded or shuffle")
+        if form not in GPU_FORMS:
+            raise ValueError(f"unknown GPU form {form!r}; choose one of {', '.join(GPU_FORMS)}")
         self.model = load_model(path).to(self.device)
         self.frames, self.target, self.stride = self.model.frames, self.model.target, STRIDE
         self.form = form if device == "cuda" else "plain"
         if self.form != "plain":
             from ..model.gpu_form import GpuForm
 
-            self.model = GpuForm(self.model, shuffle=self.form == "shuffle").to(self.device)
+            self.model = GpuForm(self.model, shuffle=self.form == "shuffle", fuse=self.form == "fused").to(self.device)
         self.dtype = torch.float16 if precision == "fp16" and device == "cuda" else torch.float32
         if precision == "int8":
             log.warning("%s backend: int8 is for TensorRT engines; running %s", "cuda" if device == "cuda" else "torch", self.dtype)

@@ -168,8 +168,8 @@ def test_denoiser_keeps_the_window_on_the_device(device, tiny_model, noisy_frame
 
 
 @pytest.mark.parametrize("window", ["centered", "causal"])
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_gpu_form_is_the_same_function(window, shuffle):
+@pytest.mark.parametrize("shuffle,fuse", [(False, False), (True, False), (False, True)])
+def test_gpu_form_is_the_same_function(window, shuffle, fuse):
     from stream_denoise.model import create_model
     from stream_denoise.model.gpu_form import GpuForm
 
@@ -177,8 +177,10 @@ def test_gpu_form_is_the_same_function(window, shuffle):
     model = create_model("lite", window=window)
     for p in model.parameters():
         p.data.add_(torch.randn_like(p) * 0.05)
-    form = GpuForm(model, shuffle=shuffle)
+    form = GpuForm(model, shuffle=shuffle, fuse=fuse)
     assert form.in_channels == 16 and all(c.out_channels % 8 == 0 for c in form.modules() if isinstance(c, torch.nn.Conv2d))
+    fused = [m for m in form.modules() if type(m).__name__ == "_ConvReLU"]
+    assert len(fused) == (5 if fuse else 0)  # lite's conv + ReLU pairs: down1, down2, 2 in mid, 1 in dec1
     x = torch.rand(2, 15, 24, 40)
     wide = torch.cat([x, torch.zeros(2, 1, 24, 40)], dim=1)
     with torch.no_grad():
@@ -203,7 +205,7 @@ def test_executor_gives_a_wide_runner_zero_padded_channels(tiny_model):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("form", ["padded", "shuffle"])
+@pytest.mark.parametrize("form", ["padded", "shuffle", "fused"])
 def test_cuda_gpu_forms_equal_the_plain_network(cuda, tiny_model, form):
     rng = np.random.default_rng(5)
     x = rng.random((2, 15, 72, 128), dtype=np.float32)
