@@ -255,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream-size", type=_size, default="1280x720")
     p.add_argument("--streams", type=_ints, default="1,4,16")
     p.add_argument("--max-streams", type=_ints, default="32,64,128", help="batched only (first model)")
-    p.add_argument("--forms", type=lambda v: v.split(","), default="padded",
-                   help="GPU forms of the network (plain,padded,shuffle; see stream_denoise.model.gpu_form)")
+    p.add_argument("--forms", type=lambda v: v.split(","), default="fused",
+                   help="GPU forms of the network (plain,padded,shuffle,fused; see stream_denoise.model.gpu_form)")
     p.add_argument("--check-size", type=_size, default="640x360", help="frame size of the ONNX Runtime comparison")
     p.add_argument("--seconds", type=float, default=1.5, help="timed seconds per configuration")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch = bench.torch
     doc: dict = {"machine": machine_info(), "command": "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv),
-                 "precision": a.precision, "device": a.device, "models": {}}
+                 "precision": a.precision, "device": a.device,
+                 "stream_size": "x".join(map(str, a.stream_size)), "models": {}}
     if a.device == "cuda":
         props = torch.cuda.get_device_properties(0)
         doc["gpu"] = {"name": props.name, "sms": props.multi_processor_count, "memory_gib": props.total_memory / 2**30,

@@ -93,6 +93,9 @@ def write(results: Path, md: Path) -> Path:
         lines += _speed(s, q, gpu is not None)
     if gpu:
         lines += _gpu_run(gpu)
+    runtime = _load(results / "gpu.json")
+    if runtime:
+        lines += _gpu_runtime(runtime, _load(results / "gpu-forms.json"))
     slow = _load(results / "slow_consumer.json")
     if slow:
         rel_fps = slow["fps_relative_to_no_subscriber"]
@@ -353,9 +356,12 @@ def _gpu_run(g: dict) -> list[str]:
     out = ["## On a GPU (`speed-gpu.json`)", "",
            f"`{m.get('command')}` on {m.get('date')}, {g.get('gpu', {}).get('name', '?')} with {m.get('cpu')} "
            f"({m.get('cores')} cores), commit {m.get('commit')}; torch {m.get('versions', {}).get('torch', '?')}. "
-           "The `cuda` backend (PyTorch fp32, CUDA graphs) through the streaming `Denoiser`, i.e. the host path: "
-           "each window goes up as float32 and the output comes back as float32. Stages as in the table above "
-           "(ms, median / p99).", "",
+           "The `cuda` backend (PyTorch fp32 as the speed benchmark configures it, channels-last, CUDA graphs, "
+           "the `padded` GPU form that was the default when it ran) through the streaming `Denoiser`, which keeps "
+           "the window on the GPU: each decoded frame goes up once as uint8 and the denoised frame comes back as "
+           "uint8, so `pre` is the upload and `infer` the gather, network and post-processing on the GPU. Decoding "
+           "(PyAV, one stream) and publishing stay on the CPU and bound the frame rate here. Stages as in the table "
+           "above (ms, median / p99).", "",
            "| backend | model | size | fps | decode | pre | infer | post | publish | e2e |", "|---" * 10 + "|"]
     for r in g["runs"]:
         stg = r["stages"]
@@ -363,6 +369,69 @@ def _gpu_run(g: dict) -> list[str]:
         out.append(f"| {r['backend']} | {r['model']} | {r['resolution'][0]}x{r['resolution'][1]} | "
                    f"{_f(r['fps'], '.1f')} | " + " | ".join(cells) + " |")
     out += _skipped(g)
+    return out + [""]
+
+
+def _gpu_runtime(g: dict, earlier: dict | None) -> list[str]:
+    """gpu.json (python -m benchmarks.gpu): the GPU runtime alone, per model and GPU form; gpu-forms.json
+    (an earlier run of the same benchmark with other forms) adds rows to the form comparison."""
+    m, gpu, pk = g["machine"], g.get("gpu", {}), g["peak"]
+    peak, sheet = pk.get("tflops_fp16_measured"), pk.get("tflops_fp16_datasheet")
+    out = ["## GPU runtime (`benchmarks/gpu.py`, `gpu.json`)", "",
+           f"`{g['command']}` on {m['date']}, {gpu.get('name', '?')} ({gpu.get('sms')} SMs, torch {gpu.get('torch')}, "
+           f"CUDA {gpu.get('cuda')}, cuDNN {gpu.get('cudnn')}), commit {m['commit']}. {g['precision']}, channels-last, "
+           "CUDA graphs; frames from host memory (decoding is the CPU's part). Peak for the fractions: an "
+           f"8192³ fp16 matrix product measured on the card, {_f(peak, '.0f')} TFLOP/s"
+           + (f" (datasheet dense fp16: {sheet:.0f})" if sheet else "") + ". No TensorRT on that machine.", ""]
+    forms: dict[tuple[str, str], dict] = {}
+    for doc, note in ((earlier, " ¹"), (g, "")):
+        for model, r in (doc or {}).get("models", {}).items():
+            for form, f in r["forms"].items():
+                forms[(model, form)] = f | {"note": note if (model, form) not in forms or not note else ""}
+    out += ["Network alone (the captured graph replayed on a static input) and one stream through "
+            "`GpuWindowRunner.push` (uint8 frame up, window on the GPU, uint8 frame back):", "",
+            "| model | form | size | network fps | ms | TFLOP/s | of measured peak | one stream fps | p50 / p99 ms |",
+            "|---" * 9 + "|"]
+    for (model, form), f in forms.items():
+        one = {r["size"]: r for r in f.get("one_stream", [])}
+        for r in f.get("network", []):
+            o = one.get(r["size"], {})
+            out.append(f"| {model} | {form}{f['note']} | {r['size']} | {_f(r['fps'], '.0f')} | {_f(1000 / r['fps'], '.2f')} | "
+                       f"{_f(r['tflops'], '.0f')} | {_f(100 * (r['fraction_of_peak'] or 0), '.0f')} % | "
+                       f"{_f(o.get('fps'), '.0f')} | {_f(o.get('p50_ms'), '.1f')} / {_f(o.get('p99_ms'), '.1f')} |")
+    if earlier:
+        out += ["", f"¹ From an earlier run of the benchmark the same day ({earlier['machine']['date']}, "
+                f"`{earlier['command']}`); its `padded` and `shuffle` rows still had the residual folded into "
+                "the output convolution (the same arithmetic cost)."]
+    out += ["", f"Many cameras at {g.get('stream_size', '1280x720')}: "
+            "total frames/s of S cameras batched into one network run per tick (`denoise_many`) and of S separate "
+            "runners (one CUDA graph each, run one after another); each tick uploads every camera's new frame:", "",
+            "| model | form | streams | batched fps | separate fps | batched / separate | tick p50 / p99 ms | 30 fps each |",
+            "|---" * 8 + "|"]
+    for (model, form), f in forms.items():
+        if f["note"]:
+            continue
+        for r in f.get("streams", []) + f.get("max_streams", []):
+            if "error" in r:
+                out.append(f"| {model} | {form} | {r['streams']} | {r['error']} | | | | |")
+                continue
+            sep = r.get("separate_fps")
+            out.append(f"| {model} | {form} | {r['streams']} | {_f(r['batched_fps'], '.0f')} | {_f(sep, '.0f')} | "
+                       + (f"{r['batched_fps'] / sep:.2f}" if sep else "") + f" | {_f(r['tick']['p50_ms'], '.1f')} / "
+                       f"{_f(r['tick']['p99_ms'], '.1f')} | {'yes' if r['holds_30fps_each'] else 'no'} |")
+    out += ["", "Agreement with ONNX Runtime fp32 on the same 640x360 windows (max abs on [0, 1] of the host path; "
+            "uint8 levels of the window runner's frames):", ""]
+    for (model, form), f in forms.items():
+        a = f.get("agreement")
+        if a and not f["note"]:
+            out.append(f"- {model} / {form}: {a['max_abs_infer']:.1e}; frames max {a['max_levels_frames']} level, "
+                       f"mean {a['mean_levels_frames']:.3f}")
+    first = next(iter(g["models"]), None)
+    for form, f in (g["models"][first]["forms"].items() if first else []):
+        if f.get("profile"):
+            out += ["", f"Where `{first}`'s GPU time goes ({form}, {g['models'][first]['forms'][form]['network'][0]['size']}, "
+                    "eager forward under the profiler, share of kernel time):", ""]
+            out += [f"- {k['percent']:.1f} % ({k['ms_per_frame']:.3f} ms) `{k['kernel'][:80]}`" for k in f["profile"][:6]]
     return out + [""]
 
 

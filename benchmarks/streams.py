@@ -12,6 +12,7 @@ and published); the clock runs from ``run()`` to the last published frame. Arran
   cluster (the per-host figure of a scale-out; set-up time excluded).
 
     python -m benchmarks.streams [--streams 1,4,16] [--size 320x180] [--frames 480] [--ray]
+                                 [--model lite --backend onnxruntime]   (e.g. base / cuda on a GPU)
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmarks.streams")
 
 
+MODEL, BACKEND = "lite", "onnxruntime"  # set by --model / --backend
+
+
 def _deployment(clip: Path, n: int, per_stream: int, tmp: str, mode: str, threads: int):  # type: ignore[no-untyped-def]
     from stream_denoise.config import DeploymentConfig
 
     data = {"cameras": [{"name": f"cam{i:02d}", "source": {"uri": str(clip), "loop": True}} for i in range(n)],
-            "model": {"model": "lite", "backend": "onnxruntime", "threads": threads},
+            "model": {"model": MODEL, "backend": BACKEND, "threads": threads},
             "publish": {"endpoint": f"ipc://{tmp}/{mode}-{n}", "sndhwm": 4},
             "batch": {"max_size": 1 if mode == "multicam-unbatched" else min(n, 16), "max_wait_ms": 4},
             "max_frames": per_stream, "status_interval_s": 3600, "log_level": "warning"}
@@ -55,7 +59,7 @@ def measure(clip: Path, n: int, mode: str, frames: int, threads: int) -> dict:
         if mode == "separate":
             each = max(1, threads // n)
             cfgs = [RunConfig(source=SourceConfig(uri=str(clip), loop=True, name=f"cam{i:02d}"),
-                              model=ModelConfig(model="lite", backend="onnxruntime", threads=each),
+                              model=ModelConfig(model=MODEL, backend=BACKEND, threads=each),
                               publish=PublishConfig(endpoint=f"ipc://{tmp}/sep-{i}"), max_frames=per_stream,
                               status_interval_s=3600) for i in range(n)]
             pipes = [Pipeline(c) for c in cfgs]
@@ -106,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=480, help="frames in all per measurement (at least 20 per stream)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--ray", action="store_true", help="also through a local Ray cluster (ray[serve])")
+    p.add_argument("--model", default="lite")
+    p.add_argument("--backend", default="onnxruntime", help="onnxruntime, or cuda / tensorrt on a GPU")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "streams.json")
     a = p.parse_args(argv)
+    global MODEL, BACKEND
+    MODEL, BACKEND = a.model, a.backend
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .report import machine_info
 
@@ -127,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(r)
     meta = machine_info()
     meta["command"] = "python -m benchmarks.streams " + " ".join(sys.argv[1:] if argv is None else argv)
+    from .speed import gpu_info
+
+    meta["gpu"] = gpu_info()
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"meta": meta, "size": [w, h], "model": "lite", "runs": runs}, indent=1))
+    a.out.write_text(json.dumps({"meta": meta, "size": [w, h], "model": MODEL, "backend": BACKEND, "runs": runs}, indent=1))
     log.info("wrote %s", a.out)
     return 0
 

@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,
 echo "== tests/gpu"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$out/tests-gpu.txt" | tail -4
 echo "== benchmarks.gpu"
-timeout 300 python3 -m benchmarks.gpu --forms "${FORMS:-padded}" ${GPU_ARGS:-} --out "$out/gpu.json" 2>&1 | tee "$out/gpu.log" | grep "benchmarks.gpu\|rror" | tail -70
+timeout 300 python3 -m benchmarks.gpu --forms "${FORMS:-fused}" ${GPU_ARGS:-} --out "$out/gpu.json" 2>&1 | tee "$out/gpu.log" | grep "benchmarks.gpu\|rror" | tail -70
 echo "== benchmarks speed (cuda)"
 timeout 120 python3 -m benchmarks speed --backends '' --models base,lite --resolutions 640x360,1920x1080 \
   --speed-frames 40 --results "$out/r" --md "$out/r/B.md" >"$out/speed.log" 2>&1

@@ -14,7 +14,9 @@ one publishing socket.
 Each camera keeps its own temporal buffer, topic and metrics; only inference is shared. A camera's
 worker is *busy* from the moment it has a new frame until its windows are denoised. The batcher
 runs a batch as soon as every busy camera has submitted its window, or ``batch.max_wait_ms`` after
-the first one arrived, whichever comes first; cameras of another frame size go in another batch. A
+the first one arrived, whichever comes first; cameras of another frame size go in another batch. On
+a GPU backend the workers hand over uint8 frames and window keys instead, and the batcher runs the
+batch through the backend's window runner (frames uploaded once, windows kept on the GPU). A
 stalled, reconnecting or dead camera is not busy, so nothing ever waits for it; its worker sits in
 ``source.read`` with a short timeout and the others go on.
 
@@ -28,13 +30,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from .backends import Backend
+from .backends.gpu import check_frame
 from .config import CameraConfig, DeploymentConfig, ModelConfig
 from .denoiser import Denoiser
 from .errors import BackendUnavailable, StreamDenoiseError
@@ -56,11 +60,14 @@ _WAIT_POLL_S = 0.5  # a worker waiting for its batch re-checks that the batcher 
 
 @dataclass(eq=False)  # identity: requests are removed from the pending list by identity
 class _Request:
-    x: np.ndarray  # (n, 3K, H, W): one window, or a few from one camera (its flush)
     key: tuple[object, ...]  # windows with equal keys can share a batch
+    rows: int  # windows in this request: one, or a few from one camera (its flush)
+    x: np.ndarray | None = None  # host path: (rows, 3K, H, W) float32
+    windows: list[list[Hashable]] | None = None  # device-window path: frame keys of each window...
+    pixels: dict[Hashable, np.ndarray] | None = None  # ...and those frames, (H, W, 3) uint8
     at: float = field(default_factory=time.monotonic)  # when it was submitted
     done: threading.Event = field(default_factory=threading.Event)
-    result: np.ndarray | None = None
+    result: np.ndarray | list[np.ndarray] | None = None
     error: BaseException | None = None
 
 
@@ -83,6 +90,10 @@ class BatchingBackend:
     Each camera gets its own :meth:`client` (a Backend for its :class:`Denoiser`) and marks itself
     :meth:`BatchClient.busy` while it works on a frame; a batch waits only for busy cameras, and at
     most ``max_wait_s`` after its first window.
+
+    On a GPU backend (``device_windows``) the cameras' Denoisers hand over uint8 frames and the keys
+    of their windows instead of float32 windows; the batching thread owns the backend's window
+    runner (frames uploaded once, windows gathered on the GPU, one ``denoise_many`` per batch).
     """
 
     def __init__(self, backend: Backend, max_size: int = 8, max_wait_s: float = 0.004) -> None:
@@ -90,6 +101,7 @@ class BatchingBackend:
         self.max_size, self.max_wait_s = max_size, max_wait_s
         self.stats = BatchStats()
         self._pending: list[_Request] = []
+        self._runner: Any = None  # the backend's window runner, made and used by the batching thread
         self._busy = 0
         self._closed = False
         self._cond = threading.Condition()
@@ -101,7 +113,13 @@ class BatchingBackend:
 
     # -- called by clients -------------------------------------------------------------------------
     def _submit(self, x: np.ndarray) -> np.ndarray:
-        req = _Request(x, (x.shape[1:], x.dtype))
+        return self._wait(_Request((x.shape[1:], x.dtype), x.shape[0], x=x))  # type: ignore[return-value]
+
+    def _submit_windows(self, windows: list[list[Hashable]], pixels: dict[Hashable, np.ndarray]) -> list[np.ndarray]:
+        hw = next(iter(pixels.values())).shape[:2]
+        return self._wait(_Request(("windows", hw), len(windows), windows=windows, pixels=pixels))  # type: ignore[return-value]
+
+    def _wait(self, req: _Request) -> np.ndarray | list[np.ndarray]:
         with self._cond:
             if self._closed:
                 raise BackendUnavailable(f"{self.backend.name}: the shared backend is closed")
@@ -143,9 +161,9 @@ class BatchingBackend:
             group = []
             rows = 0
             for r in self._pending:  # the oldest first, up to max_size windows (one request always fits)
-                if r.key == key and (not group or rows + r.x.shape[0] <= self.max_size):
+                if r.key == key and (not group or rows + r.rows <= self.max_size):
                     group.append(r)
-                    rows += r.x.shape[0]
+                    rows += r.rows
             still_working = self._busy - len(self._pending)  # busy cameras that have not submitted yet
             left = deadline - time.monotonic()
             if rows >= self.max_size or still_working <= 0 or left <= 0 or self._closed:
@@ -156,15 +174,14 @@ class BatchingBackend:
         return group
 
     def _run(self, group: list[_Request]) -> None:
-        x = group[0].x if len(group) == 1 else np.concatenate([r.x for r in group])
         t0 = time.perf_counter()
+        rows = sum(r.rows for r in group)
         try:
-            y = self.backend.infer(x)
+            out = self._device_windows(group) if group[0].windows is not None else self._host(group)
             row = 0
             for r in group:  # a request may hold several windows (a camera's flush)
-                n = r.x.shape[0]
-                r.result = y[row : row + n].copy()  # the backend reuses its output buffer
-                row += n
+                r.result = out[row : row + r.rows]
+                row += r.rows
         except Exception as exc:  # handed to every waiting camera, which reports it
             for r in group:
                 r.error = exc
@@ -173,9 +190,24 @@ class BatchingBackend:
                 r.done.set()
         s = self.stats
         s.batches += 1
-        s.windows += len(x)
-        s.largest = max(s.largest, len(x))
+        s.windows += rows
+        s.largest = max(s.largest, rows)
         s.infer_s += time.perf_counter() - t0
+
+    def _host(self, group: list[_Request]) -> np.ndarray:
+        xs = [r.x for r in group if r.x is not None]
+        y = self.backend.infer(xs[0] if len(xs) == 1 else np.concatenate(xs))
+        return y.copy()  # the backend reuses its output buffer
+
+    def _device_windows(self, group: list[_Request]) -> list[np.ndarray]:
+        if self._runner is None:
+            self._runner = self.backend.window_runner()  # type: ignore[attr-defined]
+        windows = [w for r in group for w in r.windows or []]
+        self._runner.reserve(len({k for w in windows for k in w}))
+        for r in group:
+            for key, pixels in (r.pixels or {}).items():
+                self._runner.upload(key, pixels)  # once per frame: a frame already there is only touched
+        return self._runner.denoise_many(windows)
 
     def close(self) -> None:
         """Stop the batching thread (pending windows fail) and close the backend; idempotent."""
@@ -189,16 +221,22 @@ class BatchingBackend:
 
 
 class BatchClient:
-    """One camera's view of a :class:`BatchingBackend`: a Backend whose ``infer`` joins a batch."""
+    """One camera's view of a :class:`BatchingBackend`: a Backend whose ``infer`` (or, on a GPU, whose
+    window runner) joins a batch."""
 
     def __init__(self, owner: BatchingBackend) -> None:
         self._owner = owner
         b = owner.backend
         self.name, self.frames, self.target, self.stride = b.name, b.frames, b.target, b.stride
+        self.device_windows = bool(getattr(b, "device_windows", False))
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """x: (n, 3K, H, W) float32 -> (n, 3, H, W) float32, computed in a batch with other cameras."""
         return self._owner._submit(x)
+
+    def window_runner(self) -> _SharedWindows:
+        """For the camera's Denoiser on a GPU backend: its windows join the shared runner's batches."""
+        return _SharedWindows(self._owner)
 
     @contextmanager
     def busy(self) -> Iterator[None]:
@@ -211,6 +249,32 @@ class BatchClient:
 
     def close(self) -> None:
         """Nothing to do: the shared backend is closed by its owner."""
+
+
+class _SharedWindows:
+    """The window-runner calls a Denoiser makes (reserve, upload, denoise_many), collected per call
+    and sent to the batching thread, which owns the real runner. Holds only the frames of the call
+    in flight."""
+
+    def __init__(self, owner: BatchingBackend) -> None:
+        self._owner = owner
+        self._pixels: dict[Hashable, np.ndarray] = {}
+
+    def reserve(self, planes: int) -> None:
+        """The shared runner reserves for the whole batch."""
+
+    def upload(self, key: Hashable, pixels: np.ndarray) -> None:
+        check_frame(pixels)  # a bad frame fails this camera here, not the batch it would join
+        self._pixels[key] = pixels
+
+    def denoise_many(self, windows: Sequence[Sequence[Hashable]]) -> list[np.ndarray]:
+        pixels, self._pixels = self._pixels, {}
+        if not windows:
+            return []
+        missing = [k for w in windows for k in w if k not in pixels]
+        if missing:
+            raise KeyError(f"frames not uploaded: {missing[:4]}")
+        return self._owner._submit_windows([list(w) for w in windows], pixels)
 
 
 # ---------------------------------------------------------------------------------------------------

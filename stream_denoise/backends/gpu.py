@@ -177,6 +177,12 @@ class GpuExecutor:
             closer()
 
 
+def check_frame(pixels: np.ndarray) -> None:
+    """What the window runner takes: (H, W, 3) uint8 RGB; else ValueError with one line."""
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got {pixels.shape} {pixels.dtype}")
+
+
 def _reflect_index(size: int, i: int) -> int:
     """Index of the i-th padded row/col after ``size`` (mirrored without the edge), as Denoiser._reflect."""
     return min(max(size - 2 - (i % max(size - 1, 1)), 0), size - 1)
@@ -246,8 +252,7 @@ class GpuWindowRunner:
 
     def upload(self, key: Hashable, pixels: np.ndarray) -> None:
         """Put one frame on the GPU as a pre-processed plane (once per key; LRU of ``capacity``)."""
-        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
-            raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got {pixels.shape} {pixels.dtype}")
+        check_frame(pixels)
         self._ensure_size(pixels.shape[0], pixels.shape[1])
         if key in self._slots:
             self._slots.move_to_end(key)

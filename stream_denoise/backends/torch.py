@@ -41,11 +41,12 @@ class TorchRunner:
 
 class TorchBackend:
     def __init__(self, path: str, device: str = "cpu", threads: int | None = None, precision: str = "fp32",
-                 graphs: bool = True, form: str = "padded") -> None:
-        """``form`` (GPU only): ``plain`` runs the network as trained; ``padded`` (default),
-        ``shuffle`` and ``fused`` run model.gpu_form.GpuForm, the same function with channels
-        padded for tensor cores (``shuffle``: transposed convolutions as 1x1 conv + pixel shuffle;
-        ``fused``: conv + bias + ReLU as one cuDNN call)."""
+                 graphs: bool = True, form: str = "fused") -> None:
+        """``form`` (GPU only): ``plain`` runs the network as trained; ``padded``, ``shuffle`` and
+        ``fused`` (default) run model.gpu_form.GpuForm, the same function with channels padded for
+        tensor cores (``shuffle``: transposed convolutions as 1x1 conv + pixel shuffle; ``fused``:
+        conv + bias + ReLU as one cuDNN call). ``base`` at 1080p fp16 on an H100: 217 / 256 / 183 /
+        407 frames/s (BENCHMARKS.md, GPU runtime)."""
         try:
             import torch
         except ImportError as exc:

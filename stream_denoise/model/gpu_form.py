@@ -57,7 +57,7 @@ class _ConvReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
-        if x.is_cuda:
+        if x.is_cuda and torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled:
             return torch.cudnn_convolution_relu(x, c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
         return torch.relu(c(x))
 

@@ -214,3 +214,56 @@ def test_cuda_gpu_forms_equal_the_plain_network(cuda, tiny_model, form):
     assert backend.executor.runner.in_channels == 16
     for _ in range(3):  # eager, capture, replay
         assert np.abs(backend.infer(x) - plain).max() < 3e-3  # TF32 convolutions on both sides
+
+
+def test_cameras_share_the_window_runner_in_batches(device, tiny_model, noisy_frames):
+    """Several cameras (one thread each) through one BatchingBackend on the device-window path: each
+    camera gets exactly what its own Denoiser gives alone, and windows of several cameras share runs."""
+    import threading
+
+    from stream_denoise.denoiser import Denoiser
+    from stream_denoise.frame import Frame
+    from stream_denoise.multicam import BatchingBackend
+
+    cams = {f"cam{c}": [Frame(f, i, None, 0.0, f"cam{c}") for i, f in enumerate(noisy_frames(10, 22, 30, seed=c))]
+            for c in range(4)}
+    expected = {}
+    for name, frames in cams.items():
+        den = Denoiser(TorchBackend(str(tiny_model), "cpu", threads=1))
+        expected[name] = [o.pixels for f in frames for o in den.push(f)] + [o.pixels for o in den.flush()]
+    shared = BatchingBackend(_windowed(TorchBackend)(str(tiny_model), device, threads=1), max_size=4, max_wait_s=0.05)
+    got: dict[str, list] = {}
+    errors: list[BaseException] = []
+
+    def camera(name: str) -> None:
+        client = shared.client()
+        den = Denoiser(client)
+        assert den._gpu is not None  # the client offers the shared window runner
+        try:
+            out = []
+            for f in cams[name]:
+                with client.busy():
+                    out += [o.pixels for o in den.push(f)]
+            got[name] = out + [o.pixels for o in den.flush()]
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=camera, args=(n,)) for n in cams]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert not errors, errors
+        for name in cams:
+            assert len(got[name]) == 10
+            for a, b in zip(expected[name], got[name]):  # batches of 1-4: kernels round differently by batch size
+                diff = np.abs(a.astype(np.int16) - b)
+                assert diff.max() <= (1 if device == "cpu" else 2) and (diff > 0).mean() < 0.01
+        assert shared.stats.windows == 40 and shared.stats.largest > 1  # cameras shared runs
+        assert shared._runner.capacity <= 4 * 5 + 6  # bounded by one batch's frames
+        bad = Denoiser(shared.client())
+        with pytest.raises(ValueError, match="uint8"):  # fails that camera alone, before any batch
+            bad.push_many([Frame(np.zeros((8, 8, 3), np.float32), i, None, 0.0, "bad") for i in range(3)])
+    finally:
+        shared.close()
