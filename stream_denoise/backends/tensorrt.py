@@ -47,6 +47,11 @@ class TrtRunner:
             raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
         self._y: torch.Tensor | None = None
 
+    @property
+    def max_batch(self) -> int | None:
+        """The profile's largest batch (the window runner never rounds a batch up past it)."""
+        return self.shapes.batch if self.shapes is not None else None
+
     def prepare(self, x: torch.Tensor) -> None:
         n, _, h, w = (int(v) for v in x.shape)
         s = self.shapes

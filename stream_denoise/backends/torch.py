@@ -6,6 +6,7 @@ memory, a dedicated stream, static buffers and CUDA-graph replay after one warm 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -53,31 +54,32 @@ class TorchBackend:
             raise BackendUnavailable("the torch backend needs PyTorch: pip install 'stream_denoise[torch]'") from exc
         from ..model import STRIDE, load_model
 
-        if device == "cuda":
-            from .gpu import require_cuda
+        from .gpu import device_lock, require_cuda
 
+        if device == "cuda":
             require_cuda()
         if threads and device == "cpu":
             torch.set_num_threads(threads)
         self.torch, self.device = torch, torch.device(device)
         if form not in GPU_FORMS:
             raise ValueError(f"unknown GPU form {form!r}; choose one of {', '.join(GPU_FORMS)}")
-        self.model = load_model(path).to(self.device)
-        self.frames, self.target, self.stride = self.model.frames, self.model.target, STRIDE
-        self.form = form if device == "cuda" else "plain"
-        if self.form != "plain":
-            from ..model.gpu_form import GpuForm
+        with device_lock() if device == "cuda" else contextlib.nullcontext():  # no allocation while an executor captures
+            self.model = load_model(path).to(self.device)
+            self.frames, self.target, self.stride = self.model.frames, self.model.target, STRIDE
+            self.form = form if device == "cuda" else "plain"
+            if self.form != "plain":
+                from ..model.gpu_form import GpuForm
 
-            self.model = GpuForm(self.model, shuffle=self.form == "shuffle", fuse=self.form == "fused").to(self.device)
-        self.dtype = torch.float16 if precision == "fp16" and device == "cuda" else torch.float32
-        if precision == "int8":
-            log.warning("%s backend: int8 is for TensorRT engines; running %s", "cuda" if device == "cuda" else "torch", self.dtype)
-        self.model = self.model.to(self.dtype)
-        self.memory_format = torch.contiguous_format
-        if device == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes per stream: pick the fastest kernels once
-            self.memory_format = torch.channels_last
-            self.model = self.model.to(memory_format=self.memory_format)
+                self.model = GpuForm(self.model, shuffle=self.form == "shuffle", fuse=self.form == "fused").to(self.device)
+            self.dtype = torch.float16 if precision == "fp16" and device == "cuda" else torch.float32
+            if precision == "int8":
+                log.warning("%s backend: int8 is for TensorRT engines; running %s", "cuda" if device == "cuda" else "torch", self.dtype)
+            self.model = self.model.to(self.dtype)
+            self.memory_format = torch.contiguous_format
+            if device == "cuda":
+                torch.backends.cudnn.benchmark = True  # fixed shapes per stream: pick the fastest kernels once
+                self.memory_format = torch.channels_last
+                self.model = self.model.to(memory_format=self.memory_format)
         self.name = "torch" if device == "cpu" else "cuda"
         self.graphs = graphs
         self._executor: GpuExecutor | None = None

@@ -259,7 +259,7 @@ def test_cameras_share_the_window_runner_in_batches(device, tiny_model, noisy_fr
             assert len(got[name]) == 10
             for a, b in zip(expected[name], got[name]):  # batches of 1-4: kernels round differently by batch size
                 diff = np.abs(a.astype(np.int16) - b)
-                assert diff.max() <= (1 if device == "cpu" else 2) and (diff > 0).mean() < 0.01
+                assert diff.max() <= (1 if device == "cpu" else 2) and (diff > 0).mean() < (0.01 if device == "cpu" else 0.02)
         assert shared.stats.windows == 40 and shared.stats.largest > 1  # cameras shared runs
         assert shared._runner.capacity <= 4 * 5 + 6  # bounded by one batch's frames
         bad = Denoiser(shared.client())
@@ -267,3 +267,38 @@ def test_cameras_share_the_window_runner_in_batches(device, tiny_model, noisy_fr
             bad.push_many([Frame(np.zeros((8, 8, 3), np.float32), i, None, 0.0, "bad") for i in range(3)])
     finally:
         shared.close()
+
+
+def test_executor_keeps_recent_shapes_and_batches_run_in_buckets(device, tiny_model, noisy_frames):
+    backend = TorchBackend(str(tiny_model), device, threads=1)
+    ex = backend.executor
+    ex.max_shapes = 2
+    a, b, c = (1, 15, 16, 20), (2, 15, 16, 20), (4, 15, 16, 20)
+    xa = ex.input(a)
+    assert ex.input(b) is not xa and ex.input(a) is xa  # back to a shape it has: same tensors
+    ex.input(c)  # a third shape evicts the least recently used (b)
+    assert ex.input(a) is xa and list(ex._shapes) == [c, a]
+    runner = backend.window_runner()
+    assert [runner.bucket(n) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16]
+    frames = noisy_frames(7, 16, 20)
+    for i, f in enumerate(frames):
+        runner.upload(i, f)
+    windows = [list(range(t, t + 5)) for t in (0, 1, 2)]
+    three = runner.denoise_many(windows)  # runs as a batch of 4, the fourth row dropped
+    assert len(three) == 3 and tuple(ex._cur.x.shape)[0] == 4
+    for keys, got in zip(windows, three):
+        assert np.abs(runner.denoise(keys).astype(np.int16) - got).max() <= (0 if device == "cpu" else 1)
+
+
+@pytest.mark.gpu
+def test_alternating_batch_sizes_replay_their_graphs(cuda, tiny_model, noisy_frames):
+    runner = TorchBackend(str(tiny_model), "cuda", precision="fp16").window_runner()
+    frames = noisy_frames(9, 36, 64)
+    for i, f in enumerate(frames):
+        runner.upload(i, f)
+    first: dict[int, list] = {}
+    for n in (2, 4, 2, 4, 3, 2, 4):  # buckets 2 and 4: two graphs, captured once each
+        out = runner.denoise_many([list(range(t, t + 5)) for t in range(n)])
+        ref = first.setdefault(n, out)
+        assert all(np.array_equal(p, q) for p, q in zip(out, ref))
+    assert runner.ex.captures == 2
