@@ -196,8 +196,10 @@ class BatchingBackend:
 
     def _host(self, group: list[_Request]) -> np.ndarray:
         xs = [r.x for r in group if r.x is not None]
-        y = self.backend.infer(xs[0] if len(xs) == 1 else np.concatenate(xs))
-        return y.copy()  # the backend reuses its output buffer
+        x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+        step = getattr(self.backend, "max_batch", None) or len(x)  # a TensorRT profile's largest batch
+        return np.concatenate([self.backend.infer(x[i : i + step]).copy()  # the backend reuses its output buffer
+                               for i in range(0, len(x), step)])
 
     def _device_windows(self, group: list[_Request]) -> list[np.ndarray]:
         if self._runner is None:
@@ -207,7 +209,8 @@ class BatchingBackend:
         for r in group:
             for key, pixels in (r.pixels or {}).items():
                 self._runner.upload(key, pixels)  # once per frame: a frame already there is only touched
-        return self._runner.denoise_many(windows)
+        step = getattr(self.backend, "max_batch", None) or len(windows)
+        return [y for i in range(0, len(windows), step) for y in self._runner.denoise_many(windows[i : i + step])]
 
     def close(self) -> None:
         """Stop the batching thread (pending windows fail) and close the backend; idempotent."""

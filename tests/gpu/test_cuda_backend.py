@@ -216,9 +216,12 @@ def test_cuda_gpu_forms_equal_the_plain_network(cuda, tiny_model, form):
         assert np.abs(backend.infer(x) - plain).max() < 3e-3  # TF32 convolutions on both sides
 
 
-def test_cameras_share_the_window_runner_in_batches(device, tiny_model, noisy_frames):
-    """Several cameras (one thread each) through one BatchingBackend on the device-window path: each
-    camera gets exactly what its own Denoiser gives alone, and windows of several cameras share runs."""
+@pytest.mark.parametrize("windows_on_device", [True, False])
+@pytest.mark.parametrize("max_batch", [None, 3])
+def test_cameras_share_the_backend_in_batches(device, tiny_model, noisy_frames, windows_on_device, max_batch):
+    """Several cameras (one thread each) through one BatchingBackend, on the device-window path and
+    on the host path: each camera gets what its own Denoiser gives alone, windows of several cameras
+    share runs, and a backend's ``max_batch`` (a TensorRT profile's) is never exceeded."""
     import threading
 
     from stream_denoise.denoiser import Denoiser
@@ -231,14 +234,27 @@ def test_cameras_share_the_window_runner_in_batches(device, tiny_model, noisy_fr
     for name, frames in cams.items():
         den = Denoiser(TorchBackend(str(tiny_model), "cpu", threads=1))
         expected[name] = [o.pixels for f in frames for o in den.push(f)] + [o.pixels for o in den.flush()]
-    shared = BatchingBackend(_windowed(TorchBackend)(str(tiny_model), device, threads=1), max_size=4, max_wait_s=0.05)
+    cls = _windowed(TorchBackend) if windows_on_device else TorchBackend
+    if max_batch:
+        cls = type("Capped" + cls.__name__, (cls,), {"max_batch": max_batch})
+    backend = cls(str(tiny_model), device, threads=1)
+    calls: list[int] = []
+    if windows_on_device:
+        runner = backend.window_runner()
+        denoise_many = runner.denoise_many
+        runner.denoise_many = lambda w: calls.append(len(w)) or denoise_many(w)  # type: ignore[method-assign]
+        backend.window_runner = lambda: runner  # type: ignore[method-assign]
+    else:
+        infer = backend.infer
+        backend.infer = lambda x: calls.append(len(x)) or infer(x)  # type: ignore[method-assign]
+    shared = BatchingBackend(backend, max_size=4, max_wait_s=0.05)
     got: dict[str, list] = {}
     errors: list[BaseException] = []
 
     def camera(name: str) -> None:
         client = shared.client()
         den = Denoiser(client)
-        assert den._gpu is not None  # the client offers the shared window runner
+        assert (den._gpu is not None) == windows_on_device  # the client offers the shared window runner
         try:
             out = []
             for f in cams[name]:
@@ -261,7 +277,9 @@ def test_cameras_share_the_window_runner_in_batches(device, tiny_model, noisy_fr
                 diff = np.abs(a.astype(np.int16) - b)
                 assert diff.max() <= (1 if device == "cpu" else 2) and (diff > 0).mean() < (0.01 if device == "cpu" else 0.02)
         assert shared.stats.windows == 40 and shared.stats.largest > 1  # cameras shared runs
-        assert shared._runner.capacity <= 4 * 5 + 6  # bounded by one batch's frames
+        assert sum(calls) == 40 and max(calls) <= (max_batch or 4)
+        if windows_on_device:
+            assert shared._runner.capacity <= 4 * 5 + 6  # bounded by one batch's frames
         bad = Denoiser(shared.client())
         with pytest.raises(ValueError, match="uint8"):  # fails that camera alone, before any batch
             bad.push_many([Frame(np.zeros((8, 8, 3), np.float32), i, None, 0.0, "bad") for i in range(3)])
