@@ -15,6 +15,7 @@ gather and post-processing, post = 0.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -67,6 +68,7 @@ class Denoiser:
         self._slab = PlaneSlab(3 * backend.frames + 2)
         self._input: np.ndarray | None = None
         self._gpu = backend.window_runner() if getattr(backend, "device_windows", False) else None  # type: ignore[attr-defined]
+        self._epoch = next(_EPOCHS)  # in the GPU runner's keys: a new one per stream (flush), per Denoiser
         self.assembled = 0  # windows copied into the assembly buffer (not a view of the slab)
 
     @property
@@ -93,6 +95,7 @@ class Denoiser:
         """At the end of a stream: denoise the frames still waiting for look-ahead."""
         out = self._run(self.buffer.flush())
         self._slab.clear()
+        self._epoch = next(_EPOCHS)  # a later stream may reuse (source, segment, index): never its planes
         return out
 
     def denoise_window(self, frames: Sequence[np.ndarray]) -> np.ndarray:
@@ -127,7 +130,7 @@ class Denoiser:
         one batched run returns the uint8 frames."""
         runner = self._gpu
         assert runner is not None
-        keys = [[_key(f) for f in w] for w in windows]
+        keys = [[(self._epoch, *_key(f)) for f in w] for w in windows]
         runner.reserve(len({k for ks in keys for k in ks}))
         for w, ks in zip(windows, keys):
             for f, k in zip(w, ks):
@@ -202,6 +205,9 @@ def to_uint8_rgb(chw: np.ndarray) -> np.ndarray:
     np.clip(chw, 0.0, 255.0, out=chw)
     u8 = chw.astype(np.uint8)  # truncation of x + 0.5 == rounding
     return cv2.merge([u8[0], u8[1], u8[2]]) if len(u8) == 3 else np.ascontiguousarray(u8.transpose(1, 2, 0))
+
+
+_EPOCHS = itertools.count()
 
 
 def _key(f: Frame) -> tuple[str, int, int]:

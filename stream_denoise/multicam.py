@@ -101,7 +101,8 @@ class BatchingBackend:
         self.max_size, self.max_wait_s = max_size, max_wait_s
         self.stats = BatchStats()
         self._pending: list[_Request] = []
-        self._runner: Any = None  # the backend's window runner, made and used by the batching thread
+        self._runners: dict[tuple[int, ...], Any] = {}  # the backend's window runners by frame size (batching thread)
+        self._clients = 0
         self._busy = 0
         self._closed = False
         self._cond = threading.Condition()
@@ -109,6 +110,7 @@ class BatchingBackend:
         self._thread.start()
 
     def client(self) -> BatchClient:
+        self._clients += 1
         return BatchClient(self)
 
     # -- called by clients -------------------------------------------------------------------------
@@ -202,15 +204,21 @@ class BatchingBackend:
                                for i in range(0, len(x), step)])
 
     def _device_windows(self, group: list[_Request]) -> list[np.ndarray]:
-        if self._runner is None:
-            self._runner = self.backend.window_runner()  # type: ignore[attr-defined]
+        """One runner per frame size (its plane pool is of that size; they share the backend's
+        executor and its graphs), holding the frames of every camera's window, so the next batch finds
+        them there whichever cameras it has."""
+        hw = group[0].key[1]
+        runner = self._runners.get(hw)  # type: ignore[arg-type]
+        if runner is None:
+            runner = self._runners[hw] = self.backend.window_runner()  # type: ignore[attr-defined]
         windows = [w for r in group for w in r.windows or []]
-        self._runner.reserve(len({k for w in windows for k in w}))
+        k = len(windows[0])
+        runner.reserve(max(len({key for w in windows for key in w}), self._clients * (k + 1)))
         for r in group:
             for key, pixels in (r.pixels or {}).items():
-                self._runner.upload(key, pixels)  # once per frame: a frame already there is only touched
+                runner.upload(key, pixels)  # once per frame: a frame already there is only touched
         step = getattr(self.backend, "max_batch", None) or len(windows)
-        return [y for i in range(0, len(windows), step) for y in self._runner.denoise_many(windows[i : i + step])]
+        return [y for i in range(0, len(windows), step) for y in runner.denoise_many(windows[i : i + step])]
 
     def close(self) -> None:
         """Stop the batching thread (pending windows fail) and close the backend; idempotent."""
@@ -220,6 +228,9 @@ class BatchingBackend:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=10)
+        if self._thread.is_alive():  # still inside a backend call: closing under it would pull its buffers away
+            log.warning("%s: the batching thread did not stop in 10 s; leaving the backend open", self.backend.name)
+            return
         self.backend.close()
 
 

@@ -92,7 +92,11 @@ class GpuExecutor:
 
     The static tensors and graph of the last ``max_shapes`` input shapes are kept (a batch of 4
     cameras, then of 8, then of 4 again replays the graphs it has), their graphs sharing one memory
-    pool: they run one at a time on one stream, and every graph's input and output stay allocated.
+    pool: they run one at a time on one stream, and their inputs stay allocated. A graph's output may
+    lie in memory another graph uses for temporaries, so a run's output is valid until the next run
+    of *any* shape: callers copy it out at once. A runner whose graphs depend on state bound at
+    capture (TensorRT's execution context) is given ``max_shapes=1``: one shape, re-captured when
+    the shape changes.
     """
 
     def __init__(self, runner: Runner, device: str | torch.device = "cuda", graphs: bool = True,
@@ -144,7 +148,9 @@ class GpuExecutor:
             st = self._shapes.get(shape)
             if st is not None:
                 self._shapes.move_to_end(shape)
-                self.runner.prepare(st.full)  # re-bind (TensorRT: shape and addresses) for eager runs
+                if st.graph is None:  # re-bind (TensorRT: shape and addresses), run eagerly once more, then capture
+                    self.runner.prepare(st.full)
+                    st.warm = False
             else:
                 self._cur = None
                 wide = (shape[0], max(shape[1], getattr(self.runner, "in_channels", None) or 0), *shape[2:])
@@ -159,7 +165,7 @@ class GpuExecutor:
 
     def run(self) -> torch.Tensor:
         """The network on the current static input: eager the first time for a shape, then a
-        captured CUDA graph replayed. The output is overwritten by the next run of this shape."""
+        captured CUDA graph replayed. The output is valid until the next run (of any shape)."""
         st = self._cur
         assert st is not None, "input() first"
         with self.on_stream():
@@ -221,14 +227,15 @@ class GpuExecutor:
         return host_out.numpy()
 
     def close(self) -> None:
-        """Wait for queued work, drop the graph and buffers, then the runner's own resources."""
-        self.synchronize()
-        self._shapes.clear()
-        self._cur = None
-        self._staging.clear()
-        closer = getattr(self.runner, "close", None)
-        if closer is not None:
-            closer()
+        """Wait for queued work, drop the graphs and buffers, then the runner's own resources."""
+        with self._locked():
+            self.synchronize()
+            self._shapes.clear()
+            self._cur = None
+            self._staging.clear()
+            closer = getattr(self.runner, "close", None)
+            if closer is not None:
+                closer()
 
 
 def check_frame(pixels: np.ndarray) -> None:
@@ -375,8 +382,8 @@ class GpuWindowRunner:
         for keys in windows:
             for key in keys:
                 self._slots.move_to_end(key)
-        x = ex.input((nb, 3 * self.frames, pool.shape[2], pool.shape[3]))
         with ex.on_stream():
+            x = ex.input((nb, 3 * self.frames, pool.shape[2], pool.shape[3]))
             post, out_dev, out_host = self._out_buffers(nb)
             index = torch.as_tensor(slots, dtype=torch.long).to(ex.device, non_blocking=True)
             x.copy_(pool.index_select(0, index).view(x.shape))  # (N*K, 3, Hp, Wp) is (N, 3K, Hp, Wp)
@@ -418,7 +425,8 @@ class GpuWindowRunner:
         return self.denoise([("push", self._segment, i) for i in idx])
 
     def close(self) -> None:
-        self.ex.synchronize()
-        self._t.clear()
-        self._slots.clear()
-        self._hw = None
+        with self.ex.on_stream():
+            self.ex.synchronize()
+            self._t.clear()
+            self._slots.clear()
+            self._hw = None

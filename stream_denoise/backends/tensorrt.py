@@ -99,7 +99,7 @@ class TensorRTBackend:
     def __init__(self, cached: CachedEngine[Any], owner: Any = None, graphs: bool = True) -> None:
         """``cached``: from build.engine.find_or_build; ``owner``: what holds its TensorRT runtime."""
         from ..build.engine import Shapes, import_tensorrt
-        from .gpu import GpuExecutor, require_cuda
+        from .gpu import GpuExecutor, device_lock, require_cuda
 
         trt = import_tensorrt()
         torch = require_cuda()
@@ -113,7 +113,9 @@ class TensorRTBackend:
         self._owner, self._engine = owner, cached.engine  # the runtime must outlive the engine
         shapes = Shapes.from_profile(cached.manifest["profile"]) if "profile" in cached.manifest else None
         self.max_batch = shapes.batch if shapes is not None else 1  # the Denoiser splits larger batches
-        self._executor = GpuExecutor(TrtRunner(trt, torch, cached.engine, shapes), "cuda", graphs=graphs)
+        with device_lock():  # no context creation while another executor captures a graph
+            # one shape at a time: a TensorRT graph depends on the context's shapes and addresses
+            self._executor = GpuExecutor(TrtRunner(trt, torch, cached.engine, shapes), "cuda", graphs=graphs, max_shapes=1)
         log.info("tensorrt: %s (%s, window %d/%d)", self.path.name, self.precision, self.target, self.frames)
 
     @classmethod
@@ -123,7 +125,10 @@ class TensorRTBackend:
 
         import_tensorrt()  # one line when TensorRT is missing, before anything about the GPU
         require_cuda()
-        cached, owner = find_or_build(cfg.model, cfg.precision, None, cfg.engines_dir)
+        from .gpu import device_lock
+
+        with device_lock():  # building / deserialising allocates on the GPU: not while another executor captures
+            cached, owner = find_or_build(cfg.model, cfg.precision, None, cfg.engines_dir)
         return cls(cached, owner)
 
     @classmethod

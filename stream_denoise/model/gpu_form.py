@@ -1,4 +1,5 @@
-"""The same network, rearranged for GPU tensor cores (exact: same function, same weights).
+"""The same network, rearranged for GPU tensor cores (the same function with the same weights; in
+fp16 the fused form rounds once where PyTorch rounds the convolution and its bias separately).
 
 cuDNN's fp16 tensor-core kernels for channels-last tensors want channel counts that are multiples of
 8. ``VideoDenoiser`` has two that are not: its input (3K = 15 channels) and its output convolution

@@ -216,20 +216,39 @@ def test_cuda_gpu_forms_equal_the_plain_network(cuda, tiny_model, form):
         assert np.abs(backend.infer(x) - plain).max() < 3e-3  # TF32 convolutions on both sides
 
 
+def test_a_reused_denoiser_never_takes_the_last_streams_frames(device, tiny_model, noisy_frames):
+    """Two streams with the same frame keys (same source, segment 0, indices from 0) through one
+    Denoiser, flushed in between: the second must not be handed the first one's planes on the GPU."""
+    from stream_denoise.denoiser import Denoiser
+    from stream_denoise.frame import Frame
+
+    host = Denoiser(TorchBackend(str(tiny_model), "cpu", threads=1))
+    gpu = Denoiser(_windowed(TorchBackend)(str(tiny_model), device, threads=1))
+    for seed in (0, 1):
+        frames = [Frame(f, i, None, 0.0, "cam") for i, f in enumerate(noisy_frames(7, 20, 24, seed=seed))]
+        a = [o.pixels for f in frames for o in host.push(f)] + [o.pixels for o in host.flush()]
+        b = [o.pixels for f in frames for o in gpu.push(f)] + [o.pixels for o in gpu.flush()]
+        assert len(a) == len(b) == 7
+        for x, y in zip(a, b):
+            assert np.abs(x.astype(np.int16) - y).max() <= (0 if device == "cpu" else 2)
+
+
 @pytest.mark.parametrize("windows_on_device", [True, False])
 @pytest.mark.parametrize("max_batch", [None, 3])
 def test_cameras_share_the_backend_in_batches(device, tiny_model, noisy_frames, windows_on_device, max_batch):
-    """Several cameras (one thread each) through one BatchingBackend, on the device-window path and
-    on the host path: each camera gets what its own Denoiser gives alone, windows of several cameras
-    share runs, and a backend's ``max_batch`` (a TensorRT profile's) is never exceeded."""
+    """Six cameras of two sizes (one thread each) through one BatchingBackend of batches up to 4, on
+    the device-window path and on the host path: each camera gets what its own Denoiser gives alone,
+    windows of several cameras share runs, a backend's ``max_batch`` (a TensorRT profile's) is never
+    exceeded, and on the device every frame goes up once (one runner per frame size, holding every
+    camera's window)."""
     import threading
 
     from stream_denoise.denoiser import Denoiser
     from stream_denoise.frame import Frame
     from stream_denoise.multicam import BatchingBackend
 
-    cams = {f"cam{c}": [Frame(f, i, None, 0.0, f"cam{c}") for i, f in enumerate(noisy_frames(10, 22, 30, seed=c))]
-            for c in range(4)}
+    cams = {f"cam{c}": [Frame(f, i, None, 0.0, f"cam{c}") for i, f in enumerate(noisy_frames(10, *size, seed=c))]
+            for c, size in enumerate([(22, 30)] * 3 + [(26, 34)] * 3)}
     expected = {}
     for name, frames in cams.items():
         den = Denoiser(TorchBackend(str(tiny_model), "cpu", threads=1))
@@ -238,12 +257,21 @@ def test_cameras_share_the_backend_in_batches(device, tiny_model, noisy_frames, 
     if max_batch:
         cls = type("Capped" + cls.__name__, (cls,), {"max_batch": max_batch})
     backend = cls(str(tiny_model), device, threads=1)
-    calls: list[int] = []
+    calls: list[int] = []  # windows per network run
+    runners: list = []
+    uploads = [0]
     if windows_on_device:
-        runner = backend.window_runner()
-        denoise_many = runner.denoise_many
-        runner.denoise_many = lambda w: calls.append(len(w)) or denoise_many(w)  # type: ignore[method-assign]
-        backend.window_runner = lambda: runner  # type: ignore[method-assign]
+        make_runner = backend.window_runner
+
+        def window_runner():  # the real runner, its calls counted
+            r = make_runner()
+            runners.append(r)
+            many, pre = r.denoise_many, r._preprocess
+            r.denoise_many = lambda w: calls.append(len(w)) or many(w)
+            r._preprocess = lambda u8, plane: uploads.__setitem__(0, uploads[0] + 1) or pre(u8, plane)
+            return r
+
+        backend.window_runner = window_runner  # type: ignore[method-assign]
     else:
         infer = backend.infer
         backend.infer = lambda x: calls.append(len(x)) or infer(x)  # type: ignore[method-assign]
@@ -276,10 +304,11 @@ def test_cameras_share_the_backend_in_batches(device, tiny_model, noisy_frames, 
             for a, b in zip(expected[name], got[name]):  # batches of 1-4: kernels round differently by batch size
                 diff = np.abs(a.astype(np.int16) - b)
                 assert diff.max() <= (1 if device == "cpu" else 2) and (diff > 0).mean() < (0.01 if device == "cpu" else 0.02)
-        assert shared.stats.windows == 40 and shared.stats.largest > 1  # cameras shared runs
-        assert sum(calls) == 40 and max(calls) <= (max_batch or 4)
+        assert shared.stats.windows == 60 and shared.stats.largest > 1  # cameras shared runs
+        assert sum(calls) == 60 and max(calls) <= (max_batch or 4)
         if windows_on_device:
-            assert shared._runner.capacity <= 4 * 5 + 6  # bounded by one batch's frames
+            assert len(runners) == 2 and uploads[0] == 60  # each frame went up once
+            assert all(r.capacity <= 6 * 6 + 6 for r in runners)  # every camera's window + its next frame
         bad = Denoiser(shared.client())
         with pytest.raises(ValueError, match="uint8"):  # fails that camera alone, before any batch
             bad.push_many([Frame(np.zeros((8, 8, 3), np.float32), i, None, 0.0, "bad") for i in range(3)])
