@@ -58,8 +58,9 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     log.info("fine-tuning on %s (%s)", device, "bfloat16 autocast" if bf16 else "float32")
     stats = measure_noise(data[0])
     mask = mask or stats.mask_spec()
-    log.info("noise: sigma %.1f, spatial corr %.2f/%.2f, temporal corr %.2f -> blind spot r=%d%s",
-             stats.sigma, *stats.spatial_corr, stats.temporal_corr, mask.radius, " (tube)" if mask.tube else "")
+    log.info("noise: sigma %.1f, spatial corr %.2f/%.2f, temporal corr %.2f, shadows/highlights %.2f -> blind spot r=%d%s",
+             stats.sigma, *stats.spatial_corr, stats.temporal_corr, stats.shadow_ratio, mask.radius,
+             " (tube)" if mask.tube else "")
     train, held = [], []
     for clip in data:
         held_n = min(max(len(clip) // 10, model.frames + 1), 30)
@@ -80,14 +81,19 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     vrng = np.random.default_rng(seed + 1)
     val_losses: list[Callable[[], torch.Tensor]] = []  # the objective on fixed held-out batches
     if objective == "temporal":
-        log.info("values without a valid target: pulled towards the starting model's output with weight %.1f", anchor)
+        linear = temporal.linear_for(stats.shadow_ratio)
+        log.info("values without a valid target: pulled towards the starting model's output with weight %.1f; "
+                 "errors in %s", anchor, "linear light (a sensor's noise)" if linear else "8-bit sRGB")
+        if targets is not None:
+            targets["loss"] = "linear light" if linear else "sRGB"
         for _ in range(4 if vpool else 0):
             b = _tensors(*temporal.sample(vpool, batch, model.frames, model.target, patch, vrng), device)
-            val_losses.append(lambda b=b: temporal.loss(model, *b[:3]))  # aligned targets only: the anchor is no evidence
+            # aligned targets only (anchor weight 0: it is no evidence; it fixes the linear-light weights)
+            val_losses.append(lambda b=b: temporal.loss(model, *b, anchor_weight=0.0, linear=linear))
 
         def step_loss(r: np.random.Generator) -> torch.Tensor:
             b = _tensors(*temporal.sample(pool, batch, model.frames, model.target, patch, r), device)
-            return temporal.loss(model, *b, anchor_weight=anchor)
+            return temporal.loss(model, *b, anchor_weight=anchor, linear=linear)
     else:
         vpool_m = [Pair(h, None) for h in held]
         for _ in range(4 if held else 0):
@@ -109,7 +115,7 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
                   validate_every=100, progress=progress, bf16=bf16, average=average)
     save_model(model, out, trained="self-supervised fine-tune", init=init or f"scratch:{arch}",
                clips=[str(c) for c in clips], objective=objective, mask_radius=mask.radius, mask_tube=mask.tube,
-               noise_sigma=stats.sigma, anchor_weight=anchor if objective == "temporal" else None,
+               noise_sigma=stats.sigma, noise_shadow_ratio=round(stats.shadow_ratio, 3), anchor_weight=anchor if objective == "temporal" else None,
                temporal_targets=targets, average=average or None, seed=seed,
                **summary)
     log.info("wrote %s: %d steps in %.0f s, held-out %s loss %s", out, summary["steps"], summary["seconds"], objective,

@@ -85,6 +85,10 @@ class NoiseStats:
     sigma: float  # noise standard deviation (from frame differences in static regions)
     spatial_corr: tuple[float, float]  # autocorrelation of the noise at 1 and 2 pixels
     temporal_corr: float  # correlation of the noise between consecutive frames
+    # noise std in dark static regions (luma 16-80) over that in bright ones (110-230): ~1 for noise
+    # added to the 8-bit values, > 1 for a sensor's noise in linear light seen through the camera's
+    # gamma (which stretches the shadows); 1.0 where either range has too few static pixels
+    shadow_ratio: float = 1.0
 
     def mask_spec(self) -> MaskSpec:
         """The blind spot these statistics call for."""
@@ -98,7 +102,8 @@ def measure_noise(clip: np.ndarray) -> NoiseStats:
     Static pixels are found where consecutive frames differ little after smoothing. There the
     difference of frames t and t+2 is n_t - n_{t+2}; its spatial autocorrelation is the noise's,
     and var(f_t - f_{t+1}) = 2 s^2 (1 - rho) compares with var(f_t - f_{t+2}) to give rho
-    (lag-1 temporal correlation, e.g. noise copied by a codec's skipped blocks).
+    (lag-1 temporal correlation, e.g. noise copied by a codec's skipped blocks). The same
+    differences split by brightness give ``shadow_ratio``.
     """
     import cv2
 
@@ -122,4 +127,10 @@ def measure_noise(clip: np.ndarray) -> NoiseStats:
             continue
         av, bv = a[m] - a[m].mean(), b[m] - b[m].mean()
         corr.append(float((av * bv).mean() / max(np.sqrt((av**2).mean() * (bv**2).mean()), 1e-9)))
-    return NoiseStats(sigma=sigma, spatial_corr=(corr[0], corr[1]), temporal_corr=rho)
+    level = np.stack([cv2.blur((a + b) / 2, (5, 5)) for a, b in zip(f[2:], f[:-2])])
+    spread = []
+    for lo, hi in ((16, 80), (110, 230)):
+        m = static & (level >= lo) & (level < hi)
+        spread.append(float(np.sqrt(np.var(d2[m]) / 2)) if m.sum() >= 500 else 0.0)
+    ratio = spread[0] / spread[1] if min(spread) > 0 else 1.0
+    return NoiseStats(sigma=sigma, spatial_corr=(corr[0], corr[1]), temporal_corr=rho, shadow_ratio=ratio)

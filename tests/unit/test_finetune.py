@@ -305,3 +305,41 @@ def test_temporal_fine_tune_improves_its_start_and_records_the_objective(tmp_pat
 
     start, tuned = score(str(zoo.resolve("lite", ".pt"))), score(str(out))
     assert tuned > start + 0.3, (start, tuned)  # from noisy frames alone
+
+
+def test_noise_measurement_tells_a_sensors_noise_from_noise_added_to_the_pixels():
+    """shadow_ratio: a sensor's noise (linear light, through the gamma curve) is larger in the shadows
+    of the 8-bit image; Gaussian noise added to the 8-bit values is not."""
+    from stream_denoise.noise import NoiseSpec
+    from stream_denoise.train.temporal import linear_for
+
+    ramp = np.broadcast_to(np.linspace(0, 255, 160, dtype=np.float32)[None, :, None], (120, 160, 3))
+    static = np.repeat(ramp[None].astype(np.uint8), 12, axis=0)  # a still scene: every pixel is static
+    white = measure_noise(add_noise(static, CONDITIONS["gaussian15"], seed=1))
+    sensor = measure_noise(add_noise(static, NoiseSpec("camera", photons=250, read_noise=3.0), seed=1))
+    assert white.shadow_ratio < 1.15 and not linear_for(white.shadow_ratio)
+    assert sensor.shadow_ratio > 1.3 and linear_for(sensor.shadow_ratio)
+
+
+def test_linear_light_loss_is_unbiased_for_a_sensors_noise():
+    """Noisy targets of one shadow value (sRGB 0.2) with zero-mean noise in linear light: the 8-bit
+    loss is minimised by a darker value (the gamma curve bends the noise), the linear-light loss by
+    the clean one."""
+    from stream_denoise.train.temporal import loss, to_linear
+
+    g = torch.Generator().manual_seed(0)
+    lin0 = float(to_linear(torch.tensor(0.2)))
+    lin_t = lin0 + 0.02 * torch.randn(64, 2, 3, 8, 8, generator=g)
+    tgt = torch.where(lin_t <= 0.0031308, 12.92 * lin_t, 1.055 * lin_t.clamp(min=1e-9) ** (1 / 2.4) - 0.055).clamp(0, 1)
+    valid = torch.ones_like(tgt, dtype=torch.bool)
+    x = torch.zeros(64, 15, 8, 8)
+    grid = torch.linspace(0.15, 0.25, 201)
+
+    def best(linear: bool) -> float:
+        start = torch.full((64, 3, 8, 8), 0.21)  # the starting model's guess: it only sets the weights
+        vals = [float(loss(lambda _x, v=v: torch.full((64, 3, 8, 8), float(v)), x, tgt, valid, anchor=start,
+                           anchor_weight=0.0, linear=linear)) for v in grid]
+        return float(grid[int(np.argmin(vals))])
+
+    assert best(linear=False) < 0.2 - 0.006  # ~3 levels too dark
+    assert abs(best(linear=True) - 0.2) < 0.002
