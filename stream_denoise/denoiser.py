@@ -26,7 +26,7 @@ import numpy as np
 from .backends import Backend
 from .buffer import TemporalBuffer
 from .errors import ConfigError
-from .frame import Frame
+from .frame import Frame, check_pixels
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,7 @@ class Denoiser:
 
     def _plane(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(H, W, 3) uint8 -> (3, Hp, Wp) float32 in [0, 1], reflect-padded to the stride (into ``out``)."""
-        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
-            raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got {pixels.shape} {pixels.dtype}")
+        check_pixels(pixels)
         h, w = pixels.shape[:2]
         hp, wp = self._padded(h, w)
         plane = np.empty((3, hp, wp), np.float32) if out is None else out

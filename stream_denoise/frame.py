@@ -38,3 +38,9 @@ class Frame:
     def with_pixels(self, pixels: np.ndarray) -> Frame:
         """A new frame with the same metadata and other pixels (outputs are built, not mutated)."""
         return replace(self, pixels=pixels)
+
+
+def check_pixels(pixels: np.ndarray) -> None:
+    """What the denoisers take: (H, W, 3) uint8 RGB; else ValueError with one line."""
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got {pixels.shape} {pixels.dtype}")

@@ -38,11 +38,10 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend
-from .backends.gpu import check_frame
 from .config import CameraConfig, DeploymentConfig, ModelConfig
 from .denoiser import Denoiser
 from .errors import BackendUnavailable, StreamDenoiseError
-from .frame import Frame
+from .frame import Frame, check_pixels
 from .metrics import Metrics
 from .pipeline import counted_frames
 from .resources import Closing
@@ -278,7 +277,7 @@ class _SharedWindows:
         """The shared runner reserves for the whole batch."""
 
     def upload(self, key: Hashable, pixels: np.ndarray) -> None:
-        check_frame(pixels)  # a bad frame fails this camera here, not the batch it would join
+        check_pixels(pixels)  # a bad frame fails this camera here, not the batch it would join
         self._pixels[key] = pixels
 
     def denoise_many(self, windows: Sequence[Sequence[Hashable]]) -> list[np.ndarray]:

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..buffer import reflect_indices
 from ..errors import BackendUnavailable
+from ..frame import check_pixels
 
 if TYPE_CHECKING:
     import torch
@@ -238,12 +239,6 @@ class GpuExecutor:
                 closer()
 
 
-def check_frame(pixels: np.ndarray) -> None:
-    """What the window runner takes: (H, W, 3) uint8 RGB; else ValueError with one line."""
-    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
-        raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got {pixels.shape} {pixels.dtype}")
-
-
 def _reflect_index(size: int, i: int) -> int:
     """Index of the i-th padded row/col after ``size`` (mirrored without the edge), as Denoiser._reflect."""
     return min(max(size - 2 - (i % max(size - 1, 1)), 0), size - 1)
@@ -325,7 +320,7 @@ class GpuWindowRunner:
 
     def upload(self, key: Hashable, pixels: np.ndarray) -> None:
         """Put one frame on the GPU as a pre-processed plane (once per key; LRU of ``capacity``)."""
-        check_frame(pixels)
+        check_pixels(pixels)
         self._ensure_size(pixels.shape[0], pixels.shape[1])
         if key in self._slots:
             self._slots.move_to_end(key)

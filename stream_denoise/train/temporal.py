@@ -96,7 +96,7 @@ def linear_for(shadow_ratio: float) -> bool:
 
 
 def to_linear(v: torch.Tensor) -> torch.Tensor:
-    """sRGB in [0, 1] (clamped) -> linear light."""
+    """sRGB in [0, 1] (clamped) -> linear light: ``noise.srgb_to_linear`` on tensors, differentiable."""
     v = v.clamp(0, 1)
     return torch.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055).clamp(min=1e-6) ** 2.4)
 

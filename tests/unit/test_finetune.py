@@ -325,12 +325,13 @@ def test_linear_light_loss_is_unbiased_for_a_sensors_noise():
     """Noisy targets of one shadow value (sRGB 0.2) with zero-mean noise in linear light: the 8-bit
     loss is minimised by a darker value (the gamma curve bends the noise), the linear-light loss by
     the clean one."""
+    from stream_denoise.noise import linear_to_srgb
     from stream_denoise.train.temporal import loss, to_linear
 
     g = torch.Generator().manual_seed(0)
     lin0 = float(to_linear(torch.tensor(0.2)))
     lin_t = lin0 + 0.02 * torch.randn(64, 2, 3, 8, 8, generator=g)
-    tgt = torch.where(lin_t <= 0.0031308, 12.92 * lin_t, 1.055 * lin_t.clamp(min=1e-9) ** (1 / 2.4) - 0.055).clamp(0, 1)
+    tgt = torch.from_numpy(linear_to_srgb(lin_t.clamp(min=0).numpy())).clamp(0, 1)
     valid = torch.ones_like(tgt, dtype=torch.bool)
     x = torch.zeros(64, 15, 8, 8)
     grid = torch.linspace(0.15, 0.25, 201)
