@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model import create_model, save_model
+from ..model import create_model, load_model, save_model
+from ..model.checkpoint import model_meta
 from ..noise import add_noise, random_spec
 from .data import default_clean_clips, draw_cut
 from .loop import PRECISIONS, fit, use_bf16
@@ -119,11 +120,17 @@ class WindowSampler:
 
 def pretrain(arch: str, window: str, steps: int, minutes: float, out: Path, seed: int = 0, batch: int = 16,
              patch: int = 96, lr: float = 2e-3, pool: Pool | None = None, device: str = "auto",
-             progress: bool = True, precision: str = "auto") -> dict:
+             progress: bool = True, precision: str = "auto", init: Path | None = None) -> dict:
+    """Train ``arch``/``window`` from scratch, or continue from the model file ``init`` (same
+    architecture; a fresh cosine schedule from ``lr``), and write ``out``."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     torch.manual_seed(seed)
-    model = create_model(arch, window=window).to(dev)
+    if init is not None:
+        before = _earlier(init, arch, window)
+        model = load_model(init).to(dev)
+    else:
+        model = create_model(arch, window=window).to(dev)
     if pool is None:
         pool = build_pool(default_clean_clips(np.random.default_rng(seed)), 3, seed)
     sampler = WindowSampler(pool, dev)
@@ -142,11 +149,20 @@ def pretrain(arch: str, window: str, steps: int, minutes: float, out: Path, seed
     summary = fit(model, step_loss, steps=steps, minutes=minutes, lr=lr, seed=seed, checkpoint=ckpt,
                   progress=progress, bf16=amp)
     model.cpu()
+    history = {"continued_from": str(init), "earlier": before} if init is not None else {}
     save_model(model, out, trained="supervised synthetic", data="bigbuckbunny + scikit-image photos",
-               arch=arch, window=window, seed=seed, device=str(dev), batch=batch, patch=patch,
+               arch=arch, window=window, seed=seed, **history, device=str(dev), batch=batch, patch=patch,
                pool_clips=len(pool[1]), **summary)
     log.info("wrote %s (%s)", out, summary)
     return summary
+
+
+def _earlier(init: Path, arch: str, window: str) -> dict:
+    """The metadata of a model file to continue from, which must be an ``arch``/``window`` model."""
+    meta = model_meta(init)
+    if (meta.get("arch"), meta.get("window")) != (arch, window):
+        raise ValueError(f"{init} is {meta.get('arch')}/{meta.get('window')}, not {arch}/{window}")
+    return meta
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,10 +190,16 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--pool-only", action="store_true", help="build --pool and exit")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", type=Path)
+    p.add_argument("--init", type=Path, help="continue training this model file (same --arch/--window)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if a.init is not None and not a.pool_only:
+        try:
+            _earlier(a.init, a.arch, a.window)  # before the pool is built
+        except (ValueError, OSError) as e:
+            p.exit(2, f"pretrain: error: {e}\n")
     if a.pool is not None and a.pool.exists():
         pool = load_pool(a.pool)
         log.info("loaded noise pool %s (%d noisy clips)", a.pool, len(pool[1]))
@@ -196,8 +218,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.out is None:
         p.error("--out is required (unless --pool-only)")
-    pretrain(a.arch, a.window, a.steps, a.minutes, a.out, a.seed, a.batch, a.patch, a.lr, pool, a.device,
-             not a.no_progress, a.precision)
+    try:
+        pretrain(a.arch, a.window, a.steps, a.minutes, a.out, a.seed, a.batch, a.patch, a.lr, pool, a.device,
+                 not a.no_progress, a.precision, a.init)
+    except (ValueError, OSError) as e:
+        p.exit(2, f"pretrain: error: {e}\n")
 
 
 if __name__ == "__main__":

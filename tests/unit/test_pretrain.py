@@ -71,6 +71,25 @@ def test_tiny_pretrain_writes_a_loadable_model_file(tmp_path: Path):
     assert model.target == 4 and model.meta["trained"] == "supervised synthetic" and model.meta["steps"] == 3
 
 
+def test_pretrain_continues_from_a_model_file(tmp_path: Path):
+    """--init starts from the file's weights (not a fresh network), records where it came from, and
+    refuses a file of another architecture or window."""
+    pool = pretrain.build_pool(clean_clips(), 1, seed=0)
+    first = tmp_path / "first.pt"
+    pretrain.pretrain("lite", "causal", steps=2, minutes=1, out=first, batch=2, patch=16, pool=pool,
+                      device="cpu", progress=False)
+    again = tmp_path / "again.pt"
+    pretrain.pretrain("lite", "causal", steps=1, minutes=1, out=again, batch=2, patch=16, pool=pool,
+                      device="cpu", progress=False, lr=0.0, init=first)
+    a, b = load_model(first).state_dict(), load_model(again).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the weights it started from, unchanged
+    meta = load_model(again).meta
+    assert meta["continued_from"] == str(first) and meta["earlier"]["steps"] == 2 and meta["steps"] == 1
+    with pytest.raises(ValueError, match="lite/causal, not lite/centered"):
+        pretrain.pretrain("lite", "centered", steps=1, minutes=1, out=tmp_path / "x.pt", batch=2, patch=16,
+                          pool=pool, device="cpu", progress=False, init=first)
+
+
 def test_older_model_files_keep_their_layers():
     """Architectures saved before half_depth/full_depth existed load with one conv at 1/2 and none
     at full resolution, i.e. the layers they were trained with."""
