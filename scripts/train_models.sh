@@ -22,8 +22,10 @@ train=(python -m stream_denoise.train.pretrain --seed 0)
 read -r -a data <<<"${POOL_ARGS:---variants 8 --photo-clips 96 --bunny-tiles}"
 [ -n "${BUNNY:-}" ] && data+=(--bunny "$BUNNY")
 [ -n "${PHOTOS:-}" ] && data+=(--photos "$PHOTOS")
+# make_pool SEED FILE: the noisy pool (same data and size for both stages), on every core
+make_pool() { python -m stream_denoise.train.pretrain --seed "$1" --pool-only --pool "$2" "${data[@]}" --workers "$(nproc)"; }
 mkdir -p "$out"
-"${train[@]}" --pool-only --pool "$pool" "${data[@]}" --workers "$(nproc)"
+make_pool 0 "$pool"
 pids=()
 "${train[@]}" --pool "$pool" --arch base --window centered --batch 64 --patch 128 --lr 8e-4 --steps 200000 \
   --minutes "$minutes" --out "$out/base.pt" 2>"$out/base.log" & pids+=($!)
@@ -37,11 +39,11 @@ for p in "${pids[@]}"; do wait "$p" || status=1; done
 cont=${CONTINUE_MINUTES:-40}
 if [ "$cont" != 0 ]; then
   pool2=${POOL2:-/tmp/stream_denoise_pool_seed1.npz}
-  stage2=(python -m stream_denoise.train.pretrain --seed 1)
-  "${stage2[@]}" --pool-only --pool "$pool2" "${data[@]}" --workers "$(nproc)"
+  make_pool 1 "$pool2"
   # a distinct --out: fit resumes from OUT's .ckpt, and stage 1 left base.ckpt behind
-  "${stage2[@]}" --pool "$pool2" --arch base --window centered --init "$out/base.pt" --batch 16 --patch 96 \
-    --lr 2e-4 --steps 200000 --minutes "$cont" --out "$out/base-continued.pt" 2>"$out/base-continued.log"
+  python -m stream_denoise.train.pretrain --seed 1 --pool "$pool2" --arch base --window centered \
+    --init "$out/base.pt" --batch 16 --patch 96 --lr 2e-4 --steps 200000 \
+    --minutes "$cont" --out "$out/base-continued.pt" 2>"$out/base-continued.log"
   mv "$out/base-continued.pt" "$out/base.pt"
 fi
 if [ "${EXPORT:-1}" != 0 ]; then
