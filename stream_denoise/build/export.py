@@ -1,7 +1,9 @@
-"""Export a ``.pt`` model to ONNX (opset 17): input ``frames`` (N, 3K, H, W) float, output ``clean``.
+"""Export a ``.pt`` model to ONNX (opset 17): input ``frames`` (N, 3K + P, H, W) float (the window,
+then P noise maps for a noise-aware network), output ``clean``.
 
-The ONNX file carries the window in ``metadata_props`` (frames, target, stride, window, arch) so the
-runtime needs no torch to use it. Height/width/batch are dynamic; H and W must be multiples of stride.
+The ONNX file carries the window in ``metadata_props`` (frames, target, stride, noise_planes, window,
+arch) so the runtime needs no torch to use it. Height/width/batch are dynamic; H and W must be
+multiples of stride.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ def export_onnx(model_path: str | Path, out: str | Path, precision: Literal["fp3
     import onnx
     import torch
 
-    from ..model import STRIDE, load_model
+    from ..model import load_model
 
     model = load_model(model_path)
     dtype = torch.float16 if precision == "fp16" else torch.float32
     model = model.to(dtype)
-    x = torch.rand(1, 3 * model.frames, *sample_hw, dtype=dtype)
+    x = torch.rand(1, model.in_channels, *sample_hw, dtype=dtype)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.onnx")
@@ -42,7 +44,8 @@ def export_onnx(model_path: str | Path, out: str | Path, precision: Literal["fp3
         torch.onnx.export(model, (x,), str(tmp), opset_version=OPSET, input_names=[INPUT], output_names=[OUTPUT],
                           dynamic_axes={INPUT: axes, OUTPUT: axes}, dynamo=False)
     proto = onnx.load(str(tmp))
-    meta = {"frames": model.frames, "target": model.target, "stride": STRIDE,
+    meta = {"frames": model.frames, "target": model.target, "stride": model.stride,
+            "noise_planes": model.arch.noise_planes,
             "window": "causal" if model.target == model.frames - 1 else "centered",
             "arch": json.dumps(model.config()["arch"]), "precision": precision,
             "macs_per_pixel": model.macs_per_pixel(), "source": Path(model_path).name}

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelError
-from .net import Arch, VideoDenoiser
+from .net import Arch, VideoDenoiser, from_v1_state
 
 FORMAT = "stream_denoise/1"
 
@@ -39,8 +39,9 @@ def load_model(path: str | Path, map_location: str = "cpu") -> VideoDenoiser:
         raise ModelError(f"{path} is not a stream_denoise model file (format {FORMAT} expected)")
     try:
         cfg = blob["config"]
-        model = VideoDenoiser(Arch(**cfg["arch"]), cfg["frames"], cfg["target"])
-        model.load_state_dict(blob["state_dict"])
+        v1 = "widths" not in cfg["arch"]
+        model = VideoDenoiser(Arch.from_dict(cfg["arch"]), cfg["frames"], cfg["target"])
+        model.load_state_dict(from_v1_state(blob["state_dict"]) if v1 else blob["state_dict"])
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         raise ModelError(f"{path}: weights do not match the architecture ({exc.__class__.__name__})") from None
     model.meta = blob.get("meta", {})  # type: ignore[assignment]
