@@ -123,6 +123,13 @@ def _shot_read(lin: np.ndarray, spec: NoiseSpec, rng: np.random.Generator) -> np
 
 def compress(clip: np.ndarray, codec: str, bits_per_pixel: float, fps: int = 25) -> np.ndarray:
     """Encode (T,H,W,3) uint8 RGB with H.264/H.265 at a CCTV-like bit rate and decode it back."""
+    return decode(encode(clip, codec, bits_per_pixel, fps))[:, : clip.shape[1], : clip.shape[2]]
+
+
+def encode(clip: np.ndarray, codec: str, bits_per_pixel: float, fps: int = 25) -> bytes:
+    """(T,H,W,3) uint8 RGB -> a Matroska file's bytes, H.264 or H.265 as a camera sends it: no
+    B-frames, a keyframe every 2 s, fast preset, rate-controlled to ``bits_per_pixel``; odd sizes
+    are edge-padded to even."""
     import av
 
     t, h, w, _ = clip.shape
@@ -134,7 +141,6 @@ def compress(clip: np.ndarray, codec: str, bits_per_pixel: float, fps: int = 25)
         stream = out.add_stream("libx264" if codec == "h264" else "libx265", rate=fps)
         stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
         stream.bit_rate = max(int(bits_per_pixel * pw * ph * fps), 20_000)
-        # Camera-like: no B-frames, a keyframe every 2 s, fast preset.
         opts = {"preset": "veryfast", "bf": "0", "g": str(2 * fps)}
         if codec == "h264":
             opts["tune"] = "zerolatency"
@@ -144,25 +150,47 @@ def compress(clip: np.ndarray, codec: str, bits_per_pixel: float, fps: int = 25)
         for img in clip:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")))
         out.mux(stream.encode(None))
-    buf.seek(0)
-    with av.open(buf, "r") as inp:
-        frames = [f.to_ndarray(format="rgb24") for f in inp.decode(video=0)]
-    return np.stack(frames)[:, :h, :w]
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> np.ndarray:
+    """An encoded clip's bytes -> (T,H,W,3) uint8 RGB: PyAV where installed, else OpenCV's FFmpeg
+    (a GPU machine may have only OpenCV)."""
+    try:
+        import av
+    except ImportError:
+        import tempfile
+
+        from .train.corpus import read_frames
+
+        with tempfile.NamedTemporaryFile(suffix=".mkv") as f:
+            f.write(data)
+            f.flush()
+            return read_frames(f.name)
+    with av.open(io.BytesIO(data), "r") as inp:
+        return np.stack([f.to_ndarray(format="rgb24") for f in inp.decode(video=0)])
 
 
 def random_spec(rng: np.random.Generator) -> NoiseSpec:
-    """A random condition from the family above, used to train the default model across ISO levels."""
+    """A random condition of the family above, for pre-training across what cameras deliver:
+
+    * 25 %: Gaussian, sigma log-uniform in 0.5-60 levels;
+    * 65 %: Poisson-Gaussian sensor noise, 30-30 000 photons at full white (log-uniform; ISO
+      ~13-13 000), read noise 0.5-8 e-; Bayer mosaic + demosaicing 60 %; a codec 50 % (H.264
+      80 %, H.265 20 %) at 0.04-0.6 bit/pixel (log-uniform);
+    * 10 %: a nearly clean picture (100 000 photons) through such a codec alone.
+    """
     r = rng.random()
-    if r < 0.3:
-        return NoiseSpec("gaussian", sigma=float(rng.uniform(5, 55)))
-    photons = float(np.exp(rng.uniform(np.log(40), np.log(1500))))
-    mosaic = bool(rng.random() < 0.6)
-    codec = "h264" if rng.random() < 0.5 else None
+    if r < 0.25:
+        return NoiseSpec("gaussian", sigma=float(np.exp(rng.uniform(np.log(0.5), np.log(60)))))
+    clean = r >= 0.9
+    photons = 1e5 if clean else float(np.exp(rng.uniform(np.log(30), np.log(30000))))
+    coded = clean or rng.random() < 0.5
     return NoiseSpec(
         "camera",
         photons=photons,
-        read_noise=float(rng.uniform(1, 6)),
-        mosaic=mosaic,
-        codec=codec,
-        bits_per_pixel=float(rng.uniform(0.06, 0.3)),
+        read_noise=0.5 if clean else float(rng.uniform(0.5, 8)),
+        mosaic=bool(rng.random() < 0.6),
+        codec=("h264" if rng.random() < 0.8 else "hevc") if coded else None,
+        bits_per_pixel=float(np.exp(rng.uniform(np.log(0.04), np.log(0.6)))),
     )

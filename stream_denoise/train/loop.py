@@ -42,7 +42,9 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float | None = None,
         lr: float = 1e-3, seed: int = 0, checkpoint: Path | None = None, checkpoint_every: int = 200,
         resume: bool = True, validate: Callable[[], float] | None = None, validate_every: int = 100,
-        progress: bool = True, bf16: bool = False, average: float = 0.0) -> dict:
+        progress: bool = True, bf16: bool = False, average: float = 0.0,
+        schedule: Callable[[int], float] | None = None, on_step: Callable[[int], None] | None = None,
+        meta: Callable[[], dict] | None = None) -> dict:
     """Adam + cosine decay for ``steps`` steps or ``minutes``, whichever ends first.
 
     The decay follows whichever budget is nearer its end (the step count or the clock), so a run
@@ -55,6 +57,12 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
     autocast with the model in channels-last memory (weights, optimiser and loss stay float32;
     validation runs in float32, so early stopping compares like with like). Returns a summary:
     steps done, seconds, last/best losses.
+
+    For training that accumulates over many runs (``pretrain``): ``schedule(step)`` gives the
+    learning rate's factor at a cumulative step instead of the cosine; ``on_step(step)`` runs
+    before each step's batch is drawn; ``meta()`` is stored in every checkpoint (read it back with
+    ``checkpoint_meta``). A run that resumes from a checkpoint continues bit for bit as the run
+    that wrote it would have (same weights, optimiser, sampler generator and ``meta``).
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -86,7 +94,9 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
     for step in range(start_step, steps):
         done_frac = min(1.0, max(step / steps, (time.monotonic() - t0) / budget))
         for g in opt.param_groups:
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done_frac))
+            g["lr"] = lr * (schedule(step) if schedule else 0.5 * (1 + math.cos(math.pi * done_frac)))
+        if on_step is not None:
+            on_step(step)
         model.train()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = step_loss(rng)
@@ -113,7 +123,7 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
                 best_val, best_state = _keep_best(model, validate, best_val, best_state)
             validated = step
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-            _save(checkpoint, model, opt, rng, step + 1, avg)
+            _save(checkpoint, model, opt, rng, step + 1, avg, meta)
         if elapsed > budget:
             log.info("time budget of %.1f min reached at step %d", minutes, step + 1)
             break
@@ -125,7 +135,7 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
         with _averaged(avg):
             best_val, best_state = _keep_best(model, validate, best_val, best_state)
     if checkpoint is not None:
-        _save(checkpoint, model, opt, rng, done, avg)
+        _save(checkpoint, model, opt, rng, done, avg, meta)
     if best_state is not None:
         model.load_state_dict(best_state)
     elif avg is not None:
@@ -194,14 +204,24 @@ def _keep_best(model: torch.nn.Module, validate: Callable[[], float], best_val: 
 
 
 def _save(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: np.random.Generator, step: int,
-          avg: Average | None = None) -> None:
+          avg: Average | None = None, meta: Callable[[], dict] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state, "step": step}
     if avg is not None:
         state["average"] = avg.state()
+    if meta is not None:
+        state["meta"] = meta()
     torch.save(state, tmp)
     tmp.replace(path)
+
+
+def checkpoint_meta(path: Path) -> tuple[int, dict] | None:
+    """(step, meta) of a checkpoint written by ``fit``, or None where there is none."""
+    if not path.exists():
+        return None
+    state = torch.load(path, weights_only=False, map_location="cpu")
+    return int(state["step"]), dict(state.get("meta", {}))
 
 
 def _bar(total: int, initial: int, enabled: bool):  # type: ignore[no-untyped-def]

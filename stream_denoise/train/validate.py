@@ -1,0 +1,134 @@
+"""The held-out validation of pre-training and its gate.
+
+A fixed set: ``CLIPS`` clips of the corpus's validation split (photos with synthetic motion and the
+held-out end of a real clip; never a benchmark clip), each under every condition of ``CONDITIONS``
+(clean, Gaussian, sensor noise across ISO levels with and without Bayer demosaicing, H.264/H.265 at
+CCTV bit rates) with a fixed seed. For a model it reports per condition the PSNR of the centre
+frames (8-bit, clipped, as the product writes them), the noisy input's PSNR, and the mean error
+where the clean value is below 32 (dark regions: a denoiser must not shift their mean).
+
+The gate (``better``) keeps a candidate only if its mean PSNR over the conditions beats the
+shipped model's and it is not below the noisy input on a condition where the shipped one was not.
+Conditions with a codec need PyAV; without it they are left out (and the report says so).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..noise import NoiseSpec, add_noise
+from .corpus import Corpus
+from .pool import PoolSpec, clean_clip, has_codecs
+
+log = logging.getLogger(__name__)
+
+CLIPS, FRAMES, SIZE, SEED = 16, 9, 192, 20261204
+CONDITIONS: dict[str, NoiseSpec | None] = {
+    "clean": None,
+    "gauss5": NoiseSpec("gaussian", sigma=5),
+    "gauss15": NoiseSpec("gaussian", sigma=15),
+    "gauss30": NoiseSpec("gaussian", sigma=30),
+    "gauss50": NoiseSpec("gaussian", sigma=50),
+    "iso100": NoiseSpec("camera", photons=4000, read_noise=2),
+    "iso1600": NoiseSpec("camera", photons=250, read_noise=3),
+    "iso6400": NoiseSpec("camera", photons=62.5, read_noise=4),
+    "iso1600-bayer": NoiseSpec("camera", photons=250, read_noise=3, mosaic=True),
+    "cctv": NoiseSpec("camera", photons=150, read_noise=3, mosaic=True, codec="h264", bits_per_pixel=0.1),
+    "cctv-day": NoiseSpec("camera", photons=2000, read_noise=2, mosaic=True, codec="h264", bits_per_pixel=0.15),
+    "hevc-night": NoiseSpec("camera", photons=100, read_noise=4, mosaic=True, codec="hevc", bits_per_pixel=0.08),
+}
+
+
+@dataclass
+class ValidationSet:
+    names: list[str]
+    noisy: dict[str, np.ndarray]  # (N, FRAMES, S, S, 3) uint8 per condition
+    clean: np.ndarray  # (N, S, S, 3) uint8: the centre frames
+    hash: str
+
+
+def build(corpus: Corpus) -> ValidationSet:
+    spec = PoolSpec(seed=SEED, generation=0, clips=CLIPS, frames=FRAMES, size=SIZE, split="val")
+    clips = [clean_clip(corpus, spec, i)[0] for i in range(CLIPS)]
+    coder = has_codecs()
+    noisy: dict[str, np.ndarray] = {}
+    for c, (name, cond) in enumerate(CONDITIONS.items()):
+        if cond is not None and cond.codec is not None and not coder:
+            log.warning("validation: %s left out (needs PyAV for its codec)", name)
+            continue
+        noisy[name] = np.stack([clip if cond is None else add_noise(clip, cond, np.random.default_rng([SEED, c, i]))
+                                for i, clip in enumerate(clips)])
+    return ValidationSet(list(noisy), noisy, np.stack([c[FRAMES // 2] for c in clips]), corpus.hash)
+
+
+def _windows(noisy: np.ndarray, model: torch.nn.Module) -> np.ndarray:
+    """(N, in_channels, S, S) float32: the window centred on each clip's middle frame, then its maps."""
+    from .. import noise_level
+
+    k, t = model.frames, model.target
+    mid = noisy.shape[1] // 2
+    frames = noisy[:, mid - t : mid - t + k]  # centred: t = k//2; causal: the k frames ending at mid
+    x = frames.transpose(0, 1, 4, 2, 3).reshape(len(noisy), 3 * k, *noisy.shape[2:4]).astype(np.float32) / 255
+    planes = model.in_channels - 3 * k
+    if planes:
+        maps = np.stack([noise_level.level_map(n[mid], noise_level.estimate_clip(n)) for n in noisy])
+        x = np.concatenate([x, maps[:, :planes]], axis=1)
+    return x
+
+
+def score(model: torch.nn.Module, vset: ValidationSet, batch: int = 8) -> dict[str, dict[str, float]]:
+    """Per condition: psnr, noisy_psnr, dark_bias (mean error in levels where clean < 32)."""
+    model.eval()
+    device = next(model.parameters()).device
+    clean = vset.clean.astype(np.float32)
+    dark = clean.mean(axis=3) < 32
+    out: dict[str, dict[str, float]] = {}
+    for name in vset.names:
+        noisy = vset.noisy[name]
+        x = _windows(noisy, model)
+        ys = []
+        with torch.no_grad():
+            for i in range(0, len(x), batch):
+                y = model(torch.from_numpy(x[i : i + batch]).to(device)).float().cpu().numpy()
+                ys.append(y)
+        y = np.clip(np.round(np.concatenate(ys).transpose(0, 2, 3, 1) * 255), 0, 255)
+        centre = noisy[:, noisy.shape[1] // 2].astype(np.float32)
+        err = y - clean
+        out[name] = {"psnr": _psnr(y, clean), "noisy_psnr": _psnr(centre, clean),
+                     "dark_bias": float(err.mean(axis=3)[dark].mean()) if dark.any() else 0.0}
+    return out
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = ((a - b) ** 2).reshape(len(a), -1).mean(axis=1)
+    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+
+
+def mean_psnr(report: dict[str, dict[str, float]]) -> float:
+    return float(np.mean([r["psnr"] for r in report.values()]))
+
+
+def better(candidate: dict[str, dict[str, float]], shipped: dict[str, dict[str, float]]) -> tuple[bool, str]:
+    """The gate: (keep the candidate?, why)."""
+    common = [n for n in candidate if n in shipped]
+    gain = float(np.mean([candidate[n]["psnr"] - shipped[n]["psnr"] for n in common]))
+    worse = [n for n in common if candidate[n]["psnr"] < candidate[n]["noisy_psnr"] <= shipped[n]["psnr"]]
+    if worse:
+        return False, f"below the noisy input on {', '.join(worse)} (mean gain {gain:+.3f} dB)"
+    if gain <= 0:
+        return False, f"mean PSNR {gain:+.3f} dB against the shipped model"
+    return True, f"mean PSNR {gain:+.3f} dB against the shipped model over {len(common)} conditions"
+
+
+def table(report: dict[str, dict[str, float]], other: dict[str, dict[str, float]] | None = None) -> str:
+    """A text table of a report (and its difference to ``other``)."""
+    rows = [f"{'condition':14s} {'noisy':>7s} {'psnr':>7s} {'dark':>6s}" + ("   delta" if other else "")]
+    for n, r in report.items():
+        d = f" {r['psnr'] - other[n]['psnr']:+7.2f}" if other and n in other else ""
+        rows.append(f"{n:14s} {r['noisy_psnr']:7.2f} {r['psnr']:7.2f} {r['dark_bias']:+6.2f}{d}")
+    rows.append(f"{'mean':14s} {'':7s} {mean_psnr(report):7.2f}")
+    return "\n".join(rows)
