@@ -22,6 +22,7 @@ recent readings, so the map follows day/night and gain changes within seconds. n
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import numpy as np
 
@@ -99,6 +100,22 @@ def level_map(frame: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
     """(PLANES, H, W) float32 noise map of a (H, W, 3) uint8 RGB frame, for noise of ``sigmas``
     (``estimate``'s shape)."""
     return lut(sigmas)[:, luma(frame)]
+
+
+def level_map_torch(frames: Any, luts: Any) -> Any:
+    """``level_map`` for a batch on any torch device: frames (N, H, W, 3) RGB as float 8-bit values
+    (or uint8), luts (N, PLANES, 256) (``lut``) -> (N, PLANES, H, W) float32. Luma as OpenCV's
+    fixed-point RGB2GRAY and its 3x3 box blur (edges reflected; OpenCV reflects them without the
+    edge pixel: maps agree except on the border pixels)."""
+    import torch
+    import torch.nn.functional as F
+
+    w = torch.tensor([9798.0, 19235.0, 3735.0], device=frames.device)
+    g = torch.div(frames.float() @ w + 16384, 32768, rounding_mode="floor")[:, None]
+    g = F.avg_pool2d(F.pad(g, (1, 1, 1, 1), mode="reflect"), 3, 1)
+    idx = g.round().clamp_(0, 255).long()  # (N, 1, H, W)
+    n, planes = luts.shape[:2]
+    return torch.gather(luts, 2, idx.flatten(1)[:, None].expand(n, planes, -1)).view(n, planes, *idx.shape[2:])
 
 
 class NoiseTracker:

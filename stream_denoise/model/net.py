@@ -1,9 +1,10 @@
 """A multi-frame U-Net that denoises the centre (or last) frame of a K-frame window.
 
-Input ``x``: (N, 3*K + P, H, W) float32, frames oldest -> newest, each RGB in [0, 1], then for a
-noise-aware network P = ``Arch.noise_planes`` noise level maps (``stream_denoise.noise_level``: the
-noise's standard deviation at each pixel as measured at each scale, in units of
-``noise_level.MAP_SCALE`` 8-bit levels). H and W are multiples of the network's ``stride``
+Input ``x``: (N, K*(3 + P), H, W) float32, frames oldest -> newest, each as its RGB in [0, 1]
+followed, for a noise-aware network, by its P = ``Arch.noise_planes`` noise level maps
+(``stream_denoise.noise_level``: the noise's standard deviation at each pixel as measured at each
+scale, in units of ``noise_level.MAP_SCALE`` 8-bit levels). Each frame's block is contiguous, so a
+window of a stream is K consecutive frame blocks and the runtime binds it without assembling it. H and W are multiples of the network's ``stride``
 (2 ** levels). Output: (N, 3, H, W), the clean estimate of frame ``target`` (K//2 for a centered
 window, K-1 for a causal one).
 
@@ -39,7 +40,7 @@ class Arch:
     convs after the downsampling to level l (l = 1 .. levels-1); mid: 3x3 convs at the deepest
     level; dec[l]: 3x3 convs at level l on the way up (l = 0 .. levels-1); stem: a 3x3 conv at
     full resolution before the first downsampling (its features are added back at level 0);
-    noise_planes: input channels after the frames carrying the noise level maps."""
+    noise_planes: channels after each frame's RGB carrying its noise level maps."""
 
     widths: tuple[int, ...]
     enc: tuple[int, ...]
@@ -111,7 +112,8 @@ class VideoDenoiser(nn.Module):
         self.target = frames // 2 if target is None else target
         if not 0 <= self.target < frames:
             raise ValueError(f"target {self.target} outside window of {frames}")
-        self.in_channels = 3 * frames + arch.noise_planes
+        self.block = 3 + arch.noise_planes  # channels per frame
+        self.in_channels = frames * self.block
         self.stride = 2 ** arch.levels
         w, relu = arch.widths, nn.ReLU(inplace=True)
         self.stem = nn.Sequential(nn.Conv2d(self.in_channels, w[0], 3, padding=1), relu) if arch.stem else nn.Identity()
@@ -125,8 +127,8 @@ class VideoDenoiser(nn.Module):
         self.out = nn.Conv2d(w[0] + 3, 3, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.target
-        centre = x[:, 3 * t : 3 * t + 3]
+        c = self.block * self.target
+        centre = x[:, c : c + 3]
         h = self.stem(x)
         skips = [h] if self.arch.stem else []
         for l, down in enumerate(self.downs):

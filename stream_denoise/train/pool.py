@@ -211,9 +211,9 @@ def _dihedral(patch: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Sampler:
-    """Training windows cut on ``device`` from a pool: (N, 3K + PLANES, P, P) float32 inputs (the
-    window's frames in [0, 1], then the noise maps of the target frame) and (N, 3, P, P) clean
-    target frames. Windows reflect at a clip's ends without repeating the target frame
+    """Training windows cut on ``device`` from a pool: (N, K * (3 + PLANES), P, P) float32 inputs
+    (each frame of the window in [0, 1] followed by its noise maps: ``net`` describes the layout)
+    and (N, 3, P, P) clean target frames. Windows reflect at a clip's ends without repeating the target frame
     (``buffer.reflect_indices``); augmentation: the eight dihedral transforms and, for centered
     windows, time reversal; the noise maps are jittered by a random factor (``jitter``, log-std)
     so the network tolerates the spread of live readings. One gather per batch."""
@@ -252,18 +252,8 @@ class Sampler:
         fr = torch.from_numpy(win).to(dev)
         w = self.noisy[jt[:, None, None, None], fr[:, :, None, None], Y[:, None], X[:, None]]  # (B, K, P, P, 3)
         c = self.clean[jt[:, None, None], torch.from_numpy(t).to(dev)[:, None, None], Y, X]  # (B, P, P, 3)
-        centre = w[:, target].float()
-        maps = self._maps(centre, jt) * torch.from_numpy(gain).to(dev)[:, None, None, None]
-        x = w.permute(0, 1, 4, 2, 3).reshape(batch, 3 * frames, patch, patch).float().div_(255)
-        return torch.cat([x, maps], dim=1), c.permute(0, 3, 1, 2).float().div_(255)
-
-    def _maps(self, centre: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        """Noise maps (B, PLANES, P, P) of the target frames (B, P, P, 3) float in 8-bit units,
-        as ``noise_level.level_map`` makes them (luma as OpenCV's RGB2GRAY, 3x3 box, rounded)."""
-        w = torch.tensor([9798.0, 19235.0, 3735.0], device=centre.device)  # OpenCV's fixed-point RGB2GRAY
-        g = torch.div(centre @ w + 16384, 32768, rounding_mode="floor")[:, None]
-        g = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(g, (1, 1, 1, 1), mode="reflect"), 3, 1)
-        idx = g.round().clamp_(0, 255).long()  # (B, 1, P, P)
-        lut = self.luts[j]  # (B, PLANES, 256)
-        b, planes = lut.shape[:2]
-        return torch.gather(lut, 2, idx.flatten(1)[:, None].expand(b, planes, -1)).view(b, planes, *idx.shape[2:])
+        k, planes = frames, self.luts.shape[1]
+        maps = noise_level.level_map_torch(w.flatten(0, 1), self.luts[jt].repeat_interleave(k, 0))  # (B*K, P, p, p)
+        maps = maps.view(batch, k, planes, patch, patch) * torch.from_numpy(gain).to(dev)[:, None, None, None, None]
+        x = torch.cat([w.permute(0, 1, 4, 2, 3).float().div_(255), maps], dim=2)  # (B, K, 3 + P, p, p)
+        return x.reshape(batch, k * (3 + planes), patch, patch), c.permute(0, 3, 1, 2).float().div_(255)

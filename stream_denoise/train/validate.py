@@ -66,18 +66,19 @@ def build(corpus: Corpus) -> ValidationSet:
 
 
 def _windows(noisy: np.ndarray, model: torch.nn.Module) -> np.ndarray:
-    """(N, in_channels, S, S) float32: the window centred on each clip's middle frame, then its maps."""
+    """(N, K * (3 + P), S, S) float32: the window centred on (causal: ending at) each clip's middle
+    frame, each frame followed by its noise maps for the clip's reading (``net``'s layout)."""
     from .. import noise_level
 
-    k, t = model.frames, model.target
+    k, t, planes = model.frames, model.target, model.arch.noise_planes
     mid = noisy.shape[1] // 2
-    frames = noisy[:, mid - t : mid - t + k]  # centred: t = k//2; causal: the k frames ending at mid
-    x = frames.transpose(0, 1, 4, 2, 3).reshape(len(noisy), 3 * k, *noisy.shape[2:4]).astype(np.float32) / 255
-    planes = model.in_channels - 3 * k
+    frames = noisy[:, mid - t : mid - t + k]  # (N, K, S, S, 3)
+    x = frames.transpose(0, 1, 4, 2, 3).astype(np.float32) / 255  # (N, K, 3, S, S)
     if planes:
-        maps = np.stack([noise_level.level_map(n[mid], noise_level.estimate_clip(n)) for n in noisy])
-        x = np.concatenate([x, maps[:, :planes]], axis=1)
-    return x
+        maps = np.stack([np.stack([noise_level.level_map(f, sig)[:planes] for f in clip])
+                         for clip, sig in zip(frames, (noise_level.estimate_clip(n) for n in noisy))])
+        x = np.concatenate([x, maps], axis=2)
+    return np.ascontiguousarray(x.reshape(len(noisy), -1, *noisy.shape[2:4]))
 
 
 def score(model: torch.nn.Module, vset: ValidationSet, batch: int = 8) -> dict[str, dict[str, float]]:

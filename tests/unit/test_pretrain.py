@@ -103,8 +103,10 @@ def test_sampler_cuts_windows_targets_and_noise_maps_together(tiny_corpus: corpu
     sampler = pool_mod.Sampler(pool, torch.device("cpu"), jitter=0.0)
     k, target, patch, n = 5, 2, 48, 32
     x, c = sampler.sample(n, k, target, patch, np.random.default_rng(7))
-    assert x.shape == (n, 3 * k + noise_level.PLANES, patch, patch) and c.shape == (n, 3, patch, patch)
-    x8 = (x[:, : 3 * k] * 255).round().to(torch.uint8).numpy()
+    block = 3 + noise_level.PLANES  # each frame: RGB, then its maps
+    assert x.shape == (n, k * block, patch, patch) and c.shape == (n, 3, patch, patch)
+    xb = x.view(n, k, block, patch, patch)
+    x8 = (xb[:, :, :3] * 255).round().to(torch.uint8).numpy()
     c8 = (c * 255).round().to(torch.uint8).numpy()
     ys, xs = pool_mod._dihedral(patch)
     for b in range(n):  # find the clip, frame and transform that explain the sample (a still clip repeats frames)
@@ -112,12 +114,16 @@ def test_sampler_cuts_windows_targets_and_noise_maps_together(tiny_corpus: corpu
         for j, t, d in np.ndindex(spec.clips, spec.frames, 8):
             if not np.array_equal(pool.clean[j, t][ys[d], xs[d]].transpose(2, 0, 1), c8[b]):
                 continue
-            win = [pool.noisy[j, f][ys[d], xs[d]].transpose(2, 0, 1) for f in reflect_indices(t, k, target, spec.frames)]
-            if not (np.array_equal(x8[b], np.concatenate(win)) or np.array_equal(x8[b], np.concatenate(win[::-1]))):
+            idx = reflect_indices(t, k, target, spec.frames)
+            win = np.stack([pool.noisy[j, f][ys[d], xs[d]].transpose(2, 0, 1) for f in idx])
+            if np.array_equal(x8[b], win[::-1]) and not np.array_equal(x8[b], win):
+                idx = idx[::-1]
+            elif not np.array_equal(x8[b], win):
                 continue
-            ref = noise_level.level_map(pool.noisy[j, t], pool.sigmas[j])[:, ys[d], xs[d]]
             inner = (slice(None), slice(1, -1), slice(1, -1))  # borders: the map's 3x3 blur pads differently
-            np.testing.assert_allclose(x[b, 3 * k :].numpy()[inner], ref[inner], atol=1e-6)
+            for slot, f in enumerate(idx):  # every frame carries its own maps
+                ref = noise_level.level_map(pool.noisy[j, f], pool.sigmas[j])[:, ys[d], xs[d]]
+                np.testing.assert_allclose(xb[b, slot, 3:].numpy()[inner], ref[inner], atol=1e-6)
             found = True
             break
         assert found, f"sample {b} is no clip's frame"
@@ -211,8 +217,12 @@ def test_models_of_the_first_generation_still_load_and_compute_the_same(tmp_path
 
 def test_noise_aware_networks_take_maps_and_their_stride():
     base, lite = create_model("base"), create_model("lite")
-    assert (base.in_channels, base.stride, lite.in_channels, lite.stride) == (17, 8, 17, 4)
+    assert (base.in_channels, base.stride, lite.in_channels, lite.stride) == (25, 8, 25, 4)
     assert 1.0e6 < base.param_count() < 1.4e6 and lite.macs_per_pixel() < 4500
     with torch.no_grad():
-        assert base(torch.rand(2, 17, 40, 56)).shape == (2, 3, 40, 56)
+        x = torch.rand(2, 25, 40, 56)
+        assert base(x).shape == (2, 3, 40, 56)
+        base.out.weight.zero_()
+        base.out.bias.zero_()  # the residual alone: the output is the target frame's RGB (frame 2, channels 10-12)
+        assert torch.equal(base(x), x[:, 10:13])
     json.dumps(base.config())  # model files store it
