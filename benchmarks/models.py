@@ -130,19 +130,23 @@ def supervised(init: Path, noisy: np.ndarray, clean: np.ndarray, out: Path, minu
     (same batch, patch, learning rate, steps and minutes as the fine-tuning defaults)."""
     import torch
 
+    from stream_denoise import noise_level
     from stream_denoise.model import load_model, save_model
-    from stream_denoise.train.data import Pair, sample_windows, to_input
+    from stream_denoise.planes import window_input
+    from stream_denoise.train.data import Pair, sample_windows
     from stream_denoise.train.loop import fit, use_bf16
 
     torch.set_num_threads(threads)
     model = load_model(init)
     pool = [Pair(noisy, clean)]
     patch = min(patch, min(noisy.shape[1:3]) // 4 * 4)
+    sigmas = noise_level.estimate_clip(noisy, n=8)  # as fine_tune reads the recording
 
     def step_loss(r: np.random.Generator) -> torch.Tensor:
         x, c, _ = sample_windows(pool, batch, model.frames, model.target, patch, r)
         assert c is not None
-        return torch.nn.functional.mse_loss(model(torch.from_numpy(to_input(x))), torch.from_numpy(to_input(c[:, None])))
+        target = torch.from_numpy(np.ascontiguousarray(c.transpose(0, 3, 1, 2), dtype=np.float32) / 255)
+        return torch.nn.functional.mse_loss(model(torch.from_numpy(window_input(x, model.layout, sigmas))), target)
 
     summary = fit(model, step_loss, steps=steps, minutes=minutes, lr=lr, seed=seed, checkpoint=None, progress=False,
                   bf16=use_bf16("auto", torch.device("cpu")))  # the same arithmetic as fine_tune on this machine

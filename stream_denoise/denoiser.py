@@ -1,10 +1,12 @@
 """Frames in, denoised frames out: window assembly, pre/post-processing and one backend call.
 
-Pre-processing (the only place it happens): K frames (H, W, 3) uint8 RGB -> (N, 3K, Hp, Wp)
-float32 in [0, 1], padded by reflection at the bottom/right to the network's stride. Each frame is
+Pre- and post-processing are ``planes``'s (the network's ``Layout``): each frame becomes one block
+(RGB in [0, 1], then its noise maps for a noise-aware network, reflect-padded to the stride),
 converted once, into a slot of the :class:`PlaneSlab`, and the windows of a stream in order are
 views of it (no window is copied together); only windows at stream edges or of interleaved
-cameras are assembled. Post-processing: crop back to (H, W), clip, round to uint8 RGB.
+cameras are assembled. The noise maps come from a :class:`noise_level.NoiseTracker` that re-reads
+the stream every few frames, so they follow the camera's gain. Post-processing: crop back to
+(H, W), clip, round to uint8 RGB.
 
 On a GPU backend (``cuda``, ``tensorrt``: those with ``device_windows``) the same steps run on the
 GPU instead (``backends.gpu.GpuWindowRunner``): each frame goes up once as uint8, its plane stays
@@ -26,7 +28,9 @@ import numpy as np
 from .backends import Backend
 from .buffer import TemporalBuffer
 from .errors import ConfigError
-from .frame import Frame, check_pixels
+from .frame import Frame
+from .noise_level import NoiseTracker
+from .planes import Layout, frame_block, to_uint8_rgb
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ class Denoiser:
                               f"use a {window} model (e.g. lite-causal)")
         self.backend = backend
         self.window = model_window
+        self.layout = Layout(backend.frames, backend.target, backend.stride, backend.noise_planes)
+        self.noise = NoiseTracker() if self.layout.noise_planes else None
         self.buffer = TemporalBuffer(backend.frames, backend.target)
         self.times = StageTimes()
         self._slab = PlaneSlab(3 * backend.frames + 2)
@@ -107,6 +113,10 @@ class Denoiser:
         self.assembled += 1
         return self._infer_post(x, frames[0].shape[:2], t0)[0]
 
+    def _sigmas(self, pixels: np.ndarray) -> np.ndarray | None:
+        """The stream's current noise reading (the tracker sees every frame once), None without maps."""
+        return None if self.noise is None else self.noise.update(pixels)
+
     def _run(self, ready: list[tuple[Frame, list[Frame]]]) -> list[Frame]:
         """Denoise (target, window) pairs, one backend call per run of same-size windows."""
         done: list[Frame] = []
@@ -133,19 +143,20 @@ class Denoiser:
         keys = [[(self._epoch, *_key(f)) for f in w] for w in windows]
         runner.reserve(len({k for ks in keys for k in ks}))
         for w, ks in zip(windows, keys):
-            for f, k in zip(w, ks):
-                runner.upload(k, f.pixels)
+            for f, k in zip(w, ks):  # a frame already there is only touched (its noise reading was taken)
+                runner.upload(k, f.pixels, None if k in runner else self._sigmas(f.pixels))
         t1 = time.perf_counter()
         images = runner.denoise_many(keys)
         self.times.record(t1 - t0, time.perf_counter() - t1, 0.0, len(images))
         return images
 
     def _window_input(self, windows: list[list[Frame]]) -> np.ndarray:
-        """The (N, 3K, Hp, Wp) input of these windows: a view of the slab when each window is K
+        """The (N, K * block, Hp, Wp) input of these windows: a view of the slab when each window is K
         consecutive planes and each starts one plane after the previous (a stream in order), else
         a copy into the assembly buffer (stream edges reflect; several cameras interleave)."""
         frames = sorted({_key(f): f for w in windows for f in w}.values(), key=_key)  # stream order
-        self._slab.hold(frames, self._padded(*windows[0][0].pixels.shape[:2]), lambda f, out: self._plane(f.pixels, out))
+        shape = (self.layout.block, *self.layout.padded(*windows[0][0].pixels.shape[:2]))
+        self._slab.hold(frames, shape, lambda f, out: self._plane(f.pixels, out))
         starts = [self._slab.start([_key(f) for f in w]) for w in windows]
         if None not in starts and starts == list(range(starts[0], starts[0] + len(windows))):
             return self._slab.windows(starts[0], len(windows), self.backend.frames)  # type: ignore[arg-type]
@@ -154,30 +165,19 @@ class Denoiser:
                                 for f in w] for w in windows])
 
     def _plane(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """(H, W, 3) uint8 -> (3, Hp, Wp) float32 in [0, 1], reflect-padded to the stride (into ``out``)."""
-        check_pixels(pixels)
-        h, w = pixels.shape[:2]
-        hp, wp = self._padded(h, w)
-        plane = np.empty((3, hp, wp), np.float32) if out is None else out
-        np.multiply(pixels.transpose(2, 0, 1), np.float32(1 / 255), out=plane[:, :h, :w], casting="unsafe")
-        if hp > h:
-            plane[:, h:, :w] = _reflect(plane[:, :h, :w], hp - h, axis=1)
-        if wp > w:
-            plane[:, :, w:] = _reflect(plane[:, :, :w], wp - w, axis=2)
-        return plane
-
-    def _padded(self, h: int, w: int) -> tuple[int, int]:
-        s = self.backend.stride
-        return -(-h // s) * s, -(-w // s) * s
+        """(H, W, 3) uint8 -> the frame's (block, Hp, Wp) float32 input block (into ``out``)."""
+        return frame_block(pixels, self.layout, self._sigmas(pixels), out)
 
     def _assemble(self, windows: list[list[np.ndarray]]) -> np.ndarray:
-        """Windows of planes -> a copy in the (N, 3K, Hp, Wp) assembly buffer (reused while the shape holds)."""
-        shape = (len(windows), 3 * len(windows[0]), *windows[0][0].shape[1:])
+        """Windows of frame blocks -> a copy in the (N, K * block, Hp, Wp) assembly buffer (reused
+        while the shape holds)."""
+        b = self.layout.block
+        shape = (len(windows), b * len(windows[0]), *windows[0][0].shape[1:])
         if self._input is None or self._input.shape != shape:
             self._input = np.empty(shape, np.float32)
-        for n, planes in enumerate(windows):
-            for k, p in enumerate(planes):
-                self._input[n, 3 * k : 3 * k + 3] = p
+        for n, blocks in enumerate(windows):
+            for k, p in enumerate(blocks):
+                self._input[n, b * k : b * k + b] = p
         return self._input
 
     def _infer_post(self, x: np.ndarray, hw: tuple[int, int], t0: float) -> list[np.ndarray]:
@@ -193,19 +193,6 @@ class Denoiser:
         return out
 
 
-def to_uint8_rgb(chw: np.ndarray) -> np.ndarray:
-    """(3, H, W) float32 in [0, 1] -> (H, W, 3) uint8, rounded (x*255 + 0.5, clipped, truncated).
-    Works in place on ``chw``. Channel by channel, then one interleave: a strided transpose of
-    floats costs 3x more (0.75 vs 0.2 ms at 640x360)."""
-    import cv2  # lazy: importing the package stays light
-
-    np.multiply(chw, 255.0, out=chw)
-    np.add(chw, 0.5, out=chw)
-    np.clip(chw, 0.0, 255.0, out=chw)
-    u8 = chw.astype(np.uint8)  # truncation of x + 0.5 == rounding
-    return cv2.merge([u8[0], u8[1], u8[2]]) if len(u8) == 3 else np.ascontiguousarray(u8.transpose(1, 2, 0))
-
-
 _EPOCHS = itertools.count()
 
 
@@ -214,8 +201,8 @@ def _key(f: Frame) -> tuple[str, int, int]:
 
 
 class PlaneSlab:
-    """Normalised planes (3, Hp, Wp) of recent frames in arrival order in one float32 array of
-    ``capacity`` slots: K planes in consecutive slots are one contiguous (3K, Hp, Wp) window, bound
+    """Frame blocks (C, Hp, Wp) of recent frames in arrival order in one float32 array of
+    ``capacity`` slots: K blocks in consecutive slots are one contiguous (K*C, Hp, Wp) window, bound
     to the backend as it is, so a window costs no assembly copy (each frame is converted once,
     straight into its slot). When the slab is full the planes still needed move to the front: a
     few plane copies every ``capacity - K`` frames."""
@@ -235,12 +222,12 @@ class PlaneSlab:
         assert self._slab is not None
         return self._slab[self._slot[key]]
 
-    def hold(self, frames: Sequence[Frame], shape: tuple[int, int], fill: Callable[[Frame, np.ndarray], object]) -> None:
-        """Make the slab hold the planes of ``frames`` (distinct, oldest first), keeping the ones it
-        has; the oldest planes that are not among them go. If more frames are new than fit, the
-        oldest new ones are left out (their windows are assembled)."""
-        if self._slab is None or self._slab.shape[2:] != shape:
-            self._slab = np.empty((self.capacity, 3, *shape), np.float32)
+    def hold(self, frames: Sequence[Frame], shape: tuple[int, int, int], fill: Callable[[Frame, np.ndarray], object]) -> None:
+        """Make the slab hold the blocks (``shape``: C, Hp, Wp) of ``frames`` (distinct, oldest
+        first), keeping the ones it has; the oldest blocks that are not among them go. If more
+        frames are new than fit, the oldest new ones are left out (their windows are assembled)."""
+        if self._slab is None or self._slab.shape[1:] != shape:
+            self._slab = np.empty((self.capacity, *shape), np.float32)
             self._slot.clear()
         new = [f for f in frames if _key(f) not in self._slot][-self.capacity :]
         used = len(self._slot)
@@ -262,15 +249,8 @@ class PlaneSlab:
         return slots[0]
 
     def windows(self, start: int, n: int, k: int) -> np.ndarray:
-        """(n, 3k, Hp, Wp) view: row i is slots start+i .. start+i+k-1 (each row contiguous)."""
+        """(n, k*C, Hp, Wp) view: row i is slots start+i .. start+i+k-1 (each row contiguous)."""
         assert self._slab is not None and start + n - 1 + k <= self.capacity
         s = self._slab.strides
-        return np.lib.stride_tricks.as_strided(self._slab[start:], (n, 3 * k, *self._slab.shape[2:]),
+        return np.lib.stride_tricks.as_strided(self._slab[start:], (n, k * self._slab.shape[1], *self._slab.shape[2:]),
                                                (s[0], s[1], s[2], s[3]), writeable=False)
-
-
-def _reflect(a: np.ndarray, n: int, axis: int) -> np.ndarray:
-    """The n rows/cols after the end of ``a`` along axis, mirrored without repeating the edge."""
-    size = a.shape[axis]
-    idx = np.array([size - 2 - (i % max(size - 1, 1)) for i in range(n)]).clip(0, size - 1)
-    return np.take(a, idx, axis=axis)

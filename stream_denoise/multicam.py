@@ -63,7 +63,7 @@ class _Request:
     rows: int  # windows in this request: one, or a few from one camera (its flush)
     x: np.ndarray | None = None  # host path: (rows, 3K, H, W) float32
     windows: list[list[Hashable]] | None = None  # device-window path: frame keys of each window...
-    pixels: dict[Hashable, np.ndarray] | None = None  # ...and those frames, (H, W, 3) uint8
+    pixels: dict[Hashable, tuple[np.ndarray, np.ndarray | None]] | None = None  # ...those frames, (H, W, 3) uint8, and noise readings
     at: float = field(default_factory=time.monotonic)  # when it was submitted
     done: threading.Event = field(default_factory=threading.Event)
     result: np.ndarray | list[np.ndarray] | None = None
@@ -116,8 +116,9 @@ class BatchingBackend:
     def _submit(self, x: np.ndarray) -> np.ndarray:
         return self._wait(_Request((x.shape[1:], x.dtype), x.shape[0], x=x))  # type: ignore[return-value]
 
-    def _submit_windows(self, windows: list[list[Hashable]], pixels: dict[Hashable, np.ndarray]) -> list[np.ndarray]:
-        hw = next(iter(pixels.values())).shape[:2]
+    def _submit_windows(self, windows: list[list[Hashable]],
+                        pixels: dict[Hashable, tuple[np.ndarray, np.ndarray | None]]) -> list[np.ndarray]:
+        hw = next(iter(pixels.values()))[0].shape[:2]
         return self._wait(_Request(("windows", hw), len(windows), windows=windows, pixels=pixels))  # type: ignore[return-value]
 
     def _wait(self, req: _Request) -> np.ndarray | list[np.ndarray]:
@@ -214,8 +215,8 @@ class BatchingBackend:
         k = len(windows[0])
         runner.reserve(max(len({key for w in windows for key in w}), self._clients * (k + 1)))
         for r in group:
-            for key, pixels in (r.pixels or {}).items():
-                runner.upload(key, pixels)  # once per frame: a frame already there is only touched
+            for key, (pixels, sigmas) in (r.pixels or {}).items():
+                runner.upload(key, pixels, sigmas)  # once per frame: a frame already there is only touched
         step = getattr(self.backend, "max_batch", None) or len(windows)
         return [y for i in range(0, len(windows), step) for y in runner.denoise_many(windows[i : i + step])]
 
@@ -241,10 +242,11 @@ class BatchClient:
         self._owner = owner
         b = owner.backend
         self.name, self.frames, self.target, self.stride = b.name, b.frames, b.target, b.stride
+        self.noise_planes = b.noise_planes
         self.device_windows = bool(getattr(b, "device_windows", False))
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """x: (n, 3K, H, W) float32 -> (n, 3, H, W) float32, computed in a batch with other cameras."""
+        """x: (n, K * block, H, W) float32 -> (n, 3, H, W) float32, computed in a batch with other cameras."""
         return self._owner._submit(x)
 
     def window_runner(self) -> _SharedWindows:
@@ -271,14 +273,17 @@ class _SharedWindows:
 
     def __init__(self, owner: BatchingBackend) -> None:
         self._owner = owner
-        self._pixels: dict[Hashable, np.ndarray] = {}
+        self._pixels: dict[Hashable, tuple[np.ndarray, np.ndarray | None]] = {}
+
+    def __contains__(self, key: Hashable) -> bool:
+        return False  # the Denoiser hands over every frame of its windows; the shared runner keeps what it has
 
     def reserve(self, planes: int) -> None:
         """The shared runner reserves for the whole batch."""
 
-    def upload(self, key: Hashable, pixels: np.ndarray) -> None:
+    def upload(self, key: Hashable, pixels: np.ndarray, sigmas: np.ndarray | None = None) -> None:
         check_pixels(pixels)  # a bad frame fails this camera here, not the batch it would join
-        self._pixels[key] = pixels
+        self._pixels[key] = (pixels, sigmas)
 
     def denoise_many(self, windows: Sequence[Sequence[Hashable]]) -> list[np.ndarray]:
         pixels, self._pixels = self._pixels, {}

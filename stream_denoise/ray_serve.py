@@ -80,14 +80,36 @@ def last_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def to_wire(x: np.ndarray) -> np.ndarray:
-    """A pre-processed window (float32, multiples of 1/255) -> the uint8 pixels it was made from."""
-    return np.rint(x * 255).astype(np.uint8)
+Wire = np.ndarray | tuple[np.ndarray, np.ndarray]
 
 
-def from_wire(u: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 in [0, 1], the same arithmetic as :meth:`Denoiser._plane` (bit-identical)."""
-    return np.multiply(u, _SCALE, dtype=np.float32)
+def to_wire(x: np.ndarray, noise_planes: int = 0) -> Wire:
+    """A pre-processed window (``planes.Layout``) -> what travels: the uint8 pixels its RGB was made
+    from (multiples of 1/255), and for a noise-aware network its noise maps as they are (float32)."""
+    if not noise_planes:
+        return np.rint(x * 255).astype(np.uint8)
+    n, c, h, w = x.shape
+    blocks = x.reshape(n, c // (3 + noise_planes), 3 + noise_planes, h, w)
+    return np.rint(blocks[:, :, :3] * 255).astype(np.uint8), np.ascontiguousarray(blocks[:, :, 3:])
+
+
+def from_wire(u: Wire) -> np.ndarray:
+    """Back to the float32 window, the same arithmetic as ``planes.frame_block`` (bit-identical)."""
+    if isinstance(u, np.ndarray):
+        return np.multiply(u, _SCALE, dtype=np.float32)
+    rgb, maps = u
+    n, k, _, h, w = rgb.shape
+    return np.concatenate([np.multiply(rgb, _SCALE, dtype=np.float32), maps], axis=2).reshape(n, -1, h, w)
+
+
+def _rows(w: Wire) -> int:
+    return (w if isinstance(w, np.ndarray) else w[0]).shape[0]
+
+
+def _cat(parts: list[Wire]) -> Wire:
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)  # type: ignore[arg-type]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])  # type: ignore[index]
 
 
 def quantise_output(y: np.ndarray) -> np.ndarray:
@@ -118,20 +140,21 @@ def deployment(model: ModelConfig, batch: BatchConfig, rc: RayConfig) -> Any:
         def meta(self) -> dict[str, Any]:
             b = self.backend
             return {"name": b.name, "frames": b.frames, "target": b.target, "stride": b.stride,
+                    "noise_planes": b.noise_planes,
                     "pid": os.getpid(), "windows": self.windows, "batches": self.batches}
 
         @serve.batch(max_batch_size=batch.max_size, batch_wait_timeout_s=batch.max_wait_ms / 1000)
-        async def infer(self, windows: list[np.ndarray]) -> list[np.ndarray]:
+        async def infer(self, windows: list[Wire]) -> list[np.ndarray]:
             out: list[np.ndarray | None] = [None] * len(windows)
             by_shape: dict[tuple[int, ...], list[int]] = {}
             for i, w in enumerate(windows):
-                by_shape.setdefault(w.shape[1:], []).append(i)
+                by_shape.setdefault((w if isinstance(w, np.ndarray) else w[0]).shape[1:], []).append(i)
             for rows in by_shape.values():  # cameras of another frame size: another backend call
-                x = from_wire(np.concatenate([windows[i] for i in rows]))
+                x = from_wire(_cat([windows[i] for i in rows]))
                 y = quantise_output(await asyncio.to_thread(self.backend.infer, x))
                 at = 0
                 for i in rows:  # a request holds one window, or a few of one camera (its flush)
-                    n = windows[i].shape[0]
+                    n = _rows(windows[i])
                     out[i], at = y[at : at + n], at + n
                 self.batches += 1
                 self.windows += len(x)
@@ -150,9 +173,10 @@ class ServeBackend:
         meta = self._call(lambda: handle.meta.remote())
         self.name = f"ray-serve:{meta['name']}"
         self.frames, self.target, self.stride = meta["frames"], meta["target"], meta["stride"]
+        self.noise_planes = int(meta.get("noise_planes", 0))
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        wire = to_wire(x)
+        wire = to_wire(x, self.noise_planes)
         return from_wire(self._call(lambda: self._handle.infer.remote(wire)))
 
     def _call(self, request: Any) -> Any:

@@ -1,7 +1,8 @@
 """Inference backends: one small interface, several implementations, picked by name.
 
-A backend runs the network on a batch of windows: ``infer(x)`` with x (N, 3K, H, W) float32 in
-[0, 1] (frames oldest -> newest, RGB; H, W multiples of ``stride``) returns (N, 3, H, W) float32.
+A backend runs the network on a batch of windows: ``infer(x)`` with x (N, K * (3 + noise_planes),
+H, W) float32 (``planes.Layout``: frames oldest -> newest, each RGB in [0, 1] then its noise maps;
+H, W multiples of ``stride``) returns (N, 3, H, W) float32.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Backend(Protocol):
     frames: int  # K, window length
     target: int  # index in the window of the frame being denoised
     stride: int  # H and W must be multiples of this
+    noise_planes: int  # noise maps after each frame's RGB (0: a network that is not noise-aware)
     # optional: ``max_batch`` (int), the most windows one ``infer`` call takes (default: no limit)
 
     def infer(self, x: np.ndarray) -> np.ndarray: ...

@@ -5,9 +5,10 @@
   after one warm (eager) run. A new input shape re-allocates the static tensors and recaptures
   (addresses change only then). ``infer_host`` is the Backend protocol's host round trip.
 * :class:`GpuWindowRunner` keeps the temporal window on the GPU: each frame is uploaded once as
-  (H, W, 3) uint8, turned into a (3, Hp, Wp) plane there (float /255, reflect-padded to the stride)
-  and kept in a small LRU of planes; a window is K device copies into the static input; the output
-  is cropped, scaled and rounded to (H, W, 3) uint8 on the GPU and only that comes back.
+  (H, W, 3) uint8, turned into its input block there (``planes.frame_block_torch``: float /255, its
+  noise maps for a noise-aware network, reflect-padded to the stride) and kept in a small LRU of
+  blocks; a window is one gather into the static input; the output is cropped, scaled and rounded
+  to (H, W, 3) uint8 on the GPU and only that comes back.
 
 Both also run with ``device="cpu"`` (no stream, no pinning, no graphs): the same code path, which is
 how it is tested on machines without a GPU. Pre/post-processing match ``denoiser.Denoiser`` exactly
@@ -27,8 +28,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ..buffer import reflect_indices
+from .. import noise_level
 from ..errors import BackendUnavailable
 from ..frame import check_pixels
+from ..planes import Layout, frame_block_torch
 
 if TYPE_CHECKING:
     import torch
@@ -239,11 +242,6 @@ class GpuExecutor:
                 closer()
 
 
-def _reflect_index(size: int, i: int) -> int:
-    """Index of the i-th padded row/col after ``size`` (mirrored without the edge), as Denoiser._reflect."""
-    return min(max(size - 2 - (i % max(size - 1, 1)), 0), size - 1)
-
-
 class GpuWindowRunner:
     """The temporal window on the GPU.
 
@@ -253,9 +251,10 @@ class GpuWindowRunner:
     stream. Frames are (H, W, 3) uint8 RGB; outputs are new (H, W, 3) uint8 RGB arrays.
     """
 
-    def __init__(self, executor: GpuExecutor, frames: int, target: int, stride: int, cache_size: int | None = None) -> None:
+    def __init__(self, executor: GpuExecutor, layout: Layout, cache_size: int | None = None) -> None:
         self.ex, self.torch = executor, executor.torch
-        self.frames, self.target, self.stride = frames, target, stride
+        self.layout = layout
+        self.frames, self.target, self.stride = layout.frames, layout.target, layout.stride
         self.lookahead = frames - 1 - target
         self.capacity = max(cache_size or 2 * frames + 2, frames)
         self._slots: OrderedDict[Hashable, int] = OrderedDict()
@@ -269,11 +268,10 @@ class GpuWindowRunner:
         if self._hw == (h, w):
             return
         torch, ex = self.torch, self.ex
-        s = self.stride
-        hp, wp = -(-h // s) * s, -(-w // s) * s
+        hp, wp = self.layout.padded(h, w)
         with ex.on_stream():
             ex.synchronize()
-            t = {"pool": torch.zeros((self.capacity, 3, hp, wp), dtype=ex.runner.dtype, device=ex.device),
+            t = {"pool": torch.zeros((self.capacity, self.layout.block, hp, wp), dtype=ex.runner.dtype, device=ex.device),
                  "u8_host": torch.empty((h, w, 3), dtype=torch.uint8, pin_memory=ex.cuda)}
             t["u8_dev"] = torch.empty((h, w, 3), dtype=torch.uint8, device=ex.device) if ex.cuda else t["u8_host"]
             t["uploaded"] = torch.cuda.Event() if ex.cuda else None
@@ -318,8 +316,12 @@ class GpuWindowRunner:
             self._t["pool"] = pool
         self.capacity = new
 
-    def upload(self, key: Hashable, pixels: np.ndarray) -> None:
-        """Put one frame on the GPU as a pre-processed plane (once per key; LRU of ``capacity``)."""
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._slots
+
+    def upload(self, key: Hashable, pixels: np.ndarray, sigmas: np.ndarray | None = None) -> None:
+        """Put one frame on the GPU as its input block (once per key; LRU of ``capacity``);
+        ``sigmas``: the stream's noise reading for its maps (``noise_level.estimate``)."""
         check_pixels(pixels)
         self._ensure_size(pixels.shape[0], pixels.shape[1])
         if key in self._slots:
@@ -334,21 +336,18 @@ class GpuWindowRunner:
             if t["u8_dev"] is not t["u8_host"]:
                 t["u8_dev"].copy_(t["u8_host"], non_blocking=True)
                 t["uploaded"].record(ex.stream)
-            self._preprocess(t["u8_dev"], t["pool"][slot])
+            frame_block_torch(t["u8_dev"], t["pool"][slot], self._lut(sigmas))
         self._slots[key] = slot
 
-    @staticmethod
-    def _preprocess(u8: torch.Tensor, plane: torch.Tensor) -> None:
-        """(H, W, 3) uint8 -> plane (3, Hp, Wp): x/255, reflect-padded at the bottom/right."""
-        h, w = u8.shape[0], u8.shape[1]
-        hp, wp = plane.shape[1], plane.shape[2]
-        core = plane[:, :h, :w]
-        core.copy_(u8.permute(2, 0, 1))
-        core.mul_(1 / 255)
-        for i in range(hp - h):
-            plane[:, h + i, :w].copy_(plane[:, _reflect_index(h, i), :w])
-        for j in range(wp - w):
-            plane[:, :, w + j].copy_(plane[:, :, _reflect_index(w, j)])
+    def _lut(self, sigmas: np.ndarray | None) -> torch.Tensor | None:
+        """The noise maps' lookup table on the device (re-sent only when the reading changes)."""
+        if not self.layout.noise_planes or sigmas is None:
+            return None
+        if self._t.get("sigmas") is None or not np.array_equal(self._t["sigmas"], sigmas):
+            lut = noise_level.lut(sigmas)[: self.layout.noise_planes]
+            self._t["lut"] = self.torch.from_numpy(lut).to(self.ex.device)
+            self._t["sigmas"] = np.array(sigmas)
+        return self._t["lut"]
 
     # -- windows ----------------------------------------------------------------------------------
 
@@ -378,10 +377,10 @@ class GpuWindowRunner:
             for key in keys:
                 self._slots.move_to_end(key)
         with ex.on_stream():
-            x = ex.input((nb, 3 * self.frames, pool.shape[2], pool.shape[3]))
+            x = ex.input((nb, self.layout.channels, pool.shape[2], pool.shape[3]))
             post, out_dev, out_host = self._out_buffers(nb)
             index = torch.as_tensor(slots, dtype=torch.long).to(ex.device, non_blocking=True)
-            x.copy_(pool.index_select(0, index).view(x.shape))  # (N*K, 3, Hp, Wp) is (N, 3K, Hp, Wp)
+            x.copy_(pool.index_select(0, index).view(x.shape))  # (N*K, block, Hp, Wp) is (N, K*block, Hp, Wp)
             y = ex.run()
             post[:n].copy_(y[:n, :, :h, :w])
             post[:n].mul_(255.0).add_(0.5).clamp_(0.0, 255.0)
@@ -392,12 +391,13 @@ class GpuWindowRunner:
             host = out_host.numpy()
             return [host[i].copy() for i in range(n)]
 
-    def push(self, pixels: np.ndarray) -> np.ndarray | None:
-        """Add the next frame of the stream; return the frame that became ready (``lookahead``
-        frames behind), or None while the window fills. A size change needs ``flush()`` first."""
+    def push(self, pixels: np.ndarray, sigmas: np.ndarray | None = None) -> np.ndarray | None:
+        """Add the next frame of the stream (with the stream's noise reading, for a noise-aware
+        network); return the frame that became ready (``lookahead`` frames behind), or None while
+        the window fills. A size change needs ``flush()`` first."""
         if self._count and self._hw != pixels.shape[:2]:
             raise ValueError(f"frame size changed from {self._hw} to {pixels.shape[:2]}: call flush() first")
-        self.upload(("push", self._segment, self._count), pixels)
+        self.upload(("push", self._segment, self._count), pixels, sigmas)
         self._count += 1
         if self._next + self.lookahead < self._count:
             self._next += 1

@@ -27,6 +27,7 @@ import numpy as np
 from .. import zoo
 from ..config import ModelConfig
 from ..errors import ModelError
+from ..planes import Layout
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +115,11 @@ class OnnxRuntimeBackend:
         self._wide = _Session(self.path, self.threads, spinning)
         meta = self._wide.session.get_modelmeta().custom_metadata_map
         try:
-            self.frames, self.target, self.stride = int(meta["frames"]), int(meta["target"]), int(meta["stride"])
+            layout = Layout.from_meta(meta)
         except (KeyError, ValueError):
             raise ModelError(f"{path} is an ONNX model but not a stream_denoise one (no window metadata)") from None
+        self.frames, self.target, self.stride, self.noise_planes = (layout.frames, layout.target, layout.stride,
+                                                                    layout.noise_planes)
         self.meta = dict(meta)
         self._in_type = self._wide.in_type
         self._lanes: list[_Session] = []
@@ -133,7 +136,7 @@ class OnnxRuntimeBackend:
         return cls(onnx_for(cfg.model, cfg.precision), cfg.threads, lanes=cfg.lanes)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """x: (N, 3K, H, W) float32 -> (N, 3, H, W) float32. The result is a reused buffer, valid
+        """x: (N, K * block, H, W) float32 (``planes.Layout``) -> (N, 3, H, W) float32. The result is a reused buffer, valid
         until the next call. Each row of x must be contiguous, the batch need not be (the
         Denoiser's windows are overlapping views of its plane slab): lanes bind row by row."""
         if x.dtype != self._in_type or not x[:1].flags.c_contiguous:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import EngineError
+from ..planes import Layout
 
 if TYPE_CHECKING:
     import torch
@@ -105,9 +106,11 @@ class TensorRTBackend:
         torch = require_cuda()
         m = cached.manifest.get("model", {})
         try:
-            self.frames, self.target, self.stride = int(m["frames"]), int(m["target"]), int(m["stride"])
+            layout = Layout.from_meta(m)
         except (KeyError, TypeError, ValueError):
             raise EngineError(f"{cached.path}: its manifest lacks the model window (frames/target/stride)") from None
+        self.frames, self.target, self.stride, self.noise_planes = (layout.frames, layout.target, layout.stride,
+                                                                    layout.noise_planes)
         self.path, self.manifest = cached.path, cached.manifest
         self.precision = cached.manifest.get("precision")
         self._owner, self._engine = owner, cached.engine  # the runtime must outlive the engine
@@ -156,7 +159,7 @@ class TensorRTBackend:
         """Frames in, denoised frames out, with the window kept on the GPU (see gpu.GpuWindowRunner)."""
         from .gpu import GpuWindowRunner
 
-        return GpuWindowRunner(self._executor, self.frames, self.target, self.stride)
+        return GpuWindowRunner(self._executor, Layout(self.frames, self.target, self.stride, self.noise_planes))
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """x (N, 3K, H, W) float32 -> (N, 3, H, W) float32 (a reused buffer, valid until the next call)."""

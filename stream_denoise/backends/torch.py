@@ -15,6 +15,7 @@ import numpy as np
 from .. import zoo
 from ..config import ModelConfig
 from ..errors import BackendUnavailable
+from ..planes import Layout
 
 if TYPE_CHECKING:
     import torch
@@ -52,7 +53,7 @@ class TorchBackend:
             import torch
         except ImportError as exc:
             raise BackendUnavailable("the torch backend needs PyTorch: pip install 'stream_denoise[torch]'") from exc
-        from ..model import STRIDE, load_model
+        from ..model import load_model
 
         from .gpu import device_lock, require_cuda
 
@@ -65,7 +66,8 @@ class TorchBackend:
             raise ValueError(f"unknown GPU form {form!r}; choose one of {', '.join(GPU_FORMS)}")
         with device_lock() if device == "cuda" else contextlib.nullcontext():  # no allocation while an executor captures
             self.model = load_model(path).to(self.device)
-            self.frames, self.target, self.stride = self.model.frames, self.model.target, STRIDE
+            self.frames, self.target, self.stride = self.model.frames, self.model.target, self.model.stride
+            self.noise_planes = self.model.arch.noise_planes
             self.form = form if device == "cuda" else "plain"
             if self.form != "plain":
                 from ..model.gpu_form import GpuForm
@@ -112,7 +114,7 @@ class TorchBackend:
         """Frames in, denoised frames out, with the window kept on the device (see gpu.GpuWindowRunner)."""
         from .gpu import GpuWindowRunner
 
-        return GpuWindowRunner(self.executor, self.frames, self.target, self.stride)
+        return GpuWindowRunner(self.executor, Layout(self.frames, self.target, self.stride, self.noise_planes))
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """x (N, 3K, H, W) float32 -> (N, 3, H, W) float32 (on cuda: a reused buffer, valid until the next call)."""

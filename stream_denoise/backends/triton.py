@@ -26,6 +26,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import BackendUnavailable, ConfigError, ModelError
+from ..planes import Layout
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +139,13 @@ class TritonBackend:
         where = f"Triton model {self.model!r} at {self.url}"
         params = config.get("parameters") or {}
         try:
-            self.frames, self.target, self.stride = (int(params[k]["string_value"]) for k in ("frames", "target", "stride"))
+            layout = Layout.from_meta({k: v["string_value"] for k, v in params.items()
+                                       if k in ("frames", "target", "stride", "noise_planes")})
         except (KeyError, TypeError, ValueError):
             raise ModelError(f"{where} is not a stream_denoise model (no frames/target/stride parameters): "
                              "export it with `stream-denoise export-triton`") from None
+        self.frames, self.target, self.stride, self.noise_planes = (layout.frames, layout.target, layout.stride,
+                                                                    layout.noise_planes)
         inputs, outputs = config.get("input") or [], config.get("output") or []
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelError(f"{where} has {len(inputs)} inputs and {len(outputs)} outputs; one of each expected")
@@ -152,15 +156,15 @@ class TritonBackend:
         self.max_batch = int(config.get("max_batch_size", 0))
         dims = [int(d) for d in inp.get("dims", [])]
         channels = dims[0] if self.max_batch > 0 else (dims[1] if len(dims) > 1 else -1)
-        if channels != 3 * self.frames:
-            raise ModelError(f"{where} input {inp.get('name')} has dims {dims}; {3 * self.frames} channels expected")
+        if channels != layout.channels:
+            raise ModelError(f"{where} input {inp.get('name')} has dims {dims}; {layout.channels} channels expected")
         self._in_name, self._out_name = str(inp["name"]), str(out["name"])
         self._dtype, self._datatype = DTYPES[data_type], data_type.removeprefix("TYPE_")
 
     # -- Backend ---------------------------------------------------------------------------------------
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """x: (N, 3K, H, W) float32 in [0, 1] -> (N, 3, H, W) float32; N is split into requests of at
+        """x: (N, K * block, H, W) float32 (``planes.Layout``) -> (N, 3, H, W) float32; N is split into requests of at
         most ``max_batch`` windows."""
         x = np.ascontiguousarray(x, dtype=self._dtype)
         step = self.max_batch if self.max_batch > 0 else x.shape[0]

@@ -59,15 +59,19 @@ class CalibrationSet:
         return int(self.frames.shape[2]), int(self.frames.shape[3])
 
 
-def to_network_input(windows: np.ndarray) -> np.ndarray:
-    """(N, K, H, W, 3) uint8 RGB -> (N, 3K, H, W) float32 in [0, 1], frames oldest -> newest, each
-    frame's R, G, B planes in turn: exactly what the denoiser's pre-processing feeds a backend."""
+def to_network_input(windows: np.ndarray, noise_planes: int = 0) -> np.ndarray:
+    """(N, K, H, W, 3) uint8 RGB -> the network input (``planes.window_input``): exactly what the
+    denoiser's pre-processing feeds a backend, each window's noise maps from its own frames'
+    reading (``noise_level.estimate_clip``) for a noise-aware network. H, W are multiples of the
+    stride already (``MULTIPLE``)."""
+    from .. import noise_level
+    from ..planes import Layout, window_input
+
     if windows.ndim != 5 or windows.shape[-1] != 3 or windows.dtype != np.uint8:
         raise ValueError(f"windows must be (N, K, H, W, 3) uint8, got {windows.shape} {windows.dtype}")
-    n, k, h, w, _ = windows.shape
-    x = np.empty((n, 3 * k, h, w), np.float32)
-    np.multiply(windows.transpose(0, 1, 4, 2, 3).reshape(n, 3 * k, h, w), np.float32(1 / 255), out=x, casting="unsafe")
-    return x
+    k = windows.shape[1]
+    sigmas = np.stack([noise_level.estimate_clip(w) for w in windows]) if noise_planes else None
+    return window_input(windows, Layout(k, k // 2, 1, noise_planes), sigmas)
 
 
 def parse_size(text: str) -> tuple[int, int]:

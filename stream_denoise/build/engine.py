@@ -35,13 +35,14 @@ from typing import Any, Generic, TypeVar
 
 from .. import zoo
 from ..errors import BackendUnavailable, ConfigError, EngineError, ModelError
+from ..planes import Layout
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 FORMAT = "stream_denoise-engine/1"
 INPUT = "frames"  # the ONNX input name (build.export.INPUT)
-STRIDE = 4  # model.STRIDE, repeated so this module needs no torch
+PROFILE_STRIDE = 8  # profile sizes are multiples of every network's stride (4 or 8), so padded frames fit
 KEY_FIELDS = ("onnx_sha256", "precision", "profile", "gpu", "compute_capability", "tensorrt", "cuda", "platform")
 DEFAULT_WORKSPACE_MB = 1024
 T = TypeVar("T")
@@ -68,7 +69,8 @@ class Shapes:
     """The optimisation profile of the ``frames`` input, as frame sizes (H, W) in pixels and a batch.
 
     Sizes are rounded up to the network's stride (frames are reflect-padded to it before inference).
-    The profile is (1..batch, 3K, min..max H, min..max W), tuned for ``opt`` at ``batch``.
+    The profile is (1..batch, C, min..max H, min..max W) for a network of C input channels
+    (``planes.Layout.channels``), tuned for ``opt`` at ``batch``.
     """
 
     min: tuple[int, int] = (64, 64)
@@ -81,7 +83,7 @@ class Shapes:
             hw = tuple(int(v) for v in getattr(self, name))
             if len(hw) != 2 or min(hw) <= 0:
                 raise ConfigError(f"{name} shape {getattr(self, name)!r} must be two positive sizes (H, W)")
-            object.__setattr__(self, name, _round_up(hw, STRIDE))  # type: ignore[arg-type]
+            object.__setattr__(self, name, _round_up(hw, PROFILE_STRIDE))  # type: ignore[arg-type]
         if not (self.min[0] <= self.opt[0] <= self.max[0] and self.min[1] <= self.opt[1] <= self.max[1]):
             raise ConfigError(f"shapes must satisfy min <= opt <= max in both H and W, got min {self.min}, "
                               f"opt {self.opt}, max {self.max}")
@@ -102,9 +104,8 @@ class Shapes:
             opt = (min(max(d.opt[0], lo[0]), hi[0]), min(max(d.opt[1], lo[1]), hi[1]))
         return cls(lo, opt, hi, batch)
 
-    def profile(self, frames: int) -> dict[str, list[int]]:
-        """NCHW min/opt/max of the ``frames`` input for a K-frame window."""
-        c = 3 * frames
+    def profile(self, c: int) -> dict[str, list[int]]:
+        """NCHW min/opt/max of the ``frames`` input of a network of ``c`` input channels."""
         return {"min": [1, c, *self.min], "opt": [self.batch, c, *self.opt], "max": [self.batch, c, *self.max]}
 
     @classmethod
@@ -705,13 +706,18 @@ def _model_extras(onnx_path: Path, source: Path, fallback: Callable[[], Path]) -
     if "frames" not in meta:
         meta = {**onnx_meta(fallback()), **{k: v for k, v in meta.items() if k == "precision"}}
     try:
-        frames, target, stride = int(meta["frames"]), int(meta["target"]), int(meta["stride"])
+        layout = Layout.from_meta(meta)
     except (KeyError, ValueError):
         raise ModelError(f"{onnx_path} is not a stream_denoise ONNX (no window metadata)") from None
-    return {"model": {"frames": frames, "target": target, "stride": stride,
-                      "window": meta.get("window", "causal" if target == frames - 1 else "centered"),
+    return {"model": {"frames": layout.frames, "target": layout.target, "stride": layout.stride,
+                      "noise_planes": layout.noise_planes, "channels": layout.channels, "window": layout.window,
                       "source": str(source), "source_sha256": sha256_file(source)},
             "onnx": str(onnx_path), "onnx_precision": meta.get("precision", "fp32")}
+
+
+def _channels(model: Mapping[str, Any]) -> int:
+    """The input channels of a manifest's model (manifests from before noise maps: 3 per frame)."""
+    return int(model.get("channels", 3 * int(model["frames"])))
 
 
 @dataclass
@@ -727,11 +733,11 @@ class _Job:
     cache: EngineCache[Any]
 
     def key(self, precision: str, shapes: Shapes) -> dict[str, Any]:
-        return engine_key(sha256_file(self.onnx), precision, shapes.profile(self.extras["model"]["frames"]), self.target)
+        return engine_key(sha256_file(self.onnx), precision, shapes.profile(_channels(self.extras["model"])), self.target)
 
     def build(self, precision: str, shapes: Shapes, workspace_mb: int) -> Callable[[], tuple[bytes, dict[str, Any]]]:
         def run() -> tuple[bytes, dict[str, Any]]:
-            profile = shapes.profile(self.extras["model"]["frames"])
+            profile = shapes.profile(_channels(self.extras["model"]))
             data, extra = _build_plan(self.trt, self.logger, self.onnx, precision, profile,
                                       self.cache.root, self.target, workspace_mb)
             return data, {**self.extras, **extra}
@@ -774,7 +780,7 @@ def find_or_build(model: str | Path, precision: str = "fp16", shapes: Shapes | N
     """
     job = _job(model, precision, out_dir, calibration)
     if shapes is None:
-        base = engine_key(sha256_file(job.onnx), precision, Shapes().profile(job.extras["model"]["frames"]), job.target)
+        base = engine_key(sha256_file(job.onnx), precision, Shapes().profile(_channels(job.extras["model"])), job.target)
         fields = tuple(f for f in KEY_FIELDS if f != "profile")
         fits = [m for _, m in job.cache.manifests(job.name, precision) if not key_differences(m, base, fields)]
         if fits:

@@ -7,7 +7,7 @@ Triton's standard layout, one model per directory::
     OUT/<name>/1/model.plan     platform tensorrt_plan: an engine from ``stream-denoise build-engine``, GPU instances
 
 ``config.pbtxt`` (a ModelConfig protobuf in text form) declares the real I/O of our ONNX export: input
-``frames`` (N, 3K, H, W) and output ``clean`` (N, 3, H, W), fp32 or fp16, batch dimension implicit
+``frames`` (N, K * block, H, W) (``planes.Layout``) and output ``clean`` (N, 3, H, W), fp32 or fp16, batch dimension implicit
 (``max_batch_size`` > 0, so the ONNX batch axis must be dynamic), H and W any size (-1); dynamic batching
 (requests of several cameras are merged up to ``max_batch_size``); an instance group; and ``parameters``
 with the window (frames, target, stride, window, precision), which ``backends.triton`` reads back from
@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from .. import zoo
 from ..errors import ConfigError, EngineError, ModelError
+from ..planes import Layout
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ MODEL_FILES: dict[str, str] = {"onnxruntime": "model.onnx", "tensorrt": "model.p
 KINDS: dict[str, str] = {"onnxruntime": "KIND_CPU", "tensorrt": "KIND_GPU"}
 ONNX_TYPES: dict[int, str] = {1: "TYPE_FP32", 10: "TYPE_FP16"}  # onnx.TensorProto.FLOAT, FLOAT16
 ENGINE_TYPES: dict[str, str] = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16"}  # manifest precision_check.io
-WINDOW_KEYS = ("frames", "target", "stride", "window", "precision")
+WINDOW_KEYS = ("frames", "target", "stride", "noise_planes", "window", "precision")
 QUEUE_DELAY_US = 1000  # dynamic batching: how long a request may wait for others (1 ms, vs 33 ms per frame)
 VERSION = "1"
 
@@ -83,16 +84,15 @@ def onnx_signature(path: str | Path) -> Signature:
                          "a stream_denoise model has one of each")
     meta = {p.key: p.value for p in proto.metadata_props if p.key in WINDOW_KEYS}
     try:
-        frames = int(meta["frames"])
-        int(meta["target"]), int(meta["stride"])
+        layout = Layout.from_meta(meta)
     except (KeyError, ValueError):
         raise ModelError(f"{path} is an ONNX model but not a stream_denoise one (no window metadata)") from None
     (inp,), (out,) = inputs, graph.output
     in_dims, in_batch = _dims(path, inp)
     out_dims, _ = _dims(path, out)
-    if in_dims[0] != 3 * frames or out_dims[0] != 3:
+    if in_dims[0] != layout.channels or out_dims[0] != 3:
         raise ModelError(f"{path}: input {inp.name} has {in_dims[0]} channels and output {out.name} {out_dims[0]}; "
-                         f"expected {3 * frames} (3 x {frames} frames) and 3")
+                         f"expected {layout.channels} ({layout.block} x {layout.frames} frames) and 3")
     return Signature(Tensor(inp.name, _data_type(path, inp), in_dims), Tensor(out.name, _data_type(path, out), out_dims),
                      meta, in_batch)
 

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..planes import Layout
+
 STRIDE = 4  # the smallest stride of any network (two levels); a model's own is ``model.stride``
 
 
@@ -143,6 +145,11 @@ class VideoDenoiser(nn.Module):
                 h = h + skips[l if self.arch.stem else l - 1]
             h = self.decs[l](h)
         return self.out(torch.cat([h, centre], dim=1)) + centre
+
+    @property
+    def layout(self) -> Layout:
+        """The input contract (``planes.Layout``) of this network."""
+        return Layout(self.frames, self.target, self.stride, self.arch.noise_planes)
 
     def config(self) -> dict:
         return {"arch": asdict(self.arch), "frames": self.frames, "target": self.target}

@@ -113,11 +113,3 @@ def augment(a: np.ndarray, k: int, flip: bool, axes: tuple[int, int]) -> np.ndar
     """``k`` quarter turns in the plane ``axes``, then a flip along its second axis (a view)."""
     a = np.rot90(a, k, axes=axes)
     return np.flip(a, axis=axes[1]) if flip else a
-
-
-
-
-def to_input(windows: np.ndarray) -> np.ndarray:
-    """(N,K,P,P,3) uint8 -> (N,3K,P,P) float32 in [0,1], frames stacked oldest -> newest."""
-    n, k, h, w, _ = windows.shape
-    return np.ascontiguousarray(windows.transpose(0, 1, 4, 2, 3).reshape(n, 3 * k, h, w), dtype=np.float32) / 255.0

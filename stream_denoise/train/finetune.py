@@ -33,7 +33,9 @@ import torch
 
 from .. import zoo
 from ..model import create_model, load_model, save_model
-from .data import Pair, read_clip, sample_windows, to_input
+from .. import noise_level
+from ..planes import window_input
+from .data import Pair, read_clip, sample_windows
 from .loop import fit, use_bf16
 from . import temporal
 from .masking import MaskSpec, NoiseStats, masked_loss, measure_noise
@@ -57,6 +59,12 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     bf16 = use_bf16(precision, device)
     log.info("fine-tuning on %s (%s)", device, "bfloat16 autocast" if bf16 else "float32")
     stats = measure_noise(data[0])
+    # the camera's noise reading for a noise-aware network's maps, as a live stream's tracker makes it
+    sigmas = np.median(np.stack([noise_level.estimate_clip(c, n=8) for c in data]), axis=0).astype(np.float32)
+
+    def to_input(windows: np.ndarray) -> np.ndarray:
+        return window_input(windows, model.layout, sigmas)
+
     mask = mask or stats.mask_spec()
     log.info("noise: sigma %.1f, spatial corr %.2f/%.2f, temporal corr %.2f, shadows/highlights %.2f -> blind spot r=%d%s",
              stats.sigma, *stats.spatial_corr, stats.temporal_corr, stats.shadow_ratio, mask.radius,
@@ -77,7 +85,7 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     anchor = temporal.anchor_for(stats.sigma, model.param_count())
     targets = None  # how the temporal objective chose its targets (recorded in the model file)
     if objective == "temporal":
-        objective, pool, vpool, targets = _temporal_pools(model, train, held, stats)
+        objective, pool, vpool, targets = _temporal_pools(model, train, held, stats, sigmas)
     vrng = np.random.default_rng(seed + 1)
     val_losses: list[Callable[[], torch.Tensor]] = []  # the objective on fixed held-out batches
     if objective == "temporal":
@@ -87,12 +95,12 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
         if targets is not None:
             targets["loss"] = "linear light" if linear else "sRGB"
         for _ in range(4 if vpool else 0):
-            b = _tensors(*temporal.sample(vpool, batch, model.frames, model.target, patch, vrng), device)
+            b = _tensors(to_input, *temporal.sample(vpool, batch, model.frames, model.target, patch, vrng), device)
             # aligned targets only (anchor weight 0: it is no evidence; it fixes the linear-light weights)
             val_losses.append(lambda b=b: temporal.loss(model, *b, anchor_weight=0.0, linear=linear))
 
         def step_loss(r: np.random.Generator) -> torch.Tensor:
-            b = _tensors(*temporal.sample(pool, batch, model.frames, model.target, patch, r), device)
+            b = _tensors(to_input, *temporal.sample(pool, batch, model.frames, model.target, patch, r), device)
             return temporal.loss(model, *b, anchor_weight=anchor, linear=linear)
     else:
         vpool_m = [Pair(h, None) for h in held]
@@ -115,7 +123,8 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
                   validate_every=100, progress=progress, bf16=bf16, average=average)
     save_model(model, out, trained="self-supervised fine-tune", init=init or f"scratch:{arch}",
                clips=[str(c) for c in clips], objective=objective, mask_radius=mask.radius, mask_tube=mask.tube,
-               noise_sigma=stats.sigma, noise_shadow_ratio=round(stats.shadow_ratio, 3), anchor_weight=anchor if objective == "temporal" else None,
+               noise_sigma=stats.sigma, noise_shadow_ratio=round(stats.shadow_ratio, 3),
+               noise_reading=sigmas.round(2).tolist() if model.arch.noise_planes else None, anchor_weight=anchor if objective == "temporal" else None,
                temporal_targets=targets, average=average or None, seed=seed,
                **summary)
     log.info("wrote %s: %d steps in %.0f s, held-out %s loss %s", out, summary["steps"], summary["seconds"], objective,
@@ -123,8 +132,8 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     return summary | {"objective": objective}
 
 
-def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.ndarray], stats: NoiseStats
-                    ) -> tuple[str, list[temporal.TemporalClip], list[temporal.TemporalClip], dict | None]:
+def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.ndarray], stats: NoiseStats,
+                    sigmas: np.ndarray) -> tuple[str, list[temporal.TemporalClip], list[temporal.TemporalClip], dict | None]:
     """Aligned targets of the training and held-out clips, the objective they allow ('masked'
     when too few pixels align between frames), and how the training targets were chosen (None
     with 'masked')."""
@@ -140,7 +149,7 @@ def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.nda
         r = 1 if nearest else reach  # t-1 and t+1 only: more would empty the window
         per_frame = (12 * r + 3) * c.shape[1] * c.shape[2]  # 2*reach targets and masks, the anchor: 3 channels each
         step = max(1, -(-len(c) * per_frame // temporal.TARGET_BYTES))
-        return temporal.build(c, temporal.denoise_clip(model, c), model.frames, model.target, gap, margin=margin,
+        return temporal.build(c, temporal.denoise_clip(model, c, sigmas), model.frames, model.target, gap, margin=margin,
                               ts=list(range(0, len(c), step)), reach=r, near=nearest)
 
     pools = [[one(p.noisy, near) for p in train], [one(c, False) for c in held]]
@@ -157,7 +166,8 @@ def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.nda
     return "temporal", pools[0], [c for c in pools[1] if c.valid_fraction >= temporal.MIN_VALID], how
 
 
-def _tensors(x: np.ndarray, tg: np.ndarray, v: np.ndarray, a: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
+def _tensors(to_input: Callable[[np.ndarray], np.ndarray], x: np.ndarray, tg: np.ndarray, v: np.ndarray,
+             a: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
     t = torch.from_numpy(tg).to(device).permute(0, 1, 4, 2, 3).float() / 255
     an = torch.from_numpy(a).to(device).permute(0, 3, 1, 2).float() / 255
     return torch.from_numpy(to_input(x)).to(device), t, torch.from_numpy(v).to(device).permute(0, 1, 4, 2, 3), an

@@ -43,9 +43,12 @@ def mask_positions(n: int, h: int, w: int, spec: MaskSpec, rng: np.random.Genera
     return b[keep], y[keep], x[keep]
 
 
-def apply_mask(x: torch.Tensor, pos: tuple[np.ndarray, ...], spec: MaskSpec, frames: int, target: int,
+def apply_mask(x: torch.Tensor, pos: tuple[np.ndarray, ...], spec: MaskSpec, block: int, target: int,
                rng: np.random.Generator) -> torch.Tensor:
-    """x: (N, 3K, H, W). Returns a copy with the blocks around ``pos`` overwritten by displaced blocks."""
+    """x: (N, K * block, H, W) (``planes.Layout``). Returns a copy with the blocks around ``pos``
+    overwritten by displaced blocks: in the target frame's channels (its RGB and noise maps), or in
+    every frame's with a tube mask. (A noise map is a 3x3-smoothed function of luma through a
+    gentle curve, so a masked pixel's value reaches its neighbours' maps only as a trace.)"""
     dev = x.device
     b, y, xx = (torch.from_numpy(np.asarray(a)).to(dev) for a in pos)
     r = spec.radius
@@ -53,7 +56,7 @@ def apply_mask(x: torch.Tensor, pos: tuple[np.ndarray, ...], spec: MaskSpec, fra
     d = 2 * r + 2  # displacement: the copied block never overlaps the masked one
     sy = torch.from_numpy(rng.choice([-d, d], b.numel())).to(dev)
     sx = torch.from_numpy(rng.choice([-d, d], b.numel())).to(dev)
-    chans = (torch.arange(c) if spec.tube else torch.arange(3 * target, 3 * target + 3)).to(dev)
+    chans = (torch.arange(c) if spec.tube else torch.arange(block * target, block * target + block)).to(dev)
     out = x.clone()
     for dy in range(-r, r + 1):
         for dx in range(-r, r + 1):
@@ -67,12 +70,12 @@ def apply_mask(x: torch.Tensor, pos: tuple[np.ndarray, ...], spec: MaskSpec, fra
 
 def masked_loss(model: torch.nn.Module, x: torch.Tensor, spec: MaskSpec, rng: np.random.Generator) -> torch.Tensor:
     """Self-supervised loss of one batch: MSE at the masked pixels against their noisy values."""
-    frames, target = model.frames, model.target
+    block, target = model.layout.block, model.target
     n, _, h, w = x.shape
     pos = mask_positions(n, h, w, spec, rng)
-    y = model(apply_mask(x, pos, spec, frames, target, rng))
+    y = model(apply_mask(x, pos, spec, block, target, rng))
     b, py, px = (torch.from_numpy(np.asarray(a)).to(x.device) for a in pos)
-    t = slice(3 * target, 3 * target + 3)
+    t = slice(block * target, block * target + 3)
     pred = y[b, :, py, px]
     ref = x[:, t][b, :, py, px]
     return torch.mean((pred - ref) ** 2)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..buffer import reflect_indices
+from ..planes import window_input
 from .data import augment
 
 MIN_VALID = 0.05  # below this fraction of usable pixels a clip gives no temporal targets
@@ -127,12 +128,11 @@ def window(t: int, frames: int, target: int, length: int) -> list[int]:
     return reflect_indices(t, frames, target, length)
 
 
-def denoise_clip(model: torch.nn.Module, clip: np.ndarray, batch: int = 4) -> np.ndarray:
-    """Every frame of a (T, H, W, 3) uint8 clip through ``model`` (windows reflected at the ends)."""
-    from ..model.net import STRIDE
-
+def denoise_clip(model: torch.nn.Module, clip: np.ndarray, sigmas: np.ndarray | None = None,
+                 batch: int = 4) -> np.ndarray:
+    """Every frame of a (T, H, W, 3) uint8 clip through ``model`` (windows reflected at the ends;
+    ``sigmas``: the clip's noise reading, for a noise-aware network)."""
     t_len, h, w = clip.shape[:3]
-    hp, wp = -(-h // STRIDE) * STRIDE, -(-w // STRIDE) * STRIDE
     dev = next(model.parameters()).device
     out = np.empty_like(clip)
     model.eval()
@@ -140,8 +140,7 @@ def denoise_clip(model: torch.nn.Module, clip: np.ndarray, batch: int = 4) -> np
         for s in range(0, t_len, batch):
             ts = range(s, min(s + batch, t_len))
             win = np.stack([clip[window(t, model.frames, model.target, t_len)] for t in ts])
-            x = torch.from_numpy(win).to(dev).permute(0, 1, 4, 2, 3).reshape(len(ts), -1, h, w).float() / 255
-            x = torch.nn.functional.pad(x, (0, wp - w, 0, hp - h), mode="reflect" if min(h, w) > 4 else "replicate")
+            x = torch.from_numpy(window_input(win, model.layout, sigmas)).to(dev)
             y = model(x)[:, :, :h, :w].clamp(0, 1) * 255 + 0.5
             out[s : s + len(ts)] = y.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
     return out
@@ -271,7 +270,8 @@ def sample(pool: list[TemporalClip], batch: int, frames: int, target: int, patch
 
 def loss(model: torch.nn.Module, x: torch.Tensor, tgt: torch.Tensor, valid: torch.Tensor,
          anchor: torch.Tensor | None = None, anchor_weight: float = 0.0, linear: bool = False) -> torch.Tensor:
-    """Mean squared error to the aligned targets over the valid values. x (N,3K,P,P); tgt, valid (N,S,3,P,P).
+    """Mean squared error to the aligned targets over the valid values. x (N,C,P,P) (``planes.Layout``);
+    tgt, valid (N,S,3,P,P).
 
     With ``linear`` (``linear_for``) the errors are taken in linear light, each divided by the
     gamma curve's slope at that pixel: unbiased targets for a sensor's noise, with the weights of an

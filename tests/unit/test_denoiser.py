@@ -8,7 +8,8 @@ import pytest
 
 from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend, onnx_for
 from stream_denoise.buffer import TemporalBuffer
-from stream_denoise.denoiser import Denoiser, PlaneSlab, to_uint8_rgb
+from stream_denoise.denoiser import Denoiser, PlaneSlab
+from stream_denoise.planes import to_uint8_rgb
 from stream_denoise.frame import Frame
 
 
@@ -96,7 +97,7 @@ def test_slab_keeps_what_the_windows_need_when_it_wraps():
 
     for t in range(4, 40):
         window = frames[t - 4 : t + 1]
-        slab.hold(window, (4, 4), fill)
+        slab.hold(window, (3, 4, 4), fill)  # blocks of (C, Hp, Wp): RGB here
         start = slab.start([(f.source, f.segment, f.index) for f in window])
         assert start is not None
         view = slab.windows(start, 1, 5)[0]

@@ -27,7 +27,7 @@ ONNX_SHA = hashlib.sha256(b"onnx").hexdigest()
 
 
 def _key(**change: object) -> dict:
-    key = engine_key(ONNX_SHA, "fp16", Shapes().profile(5), TARGET)
+    key = engine_key(ONNX_SHA, "fp16", Shapes().profile(15), TARGET)
     key.update(change)
     return key
 
@@ -61,8 +61,8 @@ def test_shapes_parse_round_and_validate():
         Shapes.parse(min_shape="720x1280", max_shape="360x640")
     with pytest.raises(ConfigError, match="batch"):
         Shapes(batch=0)
-    assert Shapes().profile(5) == {"min": [1, 15, 64, 64], "opt": [1, 15, 720, 1280], "max": [1, 15, 1080, 1920]}
-    assert Shapes.from_profile(wide.profile(5)) == wide
+    assert Shapes().profile(15) == {"min": [1, 15, 64, 64], "opt": [1, 15, 720, 1280], "max": [1, 15, 1080, 1920]}
+    assert Shapes.from_profile(wide.profile(15)) == wide
 
 
 def test_key_hash_is_canonical_and_sensitive_to_every_field():
@@ -77,7 +77,7 @@ def test_key_hash_is_canonical_and_sensitive_to_every_field():
         hashes.add(key_hash(other))
     assert len(hashes) == len(KEY_FIELDS) + 1
     with pytest.raises(ConfigError, match="precision"):
-        engine_key(ONNX_SHA, "fp8", Shapes().profile(5), TARGET)
+        engine_key(ONNX_SHA, "fp8", Shapes().profile(15), TARGET)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,9 +271,11 @@ def _windows(n: int, h: int = 36, w: int = 52) -> np.ndarray:
     return np.clip(base + rng.normal(0, 15, (n, 5, h, w, 3)), 0, 255).astype(np.uint8)
 
 
-def _x(windows: np.ndarray) -> np.ndarray:  # (N, K, H, W, 3) uint8 -> (N, 3K, H, W) float32
-    n, k, h, w, _ = windows.shape
-    return windows.transpose(0, 1, 4, 2, 3).reshape(n, 3 * k, h, w).astype(np.float32) / 255
+def _x(windows: np.ndarray) -> np.ndarray:  # (N, K, H, W, 3) uint8 -> the lite network's input
+    from stream_denoise.build.calibrate import to_network_input
+    from stream_denoise.model import ARCHS
+
+    return to_network_input(windows, ARCHS["lite"].noise_planes)
 
 
 def test_fp16_onnx_runs_close_to_the_fp32_model(model_pt, tmp_path):

@@ -25,11 +25,12 @@ def test_onnx_matches_torch(tmp_path, arch, window):
     assert graph.opset_import[0].version >= 17
     assert {n.op_type for n in graph.graph.node} <= NATIVE
     backend = OnnxRuntimeBackend(path, threads=1)
-    assert (backend.frames, backend.target, backend.stride) == (5, model.target, 4)
+    assert (backend.frames, backend.target, backend.stride, backend.noise_planes) == (5, model.target, model.stride,
+                                                                              model.arch.noise_planes)
     ref = load_model(pt)
     rng = np.random.default_rng(0)
     for h, w in [(32, 32), (64, 96), (144, 176), (272, 640)]:
-        x = rng.random((1, 15, h, w), dtype=np.float32)
+        x = rng.random((1, model.in_channels, h, w), dtype=np.float32)
         with torch.no_grad():
             expected = ref(torch.from_numpy(x)).numpy()
         assert np.abs(backend.infer(x) - expected).max() < 1e-3
@@ -37,10 +38,11 @@ def test_onnx_matches_torch(tmp_path, arch, window):
 
 def test_fp16_export_runs_close_to_fp32(tmp_path):
     torch.manual_seed(2)
-    pt = save_model(create_model("lite"), tmp_path / "m.pt")
+    model = create_model("lite")
+    pt = save_model(model, tmp_path / "m.pt")
     fp32 = OnnxRuntimeBackend(export_onnx(pt, tmp_path / "a.onnx"), threads=1)
     fp16 = OnnxRuntimeBackend(export_onnx(pt, tmp_path / "b.onnx", precision="fp16"), threads=1)
-    x = np.random.default_rng(0).random((1, 15, 64, 64), dtype=np.float32)
+    x = np.random.default_rng(0).random((1, model.in_channels, 64, 64), dtype=np.float32)
     assert np.abs(fp16.infer(x) - fp32.infer(x)).max() < 2e-2
 
 
