@@ -106,6 +106,11 @@ def test_health_and_prometheus_metrics(tmp_path):
         text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
         stop.set()
         t.join(timeout=30)
-    values = dict(line.split() for line in text.splitlines())
-    assert float(values["stream_denoise_frames_out"]) >= 10
-    assert "stream_denoise_infer_p99_ms" in values and "stream_denoise_source_reconnects" in values
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = list(text_string_to_metric_families(text))
+    assert all(f.documentation != "(undocumented)" for f in families), [f.name for f in families]
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value for family in families for s in family.samples}
+    assert values["stream_denoise_frames_out_total", ()] >= 10
+    assert ("stream_denoise_latency_seconds", (("quantile", "0.99"), ("stage", "infer"))) in values
+    assert ("stream_denoise_source_reconnects_total", ()) in values
