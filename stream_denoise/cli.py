@@ -52,33 +52,47 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--publish", help="ZeroMQ endpoint to bind (default tcp://127.0.0.1:5555)")
     r.add_argument("--no-publish", action="store_true", help="do not publish (record only)")
     r.add_argument("--encoding", choices=["raw", "jpeg", "png"], help="pixel encoding of published frames")
-    r.add_argument("--output", type=Path, help="also record the cleaned stream to this file (.mkv lossless, .mp4 H.264)")
+    r.add_argument("--wire", choices=["stream_denoise", "imagezmq"],
+                   help="message format: stream_denoise (default) or imagezmq (read by imagezmq's ImageHub)")
+    r.add_argument("--curve-key", type=Path, metavar="SECRET_KEY",
+                   help="CURVE: encrypt and authenticate with this server secret key file (from `keygen`); needs --curve-clients")
+    r.add_argument("--curve-clients", type=Path, metavar="DIR", help="CURVE: directory of the public key files of allowed subscribers")
+    r.add_argument("--output", type=Path,
+                   help="also record the cleaned stream to this file (.mkv lossless, .mp4/.mov H.264, .avi MJPEG)")
     r.add_argument("--record-input", type=Path, help="also record the noisy input (.mkv lossless), e.g. for fine-tune")
     r.add_argument("--loop", action="store_true", help="files: loop forever (demos)")
     r.add_argument("--realtime", action="store_true", help="files: read at the file's frame rate, like a camera")
     r.add_argument("--max-frames", type=int, help="stop after this many frames")
     r.add_argument("--status-interval", type=float, help="seconds between status lines (default 5)")
     r.add_argument("--metrics-port", type=int, help="serve /healthz and Prometheus /metrics on this port")
+    r.add_argument("--metrics-host", help="address of the metrics server (default 127.0.0.1; 0.0.0.0 in containers)")
     _model_args(r)
 
     d = sub.add_parser("denoise", help="denoise a whole video file (same frames, same size)")
     d.add_argument("input", type=Path)
-    d.add_argument("output", type=Path, help=".mkv is lossless (FFV1), .mp4 is H.264")
+    d.add_argument("output", type=Path, help=".mkv is lossless (FFV1), .mp4/.mov H.264, .avi MJPEG; never the input")
     _model_args(d)
 
     s = sub.add_parser("subscribe", help="receive published frames and write them to a video file")
-    s.add_argument("endpoint")
-    s.add_argument("--out", type=Path, default=Path("received.mkv"))
-    s.add_argument("--count", type=int, default=None, help="stop after N frames")
-    s.add_argument("--timeout", type=float, default=10.0, help="give up after this many seconds without a frame")
+    s.add_argument("endpoint", help="the publisher: tcp://HOST:PORT or ipc:///path")
+    s.add_argument("--out", type=Path, default=Path("received.mkv"),
+                   help="video file to write (default received.mkv; .mkv lossless FFV1, .mp4/.mov H.264, .avi MJPEG), "
+                        "finished on Ctrl-C, SIGTERM or SIGHUP; a new file OUT.1.mkv... when the frame size changes")
+    s.add_argument("--count", type=int, default=None, help="stop after N frames (default: until Ctrl-C/SIGTERM)")
+    s.add_argument("--timeout", type=float, default=10.0,
+                   help="give up (exit 3, no file) when the first frame does not come within this many seconds (default 10)")
+    s.add_argument("--idle-timeout", type=float, default=None,
+                   help="once recording, stop (the file finished, exit 3) after this many seconds without a frame; "
+                        "default: record through camera outages")
     s.add_argument("--topic", default="", help="topic prefix to subscribe to")
-    s.add_argument("--fps", type=float, default=25.0, help="frame rate written into the video file")
+    s.add_argument("--fps", type=float, default=None,
+                   help="write frames 1/FPS apart (default: the stream's own timing, from the frames' pts and capture times)")
     s.add_argument("--server-key", type=Path, help="CURVE: the server's public key file")
     s.add_argument("--client-key", type=Path, help="CURVE: this client's secret key file")
 
     f = sub.add_parser("fine-tune", help="fit the network to a camera from its noisy recordings (self-supervised)")
     f.add_argument("clips", nargs="+", type=Path, help="recorded noisy clips of the camera")
-    f.add_argument("--out", type=Path, required=True, help="model file to write (.pt)")
+    f.add_argument("--out", type=Path, required=True, help="model file to write (must end in .pt)")
     f.add_argument("--from", dest="init", default=None, help="start from this model (default: the shipped one)")
     f.add_argument("--scratch", action="store_true", help="start from random weights instead")
     f.add_argument("--arch", default="lite", help="architecture when starting from scratch")
@@ -94,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="export a model to ONNX (fp32 or fp16)")
     e.add_argument("model")
-    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--out", type=Path, required=True, help="ONNX file to write (must end in .onnx)")
     e.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
 
     k = sub.add_parser("keygen", help="make a CURVE key pair for the publisher or a subscriber")
@@ -145,16 +159,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _install_stop() -> threading.Event:
+    """Ctrl-C, SIGTERM (systemd, docker stop, Kubernetes) and SIGHUP set the returned event: the
+    command finishes its files and exits 0."""
     stop = threading.Event()
 
     def handler(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping", signum)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
     return stop
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C's KeyboardInterrupt so that every command finishes its
+    files the same way on each of them."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt_on_signals() -> None:
+    """SIGTERM and SIGHUP interrupt the command as Ctrl-C does (once: a second one while it finishes
+    its files is ignored); commands that poll a stop event replace this with :func:`_install_stop`."""
+    raised: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        if raised:
+            log.warning("signal %d: already stopping", signum)
+            return
+        raised.append(signum)
+        raise Interrupted(signum)
+
+    if threading.current_thread() is threading.main_thread():  # main() called from a thread: leave signals alone
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, handler)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -199,12 +244,20 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def _common_overrides(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     """Flags that override a config file the same way for one camera and for many."""
-    if (a.publish or a.encoding) and data.get("publish", {}) is not None:
+    if bool(a.curve_key) != bool(a.curve_clients):
+        from .errors import ConfigError
+
+        raise ConfigError("--curve-key and --curve-clients go together (the server's secret key, the allowed clients' keys)")
+    if (a.publish or a.encoding or a.wire or a.curve_key) and data.get("publish", {}) is not None:
         pub = dict(data.get("publish") or {})
         if a.publish:
             pub["endpoint"] = a.publish
         if a.encoding:
             pub["encoding"] = a.encoding
+        if a.wire:
+            pub["wire"] = a.wire
+        if a.curve_key:
+            pub["curve"] = {"server_secret_key": str(a.curve_key), "allowed_clients_dir": str(a.curve_clients)}
         data["publish"] = pub
     data["model"] = _model_cfg(a, data.get("model"))
     if a.max_frames:
@@ -213,6 +266,8 @@ def _common_overrides(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, 
         data["status_interval_s"] = a.status_interval
     if a.metrics_port is not None:
         data["metrics_port"] = a.metrics_port
+    if a.metrics_host is not None:
+        data["metrics_host"] = a.metrics_host
     return data
 
 
@@ -260,14 +315,27 @@ def cmd_denoise(a: argparse.Namespace) -> int:
 def cmd_subscribe(a: argparse.Namespace) -> int:
     from .publish import record
 
-    res = record(a.endpoint, a.out, a.count, a.timeout, topics=a.topic, fps=a.fps,
+    res = record(a.endpoint, a.out, a.count, a.timeout, idle_timeout_s=a.idle_timeout, topics=a.topic, fps=a.fps,
                  curve_server_public_key=a.server_key, client_secret_key=a.client_key)
-    log.info("wrote %d frames (%dx%d) to %s; received %d, gaps %d, missed %d, rejected %d",
-             res.written, res.width, res.height, res.path, res.received, res.gaps, res.missed, res.rejected)
+    log.info("wrote %d frames (%dx%d) to %s%s; received %d, gaps %d, missed %d, rejected %d", res.written, res.width,
+             res.height, ", ".join(map(str, res.paths)) or res.path, " (interrupted)" if res.interrupted else "",
+             res.received, res.gaps, res.missed, res.rejected)
     return 0
 
 
+def _model_out(out: Path, suffix: str, inputs: list[tuple[str, Any]]) -> None:
+    """A model file to write: its extension is one `run --model` takes, and it is none of the inputs."""
+    from .errors import ConfigError
+    from .files import check_outputs
+
+    if out.suffix != suffix:
+        raise ConfigError(f"--out {out}: the file must end in {suffix} (what `run --model` and `denoise --model` take)")
+    check_outputs(inputs, [("--out", out)])
+
+
 def cmd_fine_tune(a: argparse.Namespace) -> int:
+    _model_out(a.out, ".pt", [*(("clip", c) for c in a.clips),
+                              ("--from", a.init if a.init and Path(a.init).is_file() else None)])
     from .train.finetune import fine_tune
 
     fine_tune(a.clips, a.out, init=None if a.scratch else (a.init or ("lite-causal" if a.window == "causal" else "lite")),
@@ -280,7 +348,9 @@ def cmd_export(a: argparse.Namespace) -> int:
     from . import zoo
     from .build.export import export_onnx
 
-    export_onnx(zoo.resolve(a.model, ".pt"), a.out, a.precision)
+    model = zoo.resolve(a.model, ".pt")
+    _model_out(a.out, ".onnx", [("model", model)])
+    export_onnx(model, a.out, a.precision)
     return 0
 
 
@@ -347,18 +417,31 @@ COMMANDS = {"bench": cmd_bench, "calibrate": cmd_calibrate, "build-engine": cmd_
             "export": cmd_export, "keygen": cmd_keygen, "check-config": cmd_check_config, "demo": cmd_demo}
 
 
+# optional packages -> the extra that installs them, for a one-line error instead of a traceback
+EXTRAS = {"torch": "torch", "onnxscript": "torch", "tensorrt": "trt", "tritonclient": "triton", "ray": "ray",
+          "skvideo": "train", "skimage": "train", "tqdm": "train", "bm4d": "bench", "matplotlib": "bench"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    _interrupt_on_signals()
     try:
         return COMMANDS[args.command](args)
     except StreamDenoiseError as exc:
         print(f"stream-denoise: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").split(".")[0]
+        if package not in EXTRAS:
+            raise
+        print(f"stream-denoise: error: {args.command} needs {package}, which is not installed: "
+              f"pip install 'stream_denoise[{EXTRAS[package]}]'", file=sys.stderr)
+        return 5
+    except KeyboardInterrupt as exc:
         print("stream-denoise: interrupted", file=sys.stderr)
-        return 130
+        return 128 + exc.signum if isinstance(exc, Interrupted) else 130
 
 
 if __name__ == "__main__":

@@ -84,11 +84,23 @@ class PublishConfig(Strict):
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality when encoding = jpeg.")
     sndhwm: int = Field(2, ge=1, le=10000, description="Send high-water mark (messages per subscriber).")
     curve: CurveConfig | None = Field(None, description="Enable CURVE when set.")
+    wire: Literal["stream_denoise", "imagezmq"] = Field(
+        "stream_denoise",
+        description="Message format: stream_denoise's [topic, header, pixels] (stream_denoise.wire), or imagezmq's "
+                    "[metadata, pixels], which imagezmq's ImageHub(open_port=ENDPOINT, REQ_REP=False) reads "
+                    "(encoding raw -> recv_image, jpeg -> recv_jpg; no topic part).")
 
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
         return _check_endpoint(v)
+
+    @model_validator(mode="after")
+    def _imagezmq_encoding(self) -> PublishConfig:
+        if self.wire == "imagezmq" and self.encoding == "png":
+            _fail("imagezmq_png", "wire imagezmq carries raw arrays (recv_image) or JPEG (recv_jpg), not png",
+                  ("encoding",), self.encoding)
+        return self
 
 
 def _check_endpoint(v: str) -> str:
@@ -117,11 +129,27 @@ class RunConfig(Strict):
     status_interval_s: float = Field(5.0, gt=0, le=3600, description="Seconds between status lines.")
     max_frames: int | None = Field(None, ge=1, description="Stop after this many published frames.")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve /metrics and /healthz on this port.")
+    metrics_host: str = Field("127.0.0.1", min_length=1, description="Address of the metrics server (0.0.0.0 in containers).")
 
     @model_validator(mode="after")
     def _something_to_do(self) -> RunConfig:
         if self.publish is None and self.output.path is None:
-            raise ValueError("nothing consumes the frames: set publish or output.path")
+            raise ValueError("nothing consumes the frames: publish them ([publish], no --no-publish) "
+                             "or record them (--output, [output] path)")
+        return self
+
+    @model_validator(mode="after")
+    def _outputs_apart(self) -> RunConfig:
+        """The output-path rule (stream_denoise.files): no output over the source or another output."""
+        from .files import file_source, ipc_path, output_clash
+
+        endpoint = self.publish.endpoint if self.publish is not None and self.publish.bind else None
+        clash = output_clash([("source.uri", file_source(self.source.uri))],
+                             [("output.path", self.output.path), ("output.input_path", self.output.input_path),
+                              ("publish.endpoint", ipc_path(endpoint) if endpoint else None)])
+        if clash is not None:
+            name, message = clash
+            _fail("output_clash", message, tuple(name.split(".")), None)
         return self
 
 
@@ -134,7 +162,15 @@ def parse(model: type[BaseModel], data: dict[str, Any], text: str | None = None,
         loc = ".".join(str(p) for p in err["loc"])
         line = _line_of(text, err["loc"]) if text else None
         where = f"{origin}:{line}: " if line else f"{origin}: "
-        raise ConfigError(f"{where}{loc}: {err['msg']}") from None
+        raise ConfigError(f"{where}{loc + ': ' if loc else ''}{_message(err)}") from None
+
+
+def _message(err: Any) -> str:
+    """pydantic's message without its "Value error, " prefix (the message is ours)."""
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    return msg
 
 
 def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
@@ -374,8 +410,9 @@ def _given(data: Any, loc: tuple[int | str, ...]) -> bool:
 
 
 def _describe(origin: str, err: Any, line: int) -> str:
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "(file)"
-    return f"{origin}:{line}: {key}: {err['msg']}" if line else f"{origin}: {key}: {err['msg']}"
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    where = f"{origin}:{line}: " if line else f"{origin}: "
+    return f"{where}{key + ': ' if key else ''}{_message(err)}"
 
 
 def _line_for(loc: tuple[int | str, ...], lines: dict[tuple[int | str, ...], int]) -> int | None:

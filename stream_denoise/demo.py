@@ -23,6 +23,7 @@ SAMPLE = Path(__file__).parent / "data" / "sample_noisy.mp4"
 def run_demo(out: Path, stop: threading.Event | None = None, endpoint: str = "tcp://127.0.0.1:5555") -> dict:
     import cv2
 
+    from .files import atomic_write
     from .pipeline import Pipeline
     from .publish import Subscriber
     from .train.data import read_clip
@@ -53,7 +54,9 @@ def run_demo(out: Path, stop: threading.Event | None = None, endpoint: str = "tc
     if mid is not None:
         den = cv2.cvtColor(received[mid], cv2.COLOR_BGR2RGB)
         pair = np.concatenate([noisy[mid], np.full((noisy.shape[1], 8, 3), 255, np.uint8), den], axis=1)
-        cv2.imwrite(str(out / "side_by_side.png"), cv2.cvtColor(pair, cv2.COLOR_RGB2BGR))
+        ok, png = cv2.imencode(".png", cv2.cvtColor(pair, cv2.COLOR_RGB2BGR))
+        if ok:
+            atomic_write(out / "side_by_side.png", png.tobytes())
     summary = {"published": metrics.frames_out, "received_by_subscriber": len(received),
                "video": str(out / "denoised.mp4"), "picture": str(out / "side_by_side.png")}
     log.info("demo: published %d frames on %s, subscriber received %d; wrote %s and %s", metrics.frames_out,

@@ -8,6 +8,7 @@ StreamDenoiseError
 ├── BackendUnavailable     (RuntimeError)     the requested backend cannot run here (no GPU, no TensorRT...)
 ├── EngineError            (RuntimeError)     a TensorRT engine could not be built or loaded
 ├── PublishError           (OSError)          the ZeroMQ endpoint cannot be bound/connected
+├── OutputError            (OSError)          an output file cannot be written or finished
 └── MessageError           (ValueError)       a received message is malformed or hostile
 
 Every third-party error is translated into one of these exactly once, at the module that talks to
@@ -49,6 +50,10 @@ class EngineError(StreamDenoiseError, RuntimeError):
 
 class PublishError(StreamDenoiseError, OSError):
     exit_code = 6
+
+
+class OutputError(StreamDenoiseError, OSError):
+    exit_code = 7
 
 
 class MessageError(StreamDenoiseError, ValueError):

@@ -6,6 +6,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -55,8 +56,13 @@ class Metrics:
         self._last = (now, self.frames_in, self.frames_out)
         return (self.frames_in - fin) / dt, (self.frames_out - fout) / dt
 
-    def status(self, source_drops: int, reconnects: int, publish_drops: int) -> str:
-        fin, fout = self.rates()
+    def status(self, source_drops: int, reconnects: int, publish_drops: int, final: bool = False) -> str:
+        """The status line: rates since the previous line, or (``final``) averages over the whole run."""
+        if final:
+            took = max(time.monotonic() - self.started, 1e-9)
+            fin, fout = self.frames_in / took, self.frames_out / took
+        else:
+            fin, fout = self.rates()
         ms = {k: 1000 * w.percentile(50) for k, w in self.latency.items()}
         return (
             f"fps in {fin:5.1f} out {fout:5.1f} | ms pre {ms['pre']:.1f} infer {ms['infer']:.1f} post {ms['post']:.1f} "
@@ -64,12 +70,11 @@ class Metrics:
             f"dropped source {source_drops} queue {self.dropped_queue} publish {publish_drops} | reconnects {reconnects}"
         )
 
-    def snapshot(self) -> dict[str, float | int]:
-        snap: dict[str, float | int] = {"frames_in": self.frames_in, "frames_out": self.frames_out,
-                                        "dropped_queue": self.dropped_queue, "source_timeouts": self.source_timeouts,
-                                        "last_output_at": self.last_output_at,
-                                        "uptime_s": time.monotonic() - self.started}
-        for k, w in self.latency.items():
-            snap[f"{k}_p50_ms"] = 1000 * w.percentile(50)
-            snap[f"{k}_p99_ms"] = 1000 * w.percentile(99)
-        return snap
+    def snapshot(self) -> dict[str, Any]:
+        """Counters and gauges by name (see ``health.METRICS``); ``latency_seconds`` is
+        ``{stage: {quantile: seconds}}`` over the last samples (NaN before any)."""
+        return {"frames_in": self.frames_in, "frames_out": self.frames_out, "dropped_queue": self.dropped_queue,
+                "source_timeouts": self.source_timeouts, "last_output_at": self.last_output_at,
+                "uptime_s": time.monotonic() - self.started,
+                "latency_seconds": {k: {"0.5": w.percentile(50), "0.99": w.percentile(99)}
+                                    for k, w in self.latency.items()}}

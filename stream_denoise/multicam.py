@@ -373,7 +373,7 @@ class Camera:
         return f"{self.name} [{self.state}] " + self.metrics.status(
             s.frames_dropped if s else 0, s.reconnects if s else 0, self.publish_dropped)
 
-    def snapshot(self) -> dict[str, float | int]:
+    def snapshot(self) -> dict[str, Any]:
         snap = self.metrics.snapshot()
         s = self.source.stats if self.source is not None else None
         snap.update(up=int(self.connected), failed=int(self.state == "failed"),
@@ -504,24 +504,20 @@ class MultiCamera(Closing):
                          f"largest {s.largest}")
         return lines
 
-    def snapshot(self) -> dict[str, float | int]:
+    def snapshot(self) -> dict[str, Any]:
         """Totals (``frames_out``, ``last_output_at`` drive /healthz: healthy while any camera publishes)
-        and per-camera values as Prometheus labels: ``camera_frames_out{camera="gate"}``."""
-        cams = [(c, c.snapshot()) for c in self.cameras]
-        snap: dict[str, float | int] = {
+        and each camera's own snapshot under ``camera`` (Prometheus: ``camera_frames_out{camera="gate"}``)."""
+        cams = {c.name: c.snapshot() for c in self.cameras}
+        return {
             "cameras": len(cams),
-            "cameras_up": sum(int(s["up"]) for _, s in cams),
-            "cameras_failed": sum(int(s["failed"]) for _, s in cams),
-            "frames_in": sum(int(s["frames_in"]) for _, s in cams),
-            "frames_out": sum(int(s["frames_out"]) for _, s in cams),
-            "last_output_at": max((float(s["last_output_at"]) for _, s in cams), default=0.0),
+            "cameras_up": sum(int(s["up"]) for s in cams.values()),
+            "cameras_failed": sum(int(s["failed"]) for s in cams.values()),
+            "frames_in": sum(int(s["frames_in"]) for s in cams.values()),
+            "frames_out": sum(int(s["frames_out"]) for s in cams.values()),
+            "last_output_at": max((float(s["last_output_at"]) for s in cams.values()), default=0.0),
             "publish_sent": self.publisher.sent,
             "publish_dropped": self.publisher.dropped,
             "batches": sum(b.stats.batches for b in self.batchers.values()),
             "batch_windows": sum(b.stats.windows for b in self.batchers.values()),
+            "camera": cams,
         }
-        for cam, s in cams:
-            label = cam.name.replace("\\", "\\\\").replace('"', '\\"')
-            for key, value in s.items():
-                snap[f'camera_{key}{{camera="{label}"}}'] = value
-        return snap

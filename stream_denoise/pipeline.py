@@ -7,22 +7,30 @@ ZeroMQ release the GIL, so the stages overlap and throughput is set by the slowe
 
 Drop policy: live sources drop at the source (newest wins). Between inference and publishing, a
 full queue drops the *oldest* denoised frame (counted in ``dropped_queue``) for live sources and
-blocks for files (a file is processed completely).
+blocks for files (a file is processed completely). Publishing a live source never waits: a
+subscriber that falls behind loses frames at its own queue (``sndhwm``), seen there as ``seq``
+gaps. A file is published losslessly (XPUB, ``XPUB_NODROP``): each frame waits until every
+subscriber has room; a looping file waits at most one frame interval, then drops the frame for
+every subscriber and counts it in ``publish_dropped``.
+
+Recordings (``output.path``, ``output.input_path``) keep the stream's timing
+(:class:`~stream_denoise.video_writer.StreamClock`), are written as ``NAME.PID.part`` and renamed
+when finished, and go on in a new file when the frame size changes.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig
 from .denoiser import Denoiser
-from .errors import SourceTimeout
+from .errors import SourceError, SourceTimeout, StreamDenoiseError
 from .frame import Frame
 from .metrics import Metrics
 from .resources import Closing
@@ -30,6 +38,7 @@ from .sources.base import ready_frames
 
 if TYPE_CHECKING:
     from .sources import Source
+    from .video_writer import Recording, StreamClock
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +68,17 @@ class Pipeline(Closing):
     def __init__(self, cfg: RunConfig, denoiser: Denoiser | None = None) -> None:
         from .backends import create_backend
         from .sources import open_source
+        from .video_writer import Recording, StreamClock, check_video_path
 
         self.cfg = cfg
         self.metrics = Metrics()
         self._closers: list = []
         self.health = None
+        self._recordings: dict[str, tuple[Recording, StreamClock]] = {}
         try:
+            for path in (cfg.output.path, cfg.output.input_path):
+                if path is not None:
+                    check_video_path(path)  # before the model loads and the camera connects
             if denoiser is None:
                 backend = create_backend(cfg.model)
                 self._closers.append(backend.close)  # created here, closed here
@@ -72,23 +86,31 @@ class Pipeline(Closing):
             self.denoiser = denoiser
             self.source = open_source(cfg.source)
             self._closers.append(self.source.close)
+            self.lossless = not getattr(self.source, "live", False)
+            fps = getattr(self.source, "fps", None) or 25.0
+            # a file is published losslessly: every frame waits for the subscribers (a looping one: one frame interval)
+            self._publish_wait_s = 0.0 if not self.lossless else 1 / fps if cfg.source.loop else math.inf
             self.publisher = None
             if cfg.publish is not None:
                 from .publish import Publisher
 
-                self.publisher = Publisher(cfg.publish)
+                self.publisher = Publisher(cfg.publish, lossless=self.lossless)
                 self._closers.append(self.publisher.close)
+            for kind, path in (("input", cfg.output.input_path), ("output", cfg.output.path)):
+                if path is not None:
+                    rec = Recording(path, fps)
+                    self._recordings[kind] = (rec, StreamClock())
+                    self._closers.append(rec.close)
             if cfg.metrics_port is not None:
                 from .health import HealthServer
 
-                self.health = HealthServer(cfg.metrics_port, self.snapshot)
+                self.health = HealthServer(cfg.metrics_port, self.snapshot, host=cfg.metrics_host)
                 self._closers.append(self.health.close)
         except BaseException:
             self.close()
             raise
-        self.lossless = not getattr(self.source, "live", False)
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=cfg.queue_size)
-        self._writers: dict[str, object] = {}
+        self._failure: StreamDenoiseError | None = None  # of the publish thread, raised by run()
         self.ready = threading.Event()
 
     def run(self, stop: threading.Event | None = None) -> Metrics:
@@ -105,12 +127,22 @@ class Pipeline(Closing):
                  self.denoiser.window, self.denoiser.latency_frames)
         try:
             self._infer_loop(stop)
+            ended_by_itself = not stop.is_set()
         finally:
             self._put(_END, stop, force=True)
             pub.join(timeout=30)
             stop.set()
             status.join(timeout=5)
-            log.info("done: %s", self._status_line())
+            log.info("done: %s", self._status_line(final=True))
+            for rec, _ in self._recordings.values():
+                rec.close()  # finished here, so a failure to finish reaches the caller
+        if self._failure is not None:
+            raise self._failure
+        problem = self.source.stats.problem
+        if ended_by_itself and self.metrics.frames_in == 0:
+            raise SourceError(f"{self.source.name}: no frame could be decoded{f' ({problem})' if problem else ''}")
+        if problem is not None:
+            log.warning("%s: %s; published the %d frames that decoded", self.source.name, problem, self.metrics.frames_out)
         return self.metrics
 
     def _infer_loop(self, stop: threading.Event) -> None:
@@ -122,9 +154,8 @@ class Pipeline(Closing):
                 extra = ready_frames(self.source, min(lanes - 1, limit - m.frames_in if limit is not None else lanes))
                 m.frames_in += len(extra)
                 frames += extra
-            if self.cfg.output.input_path is not None:
-                for f in frames:
-                    self._record("input", self.cfg.output.input_path, f)
+            for f in frames:
+                self._record("input", f)
             self._emit(self.denoiser.push_many(frames) if len(frames) > 1 else self.denoiser.push(frame), stop)
             if limit is not None and m.frames_in >= limit:
                 break  # the flush below publishes the look-ahead frames: exactly max_frames out
@@ -158,42 +189,39 @@ class Pipeline(Closing):
             item = self._queue.get()
             if item is _END:
                 return
+            if self._failure is not None:
+                continue  # drain: the inference stage never blocks on a dead publish stage
             t0 = time.perf_counter()
-            if self.publisher is not None:
-                self.publisher.send(item)
-            if self.cfg.output.path is not None:
-                self._record("output", self.cfg.output.path, item)
+            try:
+                if self.publisher is not None:
+                    self.publisher.send(item, wait_s=self._publish_wait_s, stop=stop)
+                self._record("output", item)
+            except StreamDenoiseError as exc:  # a full disk, a closed socket: stop, and say why
+                self._failure = exc
+                stop.set()
+                continue
             now = time.time()
             m.latency["publish"].add(time.perf_counter() - t0)
             m.latency["e2e"].add(now - item.captured_at)
             m.frames_out += 1
             m.last_output_at = now
 
-    def _record(self, kind: str, path: Path, frame: Frame) -> None:
-        from .video_writer import VideoWriter
-
-        writer = self._writers.get(kind)
-        if writer is None:
-            fps = getattr(self.source, "fps", None) or 25.0
-            writer = self._writers[kind] = VideoWriter(path, frame.width, frame.height, fps)
-            self._closers.append(writer.close)
-        assert isinstance(writer, VideoWriter)
-        if (frame.width, frame.height) != (writer.width, writer.height):
-            log.warning("frame size changed to %dx%d: not recorded in %s (recording is %dx%d)",
-                        frame.width, frame.height, path, writer.width, writer.height)
-            return
-        writer.write(frame.pixels)
+    def _record(self, kind: str, frame: Frame) -> None:
+        entry = self._recordings.get(kind)
+        if entry is not None:
+            rec, clock = entry
+            rec.write(frame.pixels, clock(frame.pts, frame.captured_at, frame.segment))
 
     def _status_loop(self, stop: threading.Event) -> None:
         while not stop.wait(self.cfg.status_interval_s):
             log.info("%s", self._status_line())
 
-    def _status_line(self) -> str:
+    def _status_line(self, final: bool = False) -> str:
         s = self.source.stats
         pub_drops = self.publisher.dropped if self.publisher is not None else 0
-        return self.metrics.status(s.frames_dropped, s.reconnects, pub_drops)
+        return self.metrics.status(s.frames_dropped, s.reconnects, pub_drops, final=final)
 
-    def snapshot(self) -> dict[str, float | int]:
+    def snapshot(self) -> dict[str, Any]:
         """Counters for health checks and Prometheus: pipeline, source and publisher."""
         snap = self.metrics.snapshot()
         s = self.source.stats

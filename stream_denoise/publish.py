@@ -10,7 +10,10 @@ Publisher (one PUB socket, never blocks the pipeline)::
 
 A PUB socket drops messages silently, per subscriber, once that subscriber's queue (``sndhwm``)
 is full: a slow subscriber never slows the publisher or the other subscribers. Subscribers see
-those losses as jumps of ``seq`` (``Subscriber.gaps`` / ``missed``).
+those losses as jumps of ``seq`` (``Subscriber.gaps`` / ``missed``). A *lossless* publisher (files:
+``Publisher(cfg, lossless=True)``) is an XPUB socket with ``XPUB_NODROP``: a message goes to every
+subscriber or to none, ``send(frame, wait_s=...)`` waits up to ``wait_s`` for the slowest one to
+make room, and a message that still cannot go is counted in ``dropped`` — no loss goes uncounted.
 
 Subscriber::
 
@@ -32,7 +35,9 @@ clients are refused during the handshake and receive nothing.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -48,10 +53,9 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from .config import PublishConfig
-from .errors import ConfigError, MessageError, PublishError, SourceTimeout
+from .errors import MessageError, PublishError, SourceTimeout
 from .frame import Frame
-from .video_writer import SUFFIXES, VideoWriter
-from .wire import DEFAULT_MAX_PIXELS, decode_header, decode_image, encode, redact
+from .wire import DEFAULT_MAX_PIXELS, decode_header, decode_image, encode, encode_imagezmq, redact
 
 log = logging.getLogger(__name__)
 
@@ -67,32 +71,41 @@ class Publisher:
     """A PUB socket that sends :class:`Frame` s in the wire format; see the module docstring.
 
     Use it from one thread. ``sent`` counts messages the socket accepted, ``dropped`` those it
-    refused; per-subscriber drops at the high-water mark are silent here and show up as ``seq``
-    gaps at that subscriber.
+    refused; per-subscriber drops at the high-water mark are silent here (except when ``lossless``)
+    and show up as ``seq`` gaps at that subscriber.
     """
 
-    def __init__(self, cfg: PublishConfig | None = None, context: zmq.Context | None = None) -> None:
+    def __init__(self, cfg: PublishConfig | None = None, context: zmq.Context | None = None, *,
+                 lossless: bool = False) -> None:
         self.cfg = cfg or PublishConfig()
+        self.lossless = lossless
         self.sent = 0
         self.dropped = 0
+        self.refused = 0  # CURVE: subscribers refused at the handshake
         self._seq: dict[bytes, int] = {}
         self._auth: ThreadAuthenticator | None = None
+        self._monitor: threading.Thread | None = None
+        self._closing = threading.Event()
         # An authenticator owns its context's ZAP endpoint: CURVE publishers get a private context.
         self._own_context = context is None and self.cfg.curve is not None
         self._ctx = zmq.Context() if self._own_context else (context or zmq.Context.instance())
         self._sock: zmq.Socket | None = None
+        self._where = self.cfg.endpoint  # the bound endpoint once known, for the monitor thread's messages
         try:
             self._sock = self._open()
+            self._where = self.endpoint_of(self._sock) or self._where
         except BaseException:
             self.close()
             raise
 
     def _open(self) -> zmq.Socket:
         cfg = self.cfg
-        sock = self._ctx.socket(zmq.PUB)
+        sock = self._ctx.socket(zmq.XPUB if self.lossless else zmq.PUB)
         try:
             sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
             sock.setsockopt(zmq.LINGER, LINGER_MS)
+            if self.lossless:
+                sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full subscriber makes send fail (counted), not drop silently
             if cfg.curve is not None:
                 self._setup_curve(sock)
             if cfg.bind:
@@ -107,8 +120,9 @@ class Publisher:
         except BaseException:
             sock.close(linger=0)
             raise
-        log.info("publishing on %s (%s, %s%s)", self.endpoint_of(sock), "bind" if cfg.bind else "connect",
-                 cfg.encoding, ", CURVE" if cfg.curve else "")
+        log.info("publishing on %s (%s, %s%s%s%s)", self.endpoint_of(sock), "bind" if cfg.bind else "connect",
+                 cfg.encoding, ", CURVE" if cfg.curve else "", ", imagezmq messages" if cfg.wire == "imagezmq" else "",
+                 ", lossless" if self.lossless else "")
         return sock
 
     def _setup_curve(self, sock: zmq.Socket) -> None:
@@ -129,7 +143,34 @@ class Publisher:
         sock.curve_secretkey = secret
         sock.curve_publickey = public
         sock.curve_server = True
+        monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
+        self._monitor = threading.Thread(target=self._watch_handshakes, args=(monitor, allowed),
+                                         name="curve-monitor", daemon=True)
+        self._monitor.start()
         log.info("CURVE on, %d allowed client key(s) from %s", n_keys, allowed)
+
+    def _watch_handshakes(self, monitor: zmq.Socket, allowed: Path) -> None:
+        """Log every subscriber the CURVE handshake refused (rate-limited), on the monitor's own thread."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        logged: dict[int, float] = {}  # event -> when it was last logged: a client retrying every 0.1 s logs every 10 s
+        try:
+            while not self._closing.is_set():
+                if not monitor.poll(_POLL_MS):
+                    continue
+                event = recv_monitor_message(monitor)["event"]
+                if event not in _HANDSHAKE_REASONS:
+                    continue
+                self.refused += 1
+                now = time.monotonic()
+                if now - logged.get(event, -math.inf) >= 10:
+                    logged[event] = now
+                    why = _HANDSHAKE_REASONS[event].format(dir=allowed)
+                    log.warning("refused a subscriber on %s (%d refused so far): %s", self._where, self.refused, why)
+        except zmq.ZMQError:
+            pass
+        finally:
+            monitor.close(linger=0)
 
     @staticmethod
     def endpoint_of(sock: zmq.Socket) -> str:
@@ -146,33 +187,68 @@ class Publisher:
         if self._auth is not None and self.cfg.curve is not None:
             self._auth.configure_curve(domain="*", location=str(self.cfg.curve.allowed_clients_dir))
 
-    def send(self, frame: Frame, topic: str | bytes | None = None) -> bool:
-        """Queue one frame without blocking; False (and ``dropped`` += 1) when it could not be queued."""
+    def send(self, frame: Frame, topic: str | bytes | None = None, *, wait_s: float = 0.0,
+             stop: threading.Event | None = None) -> bool:
+        """Queue one frame; False (and ``dropped`` += 1) when it could not be queued.
+
+        Lossless publishers wait up to ``wait_s`` seconds (``math.inf``: until ``stop`` is set) for
+        every subscriber to have room; others never wait.
+        """
         if self._sock is None:
             raise PublishError("publisher is closed")
         t = topic if topic is not None else (self.cfg.topic if self.cfg.topic is not None else redact(frame.source))
         tb = t.encode() if isinstance(t, str) else bytes(t)
         seq = self._seq.get(tb, 0)
         self._seq[tb] = seq + 1  # a message that is not sent is a gap subscribers can see
-        parts = encode(frame, seq, self.cfg.encoding, self.cfg.jpeg_quality, topic=tb)
-        try:
-            self._sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            self.dropped += 1
-            return False
-        except zmq.ZMQError as exc:
-            raise PublishError(f"send on {self.endpoint} failed: {_zmq_reason(exc)}") from None
+        if self.cfg.wire == "imagezmq":
+            parts = encode_imagezmq(frame, seq, self.cfg.encoding, self.cfg.jpeg_quality, topic=tb)  # type: ignore[arg-type]
+        else:
+            parts = encode(frame, seq, self.cfg.encoding, self.cfg.jpeg_quality, topic=tb)
+        if self.lossless:
+            self._drain_subscriptions()
+        deadline = time.monotonic() + wait_s
+        pause, warned = 0.0005, time.monotonic()
+        while True:
+            try:
+                self._sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                break
+            except zmq.Again:
+                now = time.monotonic()
+                if not self.lossless or now >= deadline or (stop is not None and stop.is_set()):
+                    self.dropped += 1
+                    return False
+                if now - warned > 5:
+                    warned = now
+                    log.warning("%s: waiting for a subscriber that is not reading (frames of a file are "
+                                "published losslessly)", self.endpoint)
+                time.sleep(min(pause, max(deadline - now, 0.0)))
+                pause = min(2 * pause, 0.01)
+                self._drain_subscriptions()
+            except zmq.ZMQError as exc:
+                raise PublishError(f"send on {self.endpoint} failed: {_zmq_reason(exc)}") from None
         self.sent += 1
         return True
+
+    def _drain_subscriptions(self) -> None:
+        """An XPUB socket receives (un)subscription messages; read them so they never pile up."""
+        assert self._sock is not None
+        while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._sock.recv(zmq.NOBLOCK)
 
     def stats(self) -> dict[str, int]:
         return {"sent": self.sent, "dropped": self.dropped}
 
     def close(self) -> None:
         """Close the socket, stop the authenticator (idempotent)."""
+        self._closing.set()
         if self._sock is not None:
+            if self._monitor is not None:
+                self._sock.disable_monitor()
             self._sock.close(linger=LINGER_MS)
             self._sock = None
+        if self._monitor is not None:
+            self._monitor.join(timeout=5)
+            self._monitor = None
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
@@ -185,6 +261,14 @@ class Publisher:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+_HANDSHAKE_REASONS = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "its public key is not in {dir}",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "CURVE handshake failed (the wrong server key, or not a CURVE client)",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "CURVE handshake failed (not a CURVE client?)",
+}
+_HANDSHAKE_FAILED = sum(_HANDSHAKE_REASONS)
 
 
 def _load_keypair(path: str | Path) -> tuple[bytes, bytes]:
@@ -216,11 +300,14 @@ def keygen(directory: str | Path, name: str, overwrite: bool = False) -> tuple[P
         raise PublishError(f"{public} or {secret} already exists (refusing to overwrite a key)")
     try:
         d.mkdir(parents=True, exist_ok=True)
-        pub_path, sec_path = zmq.auth.create_certificates(d, name)
-        os.chmod(sec_path, 0o600)
+        with tempfile.TemporaryDirectory(dir=d, prefix=f".{name}.") as tmp:  # renamed into place once whole
+            pub_path, sec_path = zmq.auth.create_certificates(tmp, name)
+            os.chmod(sec_path, 0o600)
+            os.replace(sec_path, secret)
+            os.replace(pub_path, public)
     except OSError as exc:
         raise PublishError(f"cannot write keys in {d}: {exc}") from None
-    return Path(pub_path), Path(sec_path)
+    return public, secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,15 +564,15 @@ class Subscriber:
 @dataclass(frozen=True, slots=True)
 class RecordResult:
     path: Path
-    written: int
-    skipped: int  # frames of another size than the first
-    width: int
+    written: int  # frames, over every file of the recording
+    width: int  # of the first file
     height: int
     received: int
     rejected: int
     gaps: int
     missed: int
-    interrupted: bool
+    interrupted: bool  # ended by Ctrl-C / SIGTERM / SIGHUP (the files are finished all the same)
+    paths: tuple[Path, ...] = ()  # the files: ``path``, then one more per change of frame size
 
 
 def record(
@@ -494,48 +581,55 @@ def record(
     count: int | None = None,
     timeout_s: float = 10.0,
     *,
+    idle_timeout_s: float | None = None,
     topics: Iterable[bytes | str] | bytes | str = (b"",),
-    fps: float = 30.0,
+    fps: float | None = None,
     curve_server_public_key: bytes | str | Path | None = None,
     client_secret_key: str | Path | None = None,
     context: zmq.Context | None = None,
 ) -> RecordResult:
-    """Receive frames from ``endpoint`` and write them to ``out_path`` (see :class:`VideoWriter`).
+    """Receive frames from ``endpoint`` and write them to ``out_path`` (see :class:`Recording`).
 
-    Stops after ``count`` frames, after ``timeout_s`` without a frame, or on Ctrl-C (the file is
-    finished properly in every case). The video takes the size of the first frame; frames of
-    another size are skipped. Frames are written 1/fps apart. Raises SourceTimeout when no frame
-    arrives at all within ``timeout_s`` (no file is created then).
+    Waits ``timeout_s`` for the first frame (SourceTimeout without one; no file is created), then
+    records through camera outages until ``count`` frames or Ctrl-C/SIGTERM/SIGHUP; with
+    ``idle_timeout_s``, also until that long passes without a frame, and then raises SourceTimeout
+    once the file is finished. Frames keep the stream's timing (header ``pts`` within a segment,
+    capture times across segments and for frames without pts), or are 1/``fps`` apart when ``fps`` is
+    given. A change of frame size goes on in a new file. The output must not be an input
+    (``ipc://`` socket file, key files): see :func:`stream_denoise.files.check_outputs`.
     """
+    from .files import check_outputs, ipc_path
+    from .video_writer import Recording, StreamClock
+
     if count is not None and count < 1:
         raise ValueError("count must be >= 1")
     out = Path(out_path)
-    if out.suffix.lower() not in SUFFIXES:
-        raise ConfigError(f"{out}: unsupported video extension {out.suffix!r} (use {', '.join(SUFFIXES)})")
-    writer: VideoWriter | None = None
-    skipped, interrupted = 0, False
+    keys = [("--server-key", k) for k in (curve_server_public_key,) if isinstance(k, (str, Path)) and Path(k).exists()]
+    check_outputs([("endpoint", ipc_path(endpoint)), *keys, ("--client-key", client_secret_key)], [("--out", out)])
+    rec = Recording(out, fps or 30.0, color="BGR")
+    clock = StreamClock()
+    interrupted = idle = False
     with Subscriber(endpoint, topics, curve_server_public_key=curve_server_public_key,
-                    client_secret_key=client_secret_key, rcvhwm=16, timeout_s=timeout_s,
-                    context=context) as sub:
+                    client_secret_key=client_secret_key, rcvhwm=16, context=context) as sub:
         try:
-            for msg in sub:
-                if writer is None:
-                    h, w = msg.image.shape[:2]
-                    writer = VideoWriter(out, w, h, fps, color="BGR")
-                    log.info("recording %dx%d from %s to %s", w, h, endpoint, out)
-                if msg.image.shape[:2] != (writer.height, writer.width):
-                    skipped += 1
-                    continue
-                writer.write(msg.image)
-                if count is not None and writer.frames_written >= count:
-                    break
+            with rec:
+                while count is None or rec.frames_written < count:
+                    msg = sub.recv(timeout=timeout_s if rec.frames_written == 0 else idle_timeout_s)
+                    if msg is None:
+                        idle = rec.frames_written > 0
+                        break
+                    if rec.frames_written == 0:
+                        log.info("recording %dx%d from %s to %s", msg.image.shape[1], msg.image.shape[0], endpoint, out)
+                    h = msg.header
+                    rec.write(msg.image, None if fps else clock(h["pts"], h["captured_at"], h["segment"]))
         except KeyboardInterrupt:
             interrupted = True
-        finally:
-            if writer is not None:
-                writer.close()
-        if writer is None and not interrupted:
+        written = rec.frames_written
+        first = (0, 0) if not rec.paths else rec.first_size
+        if written == 0 and not interrupted:
             raise SourceTimeout(f"no frame received from {endpoint} within {timeout_s:g} s")
-        return RecordResult(out, writer.frames_written if writer else 0, skipped,
-                            writer.width if writer else 0, writer.height if writer else 0,
-                            sub.received, sub.rejected, sub.gaps, sub.missed, interrupted)
+        if idle:
+            raise SourceTimeout(f"no frame from {endpoint} for {idle_timeout_s:g} s (--idle-timeout): stopped; "
+                                f"wrote {written} frames to {', '.join(map(str, rec.paths))}")
+        return RecordResult(out, written, first[0], first[1], sub.received, sub.rejected, sub.gaps, sub.missed,
+                            interrupted, tuple(rec.paths))

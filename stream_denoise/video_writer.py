@@ -6,11 +6,16 @@ extension   codec                   notes
 ``.mkv``    FFV1, pix_fmt ``bgr0``  lossless: decoded RGB equals what was written, bit for bit
 ``.mp4``    H.264 (libx264)         yuv420p, ``crf`` (default 18); odd sizes padded to even
 ``.mov``    H.264 (libx264)         as ``.mp4``
-``.avi``    MJPEG                   yuvj420p; odd sizes padded to even
+``.avi``    MJPEG                   yuvj420p (lossy; a warning says so); odd sizes padded to even
 =========== ======================= ==========================================================
 
 Padding repeats the last row/column, so every input pixel is kept; the file's size is then
 ``(width + width % 2) x (height + height % 2)``.
+
+Frames go to ``NAME.PID.part`` (:func:`stream_denoise.files.partial_path`) and the finished file is
+renamed to ``NAME`` by :meth:`VideoWriter.close`, so a killed process never leaves a corrupt file under
+the name asked for. :class:`Recording` starts a new file (``NAME.1.mkv``, ...) when the frame size
+changes, so a resolution change loses no frame.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from typing import Any, Literal
 import av
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
+from .files import partial_path
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".mkv", ".mp4", ".mov", ".avi")
+FORMATS = {".mkv": "matroska", ".mp4": "mp4", ".mov": "mov", ".avi": "avi"}  # muxer of each extension
+SUFFIXES = tuple(FORMATS)
 
 
 def _rate(fps: float) -> Fraction:
@@ -69,8 +76,7 @@ class VideoWriter:
     ) -> None:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
-        if suffix not in SUFFIXES:
-            raise ConfigError(f"{self.path}: unsupported video extension {suffix!r} (use {', '.join(SUFFIXES)})")
+        check_video_path(self.path)
         if not (1 <= width <= 16384 and 1 <= height <= 16384):
             raise ConfigError(f"{self.path}: bad video size {width}x{height}")
         if not (0 < fps <= 1000):
@@ -91,13 +97,13 @@ class VideoWriter:
         self._min_step = 1 if suffix == ".avi" else 90
         self._last_pts = -1
         self._t0: float | None = None
-        parent = self.path.parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise ConfigError(f"cannot write {self.path}: {parent} is not a writable directory")
+        if suffix == ".avi":
+            log.warning("%s: .avi is written as MJPEG (lossy); use .mkv for a lossless recording", self.path)
+        self._partial = partial_path(self.path)
         try:
-            self._container: av.container.OutputContainer | None = av.open(str(self.path), "w")
+            self._container: av.container.OutputContainer | None = av.open(str(self._partial), "w", format=FORMATS[suffix])
         except (av.error.FFmpegError, OSError) as exc:
-            raise ConfigError(f"cannot write {self.path}: {exc}") from None
+            raise OutputError(f"cannot write {self.path}: {_reason(exc)}") from None
         try:
             if suffix == ".mkv":
                 self._stream = _open_stream(self._container, ("ffv1",), self._rate)
@@ -116,6 +122,7 @@ class VideoWriter:
             self._stream.time_base = self._time_base
         except BaseException:
             self._container.close()
+            self._partial.unlink(missing_ok=True)
             raise
 
     def write(self, image: np.ndarray, pts: float | None = None) -> None:
@@ -140,20 +147,32 @@ class VideoWriter:
         try:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
-        except av.error.FFmpegError as exc:
-            raise OSError(f"{self.path}: encoding failed: {exc}") from None
+        except (av.error.FFmpegError, OSError) as exc:
+            raise OutputError(f"cannot write {self.path}: {_reason(exc)}") from None
         self.frames_written += 1
 
     def close(self) -> None:
-        """Flush the encoder and finish the file (idempotent)."""
+        """Flush the encoder, finish the file and give it its final name (idempotent). Without a
+        frame written there is no file; a file that cannot be finished keeps its ``.part`` name."""
         if self._container is None:
             return
         container, self._container = self._container, None
         try:
-            for packet in self._stream.encode():
-                container.mux(packet)
-        finally:
-            container.close()
+            try:
+                for packet in self._stream.encode():
+                    container.mux(packet)
+            finally:
+                container.close()
+        except (av.error.FFmpegError, OSError) as exc:
+            kept = f"; the frames written so far are in {self._partial}" if self._partial.exists() else ""
+            raise OutputError(f"cannot finish {self.path}: {_reason(exc)}{kept}") from None
+        if self.frames_written == 0:
+            self._partial.unlink(missing_ok=True)
+            return
+        try:
+            os.replace(self._partial, self.path)
+        except OSError as exc:
+            raise OutputError(f"cannot rename {self._partial} to {self.path}: {_reason(exc)}") from None
         log.debug("wrote %d frames to %s", self.frames_written, self.path)
 
     def __enter__(self) -> VideoWriter:
@@ -161,3 +180,95 @@ class VideoWriter:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def check_video_path(path: Path) -> None:
+    """ConfigError unless ``path`` has a video extension and a file can be created in its folder
+    (OutputError when creating one fails): what a writer of ``path`` needs, checked before any work."""
+    if path.suffix.lower() not in SUFFIXES:
+        raise ConfigError(f"{path}: unsupported video extension {path.suffix!r} (use {', '.join(SUFFIXES)})")
+    parent = path.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(f"cannot write {path}: {parent} is not a writable directory")
+    probe = partial_path(path)
+    try:
+        probe.open("ab").close()
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
+    probe.unlink(missing_ok=True)
+
+
+class Recording:
+    """Frames of any size to a video file: ``with Recording("out.mkv", fps) as rec: rec.write(rgb)``.
+
+    The first file takes the first frame's size; when the size changes, that file is finished and
+    the recording goes on in ``out.1.mkv``, ``out.2.mkv``, ... (logged once per change). ``paths``
+    lists the files, ``frames_written`` counts frames over all of them. Checks at construction that
+    the folder is writable.
+    """
+
+    def __init__(self, path: str | Path, fps: float = 30.0, *, color: Literal["RGB", "BGR"] = "RGB") -> None:
+        self.path = Path(path)
+        check_video_path(self.path)
+        self.fps, self.color = fps, color
+        self.paths: list[Path] = []
+        self.first_size = (0, 0)  # (width, height) of the first file
+        self.frames_written = 0
+        self._writer: VideoWriter | None = None
+
+    def write(self, image: np.ndarray, pts: float | None = None) -> None:
+        """Append one (H, W, 3) uint8 frame (in ``color`` order), at ``pts`` seconds when given."""
+        h, w = image.shape[:2]
+        if self._writer is not None and (w, h) != (self._writer.width, self._writer.height):
+            self._writer.close()
+            self._writer = None
+        if self._writer is None:
+            target = self.path.with_name(f"{self.path.stem}.{len(self.paths)}{self.path.suffix}") if self.paths else self.path
+            if self.paths:
+                log.warning("frame size changed to %dx%d: the recording goes on in %s", w, h, target)
+            self._writer = VideoWriter(target, w, h, self.fps, color=self.color)
+            self.paths.append(target)
+            self.first_size = self.first_size if len(self.paths) > 1 else (w, h)
+        self._writer.write(image, pts)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finish the current file (idempotent)."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+class StreamClock:
+    """Where each frame of a stream goes in a recording, in seconds from its first frame.
+
+    Within a segment, the frames' ``pts`` (the source's clock: a 10 fps stream stays 10 fps, dropped
+    frames leave their gap); across segments (a reconnect or a loop restarts pts) and for frames
+    without pts, the wall-clock time between their captures (``captured_at``).
+    """
+
+    def __init__(self) -> None:
+        self._segment: int | None = None
+        self._offset: float | None = None  # recording time minus pts in the current segment
+        self._last: tuple[float, float] | None = None  # (recording time, captured_at) of the previous frame
+
+    def __call__(self, pts: float | None, captured_at: float, segment: int) -> float:
+        if self._last is None:
+            t = 0.0
+        elif pts is not None and self._offset is not None and segment == self._segment:
+            t = pts + self._offset
+        else:
+            t = self._last[0] + max(captured_at - self._last[1], 0.0)
+        self._offset = None if pts is None else t - pts
+        self._segment, self._last = segment, (t, captured_at)
+        return t

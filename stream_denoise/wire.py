@@ -35,6 +35,9 @@ The decoder trusts nothing: it checks the part count, the header size, JSON synt
 type and range, ``width * height <= max_pixels``, the raw payload length, and for jpeg/png the
 magic bytes and the dimensions written *inside* the compressed stream, all before allocating
 anything the header asks for. Any violation raises :class:`MessageError`.
+
+``[publish] wire = "imagezmq"`` sends the two-part messages of imagezmq instead (:func:`encode_imagezmq`),
+which an unmodified ``imagezmq.ImageHub(open_port=ENDPOINT, REQ_REP=False)`` receives.
 """
 
 from __future__ import annotations
@@ -83,6 +86,44 @@ def encode(
     published_at: float | None = None,
 ) -> list[Part]:
     """The three parts of the message carrying ``frame`` (RGB) as BGR; the pixel part is not copied again."""
+    header, payload = _header_and_payload(frame, seq, encoding, jpeg_quality, published_at)
+    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    if len(head) > MAX_HEADER_BYTES:  # only reachable with absurd metadata; the decoder would reject it
+        raise ValueError(f"header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}")
+    t = header["source"] if topic is None else topic
+    return [t.encode() if isinstance(t, str) else bytes(t), head, payload]
+
+
+def encode_imagezmq(
+    frame: Frame,
+    seq: int,
+    encoding: Literal["raw", "jpeg"] = "raw",
+    jpeg_quality: int = 90,
+    *,
+    topic: bytes | str | None = None,
+    published_at: float | None = None,
+) -> list[Part]:
+    """The two parts imagezmq's ``ImageHub`` reads: ``[JSON metadata, pixels]``.
+
+    ``raw``: metadata ``{"msg", "dtype": "uint8", "shape": [H, W, 3]}`` and the BGR24 array, what
+    ``ImageHub.recv_image()`` returns as ``(msg, image)``; ``jpeg``: metadata ``{"msg"}`` and the JPEG
+    file, what ``ImageHub.recv_jpg()`` returns. ``msg`` is the topic (default: the source name), as an
+    imagezmq sender's name; the metadata also carries every key of this module's header (imagezmq
+    ignores them; a plain pyzmq consumer gets ``seq``, ``index``, ``captured_at``...).
+    """
+    if encoding not in ("raw", "jpeg"):
+        raise ValueError(f"imagezmq carries raw arrays or JPEG, not {encoding!r}")
+    header, payload = _header_and_payload(frame, seq, encoding, jpeg_quality, published_at)
+    t = header["source"] if topic is None else topic
+    meta: dict[str, Any] = {**header, "msg": t.decode(errors="replace") if isinstance(t, bytes) else t}
+    if encoding == "raw":
+        meta.update(dtype="uint8", shape=[header["height"], header["width"], 3])
+    return [json.dumps(meta, separators=(",", ":"), allow_nan=False).encode(), payload]
+
+
+def _header_and_payload(
+    frame: Frame, seq: int, encoding: str, jpeg_quality: int, published_at: float | None
+) -> tuple[dict[str, Any], Part]:
     px = frame.pixels
     if not (isinstance(px, np.ndarray) and px.dtype == np.uint8 and px.ndim == 3 and px.shape[2] == 3):
         raise ValueError(f"frame pixels must be (H, W, 3) uint8, got {getattr(px, 'shape', '?')} {getattr(px, 'dtype', '?')}")
@@ -104,11 +145,10 @@ def encode(
         if not ok:
             raise ValueError(f"cv2.imencode failed for {encoding}")
         payload = buf.reshape(-1).data
-    source = redact(frame.source)
     header = {
         "v": VERSION,
         "seq": int(seq),
-        "source": source,
+        "source": redact(frame.source),
         "index": int(frame.index),
         "segment": int(frame.segment),
         "pts": None if frame.pts is None else float(frame.pts),
@@ -121,11 +161,7 @@ def encode(
         "color": "BGR",
         "encoding": encoding,
     }
-    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
-    if len(head) > MAX_HEADER_BYTES:  # only reachable with absurd metadata; the decoder would reject it
-        raise ValueError(f"header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}")
-    t = source if topic is None else topic
-    return [t.encode() if isinstance(t, str) else bytes(t), head, payload]
+    return header, payload
 
 
 def _reject_constant(name: str) -> Any:

@@ -13,6 +13,19 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+def assert_one_line_error(res: subprocess.CompletedProcess, *needles: str) -> str:
+    """A non-zero exit with exactly one stderr line, ``stream-denoise: error: ...`` holding ``needles``,
+    and no traceback; returns that line."""
+    assert res.returncode != 0, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("stream-denoise: error:"), lines[0]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
 def denoise_cli(src: Path, out: Path, *extra: str) -> np.ndarray:
     """`stream-denoise denoise SRC OUT` with the lite model on ONNX Runtime (unless ``extra`` says
     otherwise); asserts success and returns OUT decoded, (T, H, W, 3) uint8 RGB."""

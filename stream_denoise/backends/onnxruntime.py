@@ -43,12 +43,16 @@ def onnx_for(model: str, precision: str = "fp32") -> Path:
     cache = Path(os.environ.get("STREAM_DENOISE_CACHE", Path.home() / ".cache" / "stream_denoise")) / "onnx"
     out = cache / f"{path.stem}-{digest}.onnx"
     if not out.exists():
-        try:
-            from ..build.export import export_onnx
-        except ImportError as exc:
-            raise ModelError(f"{path} is a PyTorch model; exporting it needs torch: pip install 'stream_denoise[torch]'") from exc
+        from ..build.export import export_onnx
+
         log.info("exporting %s to ONNX (once, cached at %s)", path, out)
-        export_onnx(path, out)
+        try:
+            export_onnx(path, out)
+        except ModuleNotFoundError as exc:  # the default install has no torch: say what to do, in one line
+            if (exc.name or "").split(".")[0] not in ("torch", "onnx", "onnxscript"):
+                raise
+            raise ModelError(f"{path} is a PyTorch model; running it needs torch to export it to ONNX once: "
+                             f"pip install 'stream_denoise[torch]', or give the .onnx file (`stream-denoise export`)") from None
     return out
 
 

@@ -20,10 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 import re
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -35,6 +33,7 @@ from typing import Any, Generic, TypeVar
 
 from .. import zoo
 from ..errors import BackendUnavailable, ConfigError, EngineError, ModelError
+from ..files import atomic_write
 from ..planes import Layout
 
 log = logging.getLogger(__name__)
@@ -231,21 +230,6 @@ def _short(v: Any) -> str:
         return "x".join(str(n) for n in v.get("min", [])[2:]) + ".." + "x".join(str(n) for n in v.get("max", [])[2:])
     s = str(v)
     return s[:12] if re.fullmatch(r"[0-9a-f]{64}", s) else s
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

@@ -170,7 +170,7 @@ def export_repository(model: str, out_dir: Path, *, platform: Platform = "onnxru
     if not sig.dynamic_batch:
         raise ModelError(f"the ONNX model of {model!r} has a fixed batch size; Triton's batching needs a dynamic "
                          "batch axis: re-export it with `stream-denoise export MODEL.pt --out FILE.onnx`")
-    from .engine import atomic_write
+    from ..files import atomic_write
 
     model_dir = Path(out_dir) / name
     atomic_write(model_dir / VERSION / MODEL_FILES[platform], data)  # the model first: a config always has its model

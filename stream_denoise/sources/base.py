@@ -40,6 +40,7 @@ class SourceStats:
     decode_errors: int = 0  # packets that failed to decode and were skipped
     last_frame_at: float | None = None  # time.time() of the last decoded frame
     connected: bool = False
+    problem: str | None = None  # files: why the input ended early ("truncated: ..."), for the consumer to report
 
 
 class Stream(Protocol):
@@ -188,6 +189,7 @@ class ThreadedSource:
         self._segment = 0
         self._shape: tuple[int, ...] | None = None
         self._last_put = float("-inf")  # time.monotonic() of the last frame handed over
+        self._handed = 0  # frames handed over, ever (reader thread)
         self.live = live
         stream = opener()  # raises: a bad URI fails here, not in the thread
         self.fps = stream.fps
@@ -262,10 +264,10 @@ class ThreadedSource:
                         self.stats.reconnects += 1
                         log.info("%s: reconnected (segment %d)", self.name, self._segment)
                 error: SourceError | None = None
-                delivered = False
+                handed = self._handed
                 try:
-                    delivered = self._pump(stream)
-                except SourceError as exc:
+                    self._pump(stream)
+                except SourceError as exc:  # a stall (SourceTimeout) too: frames may have come before it
                     error = exc
                 finally:
                     stream.close()
@@ -273,11 +275,13 @@ class ThreadedSource:
                     self.stats.connected = False
                 if self._stop.is_set():
                     return
-                if delivered:
+                delivered = self._handed > handed
+                if delivered:  # the connection worked: the next failure starts the backoff afresh
                     backoff = self.cfg.backoff_initial_s
                 if self._finite:
-                    if error is not None:
-                        log.warning("%s; stopping at the last good frame", self._describe(error))
+                    if error is not None:  # the consumer reports it (denoise: an error; run: a warning)
+                        self.stats.problem = str(error).removeprefix(f"{self.name}: ")
+                        log.info("%s; stopping at the last good frame", self._describe(error))
                     if self.cfg.loop and delivered:
                         continue  # reopen from the start as a new segment
                     return
@@ -307,9 +311,8 @@ class ThreadedSource:
     def _describe(self, exc: SourceError) -> str:
         return str(exc) if str(exc).startswith(self.name) else f"{self.name}: {exc}"
 
-    def _pump(self, stream: Stream) -> bool:
-        """Move frames from ``stream`` to the hand-off until it ends; return whether any was delivered."""
-        delivered = False
+    def _pump(self, stream: Stream) -> None:
+        """Move frames from ``stream`` to the hand-off until it ends (``_handed`` counts them)."""
         min_gap = 1.0 / self.cfg.max_fps if self.cfg.max_fps else 0.0
         t0: tuple[float, float] | None = None  # (monotonic, pts) of the first frame, for pacing
         frames = stream.frames(self.stats)
@@ -330,10 +333,9 @@ class ThreadedSource:
                     continue
                 self._last_put = mono
                 self.stats.frames_dropped += self._handoff.put(frame, self._stop)
-                delivered = True
+                self._handed += 1
         finally:
             frames.close()
-        return delivered
 
     def _stamp(self, pixels: np.ndarray, pts: float | None) -> Frame:
         now = time.time()

@@ -59,10 +59,14 @@ class CameraOpener:
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(cfg.open_timeout_s * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cfg.read_timeout_s * 1000),
         ]  # fmt: skip
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its "[ WARN:0@...]" lines: our error says it
         try:
             cap = cv2.VideoCapture(target, cv2.CAP_ANY, params)
         except cv2.error as exc:
             raise SourceError(f"{cfg.uri}: cannot open camera: {exc}") from exc
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"{cfg.uri}: cannot open camera (missing device, busy, or no permission)")

@@ -47,11 +47,17 @@ def test_sigterm_stops_cleanly_and_finishes_the_recording(tmp_path):
                              "--realtime", "--no-publish", "--output", str(out), "--status-interval", "0.5"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (out.exists() and out.stat().st_size > 50_000):
+
+    def partial_size() -> int:  # the recording is written as live.mkv.PID.part until it is finished
+        return sum(p.stat().st_size for p in tmp_path.glob("live.mkv.*.part"))
+
+    while time.monotonic() < deadline and partial_size() <= 50_000:
         time.sleep(0.2)
+    assert not out.exists()  # nothing under the final name before the file is finished
     proc.send_signal(signal.SIGTERM)
     log, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, log
     assert "Traceback" not in log and "signal 15: stopping" in log and "fps in" in log
+    assert not list(tmp_path.glob("*.part"))
     frames = read_clip(out)  # a finished, decodable file
     assert len(frames) > 5 and frames.shape[1:] == (204, 480, 3)

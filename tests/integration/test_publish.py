@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 import time
@@ -22,6 +23,7 @@ from stream_denoise.frame import Frame
 from stream_denoise.publish import Publisher, Received, Subscriber, keygen, record
 from stream_denoise.video_writer import VideoWriter
 from stream_denoise.wire import encode
+from tests.waiting import wait_until
 
 TCP = "tcp://127.0.0.1:*"  # the OS picks a free port; Publisher.endpoint tells which
 
@@ -304,6 +306,24 @@ def test_curve_admits_only_allowed_clients(tmp_path: Path) -> None:
     missing = CurveConfig(server_secret_key=server_secret, allowed_clients_dir=tmp_path / "nope")
     with pytest.raises(PublishError, match="not found"):
         Publisher(PublishConfig(endpoint=TCP, curve=missing))
+
+
+def test_refused_curve_subscribers_are_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="stream_denoise.publish")
+    server_pub, server_secret = keygen(tmp_path, "server")
+    (tmp_path / "allowed").mkdir()
+    _, intruder_secret = keygen(tmp_path, "intruder")
+    cfg = PublishConfig(endpoint=TCP, curve=CurveConfig(server_secret_key=server_secret, allowed_clients_dir=tmp_path / "allowed"))
+    with Publisher(cfg) as pub:
+        ep = pub.endpoint
+        for kw, why in (({"curve_server_public_key": server_pub, "client_secret_key": intruder_secret}, "not in"),
+                        ({}, "handshake failed")):
+            with Subscriber(ep, **kw) as sub:  # type: ignore[arg-type]
+                assert wait_until(lambda: (pub.send(frame(0)), sub.recv(timeout=0.02))[1] is None
+                                  and any(why in r.getMessage() for r in caplog.records), 10), why
+    refusals = [r.getMessage() for r in caplog.records if "refused a subscriber" in r.getMessage()]
+    assert len(refusals) >= 2 and all(ep in m for m in refusals)
+    assert pub.refused >= 2
 
 
 # -- VideoWriter and record --------------------------------------------------------------------
