@@ -44,6 +44,13 @@ def _ints(v: str) -> list[int]:
     return [int(x) for x in v.split(",") if x]
 
 
+def _channels(backend) -> int:  # type: ignore[no-untyped-def]
+    """The network's input channels (``planes.Layout``)."""
+    from stream_denoise.planes import Layout
+
+    return Layout(backend.frames, backend.target, backend.stride, backend.noise_planes).channels
+
+
 def _stats_ms(seconds: list[float]) -> dict:
     ms = np.asarray(seconds) * 1000
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "n": len(ms)}
@@ -116,18 +123,20 @@ class Bench:
         from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend
         from stream_denoise.build.export import export_onnx
         from stream_denoise.denoiser import Denoiser
+        from stream_denoise.planes import Layout, window_input
 
         w, h = self.a.check_size
         frames = _frames(5, w, h, seed=3)
         ort = OnnxRuntimeBackend(export_onnx(zoo.resolve(model, ".pt"), Path(self.a.tmp) / f"{model}.onnx"), threads=None)
         ref_den = Denoiser(ort)
         ref = ref_den.denoise_window(frames)
-        x = np.stack([f.transpose(2, 0, 1) for f in frames]).reshape(1, 15, h, w).astype(np.float32) / 255
         gpu = self.backend(model)
+        x = window_input(np.stack(frames)[None], Layout(gpu.frames, gpu.target, gpu.stride, gpu.noise_planes),
+                         ref_den.noise.sigmas if ref_den.noise is not None else None)
         host = float(np.abs(gpu.infer(x) - ort.infer(x)).max())
         runner = gpu.window_runner()
         for i, f in enumerate(frames):
-            runner.upload(i, f)
+            runner.upload(i, f, ref_den.noise.sigmas if ref_den.noise is not None else None)
         levels = np.abs(runner.denoise(list(range(5))).astype(np.int16) - ref)
         gpu.close()
         return {"size": f"{w}x{h}", "max_abs_infer": host, "max_levels_frames": int(levels.max()),
@@ -138,7 +147,7 @@ class Bench:
         for w, h in self.a.sizes:
             backend = self.backend(model)
             ex = backend.executor
-            x = ex.input((1, 15, h, w))
+            x = ex.input((1, _channels(backend), h, w))
             x.copy_(self.torch.rand(x.shape, device=x.device).to(x.dtype))
             t = self.timed(ex.run, self.a.seconds)
             fps = 1 / float(np.median(t))
@@ -159,7 +168,7 @@ class Bench:
         w, h = self.a.sizes[0]
         backend = self.backend(model)
         ex = backend.executor
-        x = ex.input((1, 15, h, w))
+        x = ex.input((1, _channels(backend), h, w))
         with ex.on_stream():
             for _ in range(3):
                 ex.runner.forward(ex._full)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
@@ -28,7 +29,7 @@ import numpy as np
 from .backends import Backend
 from .buffer import TemporalBuffer
 from .errors import ConfigError
-from .frame import Frame
+from .frame import Frame, check_pixels
 from .noise_level import NoiseTracker
 from .planes import Layout, frame_block, to_uint8_rgb
 
@@ -69,6 +70,7 @@ class Denoiser:
         self.window = model_window
         self.layout = Layout(backend.frames, backend.target, backend.stride, backend.noise_planes)
         self.noise = NoiseTracker() if self.layout.noise_planes else None
+        self._readings: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()  # by frame key
         self.buffer = TemporalBuffer(backend.frames, backend.target)
         self.times = StageTimes()
         self._slab = PlaneSlab(3 * backend.frames + 2)
@@ -90,12 +92,25 @@ class Denoiser:
 
     def push(self, frame: Frame) -> list[Frame]:
         """Add one frame; return the denoised frames that became ready (0, 1, or more after a reset)."""
+        self._track(frame)
         return self._run(self.buffer.push(frame))
 
     def push_many(self, frames: Sequence[Frame]) -> list[Frame]:
         """Add several frames; the windows that become ready go to the backend as one batch (a
         backend with lanes denoises them at once). Same output as pushing them one by one."""
+        for f in frames:
+            self._track(f)
         return self._run([w for f in frames for w in self.buffer.push(f)])
+
+    def _track(self, frame: Frame) -> None:
+        """A noise-aware network's reading for this frame, taken as it arrives (so batching never
+        changes which reading a frame gets); the last few frames' readings are kept."""
+        if self.noise is None:
+            return
+        check_pixels(frame.pixels)
+        self._readings[_key(frame)] = self.noise.update(frame.pixels)
+        while len(self._readings) > self._slab.capacity + self.backend.frames:
+            self._readings.popitem(last=False)
 
     def flush(self) -> list[Frame]:
         """At the end of a stream: denoise the frames still waiting for look-ahead."""
@@ -109,13 +124,12 @@ class Denoiser:
         if len(frames) != self.backend.frames:
             raise ValueError(f"need {self.backend.frames} frames, got {len(frames)}")
         t0 = time.perf_counter()
-        x = self._assemble([[self._plane(f) for f in frames]])
+        for f in frames:
+            check_pixels(f)
+        readings = [None if self.noise is None else self.noise.update(f) for f in frames]
+        x = self._assemble([[frame_block(f, self.layout, r) for f, r in zip(frames, readings)]])
         self.assembled += 1
         return self._infer_post(x, frames[0].shape[:2], t0)[0]
-
-    def _sigmas(self, pixels: np.ndarray) -> np.ndarray | None:
-        """The stream's current noise reading (the tracker sees every frame once), None without maps."""
-        return None if self.noise is None else self.noise.update(pixels)
 
     def _run(self, ready: list[tuple[Frame, list[Frame]]]) -> list[Frame]:
         """Denoise (target, window) pairs, one backend call per run of same-size windows."""
@@ -144,7 +158,7 @@ class Denoiser:
         runner.reserve(len({k for ks in keys for k in ks}))
         for w, ks in zip(windows, keys):
             for f, k in zip(w, ks):  # a frame already there is only touched (its noise reading was taken)
-                runner.upload(k, f.pixels, None if k in runner else self._sigmas(f.pixels))
+                runner.upload(k, f.pixels, self._readings.get(_key(f)))
         t1 = time.perf_counter()
         images = runner.denoise_many(keys)
         self.times.record(t1 - t0, time.perf_counter() - t1, 0.0, len(images))
@@ -156,17 +170,17 @@ class Denoiser:
         a copy into the assembly buffer (stream edges reflect; several cameras interleave)."""
         frames = sorted({_key(f): f for w in windows for f in w}.values(), key=_key)  # stream order
         shape = (self.layout.block, *self.layout.padded(*windows[0][0].pixels.shape[:2]))
-        self._slab.hold(frames, shape, lambda f, out: self._plane(f.pixels, out))
+        self._slab.hold(frames, shape, lambda f, out: self._plane(f, out))
         starts = [self._slab.start([_key(f) for f in w]) for w in windows]
         if None not in starts and starts == list(range(starts[0], starts[0] + len(windows))):
             return self._slab.windows(starts[0], len(windows), self.backend.frames)  # type: ignore[arg-type]
         self.assembled += len(windows)
-        return self._assemble([[self._slab.plane(_key(f)) if _key(f) in self._slab else self._plane(f.pixels)
+        return self._assemble([[self._slab.plane(_key(f)) if _key(f) in self._slab else self._plane(f)
                                 for f in w] for w in windows])
 
-    def _plane(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """(H, W, 3) uint8 -> the frame's (block, Hp, Wp) float32 input block (into ``out``)."""
-        return frame_block(pixels, self.layout, self._sigmas(pixels), out)
+    def _plane(self, frame: Frame, out: np.ndarray | None = None) -> np.ndarray:
+        """The frame's (block, Hp, Wp) float32 input block (into ``out``), with its reading's maps."""
+        return frame_block(frame.pixels, self.layout, self._readings.get(_key(frame)), out)
 
     def _assemble(self, windows: list[list[np.ndarray]]) -> np.ndarray:
         """Windows of frame blocks -> a copy in the (N, K * block, Hp, Wp) assembly buffer (reused

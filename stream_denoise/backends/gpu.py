@@ -255,8 +255,9 @@ class GpuWindowRunner:
         self.ex, self.torch = executor, executor.torch
         self.layout = layout
         self.frames, self.target, self.stride = layout.frames, layout.target, layout.stride
-        self.lookahead = frames - 1 - target
-        self.capacity = max(cache_size or 2 * frames + 2, frames)
+        self.lookahead = self.frames - 1 - self.target
+        self.noise = noise_level.NoiseTracker()  # the stream's reading when a caller gives none
+        self.capacity = max(cache_size or 2 * self.frames + 2, self.frames)
         self._slots: OrderedDict[Hashable, int] = OrderedDict()
         self._hw: tuple[int, int] | None = None
         self._t: dict[str, Any] = {}
@@ -321,12 +322,15 @@ class GpuWindowRunner:
 
     def upload(self, key: Hashable, pixels: np.ndarray, sigmas: np.ndarray | None = None) -> None:
         """Put one frame on the GPU as its input block (once per key; LRU of ``capacity``);
-        ``sigmas``: the stream's noise reading for its maps (``noise_level.estimate``)."""
+        ``sigmas``: the stream's noise reading for its maps (``noise_level.estimate``; by default
+        the runner's own tracker reads the frames it is given, as the Denoiser's does)."""
         check_pixels(pixels)
         self._ensure_size(pixels.shape[0], pixels.shape[1])
         if key in self._slots:
             self._slots.move_to_end(key)
             return
+        if sigmas is None and self.layout.noise_planes:
+            sigmas = self.noise.update(pixels)
         slot = self._slots.popitem(last=False)[1] if len(self._slots) >= self.capacity else len(self._slots)
         t, ex = self._t, self.ex
         with ex.on_stream():
@@ -336,8 +340,13 @@ class GpuWindowRunner:
             if t["u8_dev"] is not t["u8_host"]:
                 t["u8_dev"].copy_(t["u8_host"], non_blocking=True)
                 t["uploaded"].record(ex.stream)
-            frame_block_torch(t["u8_dev"], t["pool"][slot], self._lut(sigmas))
+            self._preprocess(t["u8_dev"], t["pool"][slot], self._lut(sigmas))
         self._slots[key] = slot
+
+    @staticmethod
+    def _preprocess(u8: torch.Tensor, block: torch.Tensor, lut: torch.Tensor | None) -> None:
+        """(H, W, 3) uint8 on the device -> its input block (``planes.frame_block_torch``)."""
+        frame_block_torch(u8, block, lut)
 
     def _lut(self, sigmas: np.ndarray | None) -> torch.Tensor | None:
         """The noise maps' lookup table on the device (re-sent only when the reading changes)."""

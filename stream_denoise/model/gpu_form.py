@@ -2,11 +2,12 @@
 fp16 the fused form rounds once where PyTorch rounds the convolution and its bias separately).
 
 cuDNN's fp16 tensor-core kernels for channels-last tensors want channel counts that are multiples of
-8. ``VideoDenoiser`` has two that are not: its input (3K = 15 channels) and its output convolution
-(c0 + 3 channels in, 3 out, at full resolution). :class:`GpuForm` pads both with zero weights:
+8. ``VideoDenoiser`` has two that are not: its input (K frame blocks: 15 channels, 25 with noise
+maps) and its output convolution (c0 + 3 channels in, 3 out, at full resolution). :class:`GpuForm`
+pads both with zero weights:
 
-* the input is given ``in_channels`` (16) channels, the extra ones zero (the GPU executor allocates
-  its static input that wide and never writes them);
+* the input is given ``in_channels`` (16, 32) channels, the extra ones zero (the GPU executor
+  allocates its static input that wide and never writes them);
 * the output convolution reads the full-resolution features and the whole input (the centre
   frame's weights in their slots, zeros elsewhere) and writes 8 channels of which the first 3 are
   the image; the residual ``+ centre`` stays an addition (folded into the weights it would pass
@@ -82,21 +83,29 @@ def _fused(seq: nn.Module) -> nn.Module:
 class GpuForm(nn.Module):
     def __init__(self, model: VideoDenoiser, shuffle: bool = False, fuse: bool = False) -> None:
         super().__init__()
-        self.frames, self.target = model.frames, model.target
-        c_in = 3 * model.frames
+        self.frames, self.target, self.arch = model.frames, model.target, model.arch
+        c_in = model.in_channels
         self.in_channels = _ceil(c_in)
-        d1 = model.down1[0]
-        self.down1 = nn.Sequential(nn.Conv2d(self.in_channels, d1.out_channels, 2, 2), nn.ReLU(inplace=True))
-        self.enc1, self.down2, self.mid, self.dec1, self.full = model.enc1, model.down2, model.mid, model.dec1, model.full
+        first = model.stem[0] if model.arch.stem else model.downs[0][0]
+        wide = nn.Conv2d(self.in_channels, first.out_channels, first.kernel_size, first.stride, first.padding)
+        with torch.no_grad():
+            wide.weight.zero_()
+            wide.weight[:, :c_in].copy_(first.weight)
+            wide.bias.copy_(first.bias)
+        relu = nn.ReLU(inplace=True)
+        if model.arch.stem:
+            self.stem: nn.Module = nn.Sequential(wide, relu)
+            self.downs = model.downs
+        else:
+            self.stem = nn.Identity()
+            self.downs = nn.ModuleList([nn.Sequential(wide, relu), *list(model.downs)[1:]])
+        self.encs, self.mid, self.decs = model.encs, model.mid, model.decs
         up = (lambda s: nn.Sequential(_ShuffleUp(s[0]), s[1])) if shuffle else (lambda s: s)
-        self.up2, self.up1 = up(model.up2), up(model.up1)
+        self.ups = nn.ModuleList(up(u) for u in model.ups)
         c0 = model.out.in_channels - 3
         self.out = nn.Conv2d(c0 + self.in_channels, ALIGN, 3, padding=1)
-        t = 3 * model.target
+        t = model.layout.block * model.target
         with torch.no_grad():
-            self.down1[0].weight.zero_()
-            self.down1[0].weight[:, :c_in].copy_(d1.weight)
-            self.down1[0].bias.copy_(d1.bias)
             w = torch.zeros_like(self.out.weight)
             w[:3, :c0] = model.out.weight[:, :c0]
             w[:3, c0 + t : c0 + t + 3] = model.out.weight[:, c0:]
@@ -105,13 +114,24 @@ class GpuForm(nn.Module):
             self.out.bias[:3].copy_(model.out.bias)
         self.centre = slice(t, t + 3)
         if fuse:
-            for name in ("down1", "enc1", "down2", "mid", "dec1", "full"):
-                setattr(self, name, _fused(getattr(self, name)))
+            self.stem, self.mid = _fused(self.stem), _fused(self.mid)
+            for name in ("downs", "encs", "decs"):
+                setattr(self, name, nn.ModuleList(_fused(m) for m in getattr(self, name)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, in_channels, H, W), channels past 3K zero -> (N, 3, H, W)."""
-        e1 = self.enc1(self.down1(x))
-        e2 = self.down2(e1)
-        m = self.mid(e2) + e2
-        d1 = self.dec1(self.up2(m) + e1)
-        return self.out(torch.cat([self.full(self.up1(d1)), x], dim=1))[:, :3] + x[:, self.centre]
+        """x: (N, in_channels, H, W), channels past the network's zero -> (N, 3, H, W); the same
+        function as ``VideoDenoiser.forward``."""
+        h = self.stem(x)
+        skips = [h] if self.arch.stem else []
+        for l, down in enumerate(self.downs):
+            h = down(h)
+            if l < len(self.encs):
+                h = self.encs[l](h)
+                skips.append(h)
+        h = self.mid(h) + h
+        for l in reversed(range(self.arch.levels)):
+            h = self.ups[l](h)
+            if l > 0 or self.arch.stem:
+                h = h + skips[l if self.arch.stem else l - 1]
+            h = self.decs[l](h)
+        return self.out(torch.cat([h, x], dim=1))[:, :3] + x[:, self.centre]

@@ -15,6 +15,7 @@ import torch
 log = logging.getLogger(__name__)
 
 StepFn = Callable[[np.random.Generator], torch.Tensor]  # returns the loss of one fresh batch
+LOG_EVERY_S = 60.0  # without a progress bar, a log line this often
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -90,6 +91,7 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
     budget = minutes * 60 if minutes else math.inf
     bar = _bar(steps, start_step, progress)
     ema, step, skipped = None, start_step, 0
+    logged = 0.0
     validated = -1
     for step in range(start_step, steps):
         done_frac = min(1.0, max(step / steps, (time.monotonic() - t0) / budget))
@@ -114,6 +116,10 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
             avg.update()
         ema = value if ema is None else 0.98 * ema + 0.02 * value
         elapsed = time.monotonic() - t0
+        if bar is None and elapsed >= logged + LOG_EVERY_S:  # no progress bar (a log file): a line a minute
+            logged = elapsed
+            log.info("step %d: loss EMA %.6f, lr %.2e, %.1f steps/s%s", step + 1, ema, opt.param_groups[0]["lr"],
+                     (step + 1 - start_step) / elapsed, f", best validation {best_val:.6f}" if validate else "")
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.5f}", best_val=f"{best_val:.5f}" if validate else "-")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+C, WIDE = 25, 32  # the lite test network's input (5 frames x (RGB + 2 noise maps)) and its tensor-core width
+
 torch = pytest.importorskip("torch")
 
 from stream_denoise.backends.torch import TorchBackend  # noqa: E402
@@ -54,7 +56,7 @@ def test_upload_and_denoise_by_key(device, tiny_model, noisy_frames):
 
 
 def test_host_round_trip_matches_the_model(device, tiny_model):
-    x = np.random.default_rng(0).random((1, 15, 32, 44), dtype=np.float32)
+    x = np.random.default_rng(0).random((1, C, 32, 44), dtype=np.float32)
     expected = TorchBackend(str(tiny_model), "cpu", threads=1).infer(x)
     backend = TorchBackend(str(tiny_model), device, threads=1)
     for _ in range(3):  # eager, then capture, then replay on a GPU
@@ -73,7 +75,7 @@ def test_cuda_fp16_is_within_fp16_tolerance_of_onnxruntime_fp32(cuda, tiny_model
     assert backend.dtype == cuda.float16
     rng = np.random.default_rng(1)
     for h, w in [(64, 96), (144, 176), (360, 640)]:
-        x = rng.random((1, 15, h, w), dtype=np.float32)
+        x = rng.random((1, C, h, w), dtype=np.float32)
         for _ in range(3):
             assert np.abs(backend.infer(x) - ort.infer(x)).max() < 2e-2
 
@@ -84,7 +86,7 @@ def test_cuda_graph_replay_equals_the_eager_run(cuda, tiny_model, precision):
     graphed = TorchBackend(str(tiny_model), "cuda", precision=precision, graphs=True)
     eager = TorchBackend(str(tiny_model), "cuda", precision=precision, graphs=False)
     rng = np.random.default_rng(2)
-    xs = [rng.random((1, 15, 72, 128), dtype=np.float32) for _ in range(4)]
+    xs = [rng.random((1, C, 72, 128), dtype=np.float32) for _ in range(4)]
     first = graphed.infer(xs[0]).copy()  # the warm (eager) run
     for x in xs[1:] + [xs[0]]:
         y = graphed.infer(x).copy()  # captured on the first of these, replayed after
@@ -92,7 +94,7 @@ def test_cuda_graph_replay_equals_the_eager_run(cuda, tiny_model, precision):
     assert graphed.executor.graph_active and graphed.executor.captures == 1
     assert np.array_equal(y, first)  # the replayed graph reproduces the eager result exactly
     assert not eager.executor.graph_active and eager.executor.captures == 0
-    x2 = rng.random((1, 15, 40, 60), dtype=np.float32)  # a new shape: new buffers, recaptured
+    x2 = rng.random((1, C, 40, 60), dtype=np.float32)  # a new shape: new buffers, recaptured
     runs = [graphed.infer(x2).copy() for _ in range(3)]
     assert graphed.executor.captures == 2
     assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
@@ -127,7 +129,7 @@ def test_denoise_many_is_the_windows_one_by_one(device, tiny_model, noisy_frames
             runner.upload((s, i), f)
     windows = [[(s, i) for i in range(t, t + 5)] for s in range(3) for t in (0, 2)]
     batched = runner.denoise_many(windows)
-    assert len(batched) == 6 and runner.ex.input((6, 15, 28, 36)).shape[0] == 6
+    assert len(batched) == 6 and runner.ex.input((6, C, 28, 36)).shape[0] == 6
     for keys, got in zip(windows, batched):
         one = runner.denoise(keys)
         assert got.shape == (26, 36, 3) and got.dtype == np.uint8
@@ -169,20 +171,31 @@ def test_denoiser_keeps_the_window_on_the_device(device, tiny_model, noisy_frame
 
 @pytest.mark.parametrize("window", ["centered", "causal"])
 @pytest.mark.parametrize("shuffle,fuse", [(False, False), (True, False), (False, True)])
-def test_gpu_form_is_the_same_function(window, shuffle, fuse):
+@pytest.mark.parametrize("arch,pairs", [("lite", 5), ("base", 15), ("v1-base", 13)])
+def test_gpu_form_is_the_same_function(window, shuffle, fuse, arch, pairs):
+    """pairs: the conv + ReLU pairs fused (lite: 2 downsamplings, 2 mid, 1 on the way up; base: the
+    stem, 3 downsamplings, 3 encoder, 4 mid, 4 decoder convs; the first base: 2 downsamplings, 2
+    encoder, 6 mid, 3 decoder convs)."""
     from stream_denoise.model import create_model
     from stream_denoise.model.gpu_form import GpuForm
+    from stream_denoise.model.net import Arch, VideoDenoiser
 
     torch.manual_seed(3)
-    model = create_model("lite", window=window)
+    if arch == "v1-base":  # a noise-blind first-generation network (15 inputs, no stem)
+        model = VideoDenoiser(Arch.from_v1(c1=64, c2=128, n_mid=6, c0=32, half_conv=True, half_depth=2, full_depth=1),
+                              target=4 if window == "causal" else None)
+    else:
+        model = create_model(arch, window=window)
     for p in model.parameters():
         p.data.add_(torch.randn_like(p) * 0.05)
     form = GpuForm(model, shuffle=shuffle, fuse=fuse)
-    assert form.in_channels == 16 and all(c.out_channels % 8 == 0 for c in form.modules() if isinstance(c, torch.nn.Conv2d))
+    c = model.in_channels
+    assert form.in_channels == -(-c // 8) * 8 and all(m.out_channels % 8 == 0 for m in form.modules()
+                                                       if isinstance(m, torch.nn.Conv2d))
     fused = [m for m in form.modules() if type(m).__name__ == "_ConvReLU"]
-    assert len(fused) == (5 if fuse else 0)  # lite's conv + ReLU pairs: down1, down2, 2 in mid, 1 in dec1
-    x = torch.rand(2, 15, 24, 40)
-    wide = torch.cat([x, torch.zeros(2, 1, 24, 40)], dim=1)
+    assert len(fused) == (pairs if fuse else 0)
+    x = torch.rand(2, c, 24, 40)
+    wide = torch.cat([x, torch.zeros(2, form.in_channels - c, 24, 40)], dim=1)
     with torch.no_grad():
         assert (form(wide) - model(x)).abs().max() < 1e-5
 
@@ -195,23 +208,23 @@ def test_executor_gives_a_wide_runner_zero_padded_channels(tiny_model):
 
     model = load_model(tiny_model)
     ex = GpuExecutor(TorchRunner(GpuForm(model), torch.float32, torch.contiguous_format), "cpu")
-    x = np.random.default_rng(4).random((1, 15, 32, 44), dtype=np.float32)
+    x = np.random.default_rng(4).random((1, C, 32, 44), dtype=np.float32)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     for _ in range(2):
         assert np.abs(ex.infer_host(x) - expected).max() < 1e-5
-    assert ex.input((1, 15, 32, 44)).shape[1] == 15 and ex._full.shape[1] == 16
-    assert ex._full[:, 15].abs().max() == 0  # the padding channel is never written
+    assert ex.input((1, C, 32, 44)).shape[1] == C and ex._full.shape[1] == WIDE
+    assert ex._full[:, C:].abs().max() == 0  # the padding channels are never written
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("form", ["padded", "shuffle", "fused"])
 def test_cuda_gpu_forms_equal_the_plain_network(cuda, tiny_model, form):
     rng = np.random.default_rng(5)
-    x = rng.random((2, 15, 72, 128), dtype=np.float32)
+    x = rng.random((2, C, 72, 128), dtype=np.float32)
     plain = TorchBackend(str(tiny_model), "cuda", form="plain").infer(x).copy()
     backend = TorchBackend(str(tiny_model), "cuda", form=form)
-    assert backend.executor.runner.in_channels == 16
+    assert backend.executor.runner.in_channels == WIDE
     for _ in range(3):  # eager, capture, replay
         assert np.abs(backend.infer(x) - plain).max() < 3e-3  # TF32 convolutions on both sides
 
@@ -268,7 +281,7 @@ def test_cameras_share_the_backend_in_batches(device, tiny_model, noisy_frames, 
             runners.append(r)
             many, pre = r.denoise_many, r._preprocess
             r.denoise_many = lambda w: calls.append(len(w)) or many(w)
-            r._preprocess = lambda u8, plane: uploads.__setitem__(0, uploads[0] + 1) or pre(u8, plane)
+            r._preprocess = lambda u8, block, lut: uploads.__setitem__(0, uploads[0] + 1) or pre(u8, block, lut)
             return r
 
         backend.window_runner = window_runner  # type: ignore[method-assign]
@@ -320,7 +333,7 @@ def test_executor_keeps_recent_shapes_and_batches_run_in_buckets(device, tiny_mo
     backend = TorchBackend(str(tiny_model), device, threads=1)
     ex = backend.executor
     ex.max_shapes = 2
-    a, b, c = (1, 15, 16, 20), (2, 15, 16, 20), (4, 15, 16, 20)
+    a, b, c = (1, C, 16, 20), (2, C, 16, 20), (4, C, 16, 20)
     xa = ex.input(a)
     assert ex.input(b) is not xa and ex.input(a) is xa  # back to a shape it has: same tensors
     ex.input(c)  # a third shape evicts the least recently used (b)

@@ -33,7 +33,7 @@ def test_fp16_engine_build_run_precision_and_cache_hit(trt, tiny_model, ort_fp32
     assert cached.built and cached.path.name.startswith("tiny-fp16-") and cached.path.suffix == ".engine"
     m = json.loads(cached.path.with_suffix(".json").read_text())
     assert m["precision"] == "fp16" and m["tensorrt"] == trt.__version__
-    assert m["onnx_sha256"] == sha256_file(m["onnx"]) and m["profile"]["max"] == [1, 15, 128, 160]
+    assert m["onnx_sha256"] == sha256_file(m["onnx"]) and m["profile"]["max"] == [1, 25, 128, 160]
     assert m["gpu"] and m["compute_capability"] and m["model"] == {**m["model"], "frames": 5, "target": 2, "stride": 4}
     check = m["precision_check"]
     assert check["by_precision"].get("fp16", 0) > 0 and check["io"] == {"frames": "HALF", "clean": "HALF"}
@@ -43,12 +43,12 @@ def test_fp16_engine_build_run_precision_and_cache_hit(trt, tiny_model, ort_fp32
     backend = TensorRTBackend(cached, owner)
     rng = np.random.default_rng(0)
     for h, w in [(64, 96), (32, 32), (128, 160)]:
-        x = rng.random((1, 15, h, w), dtype=np.float32)
+        x = rng.random((1, 25, h, w), dtype=np.float32)
         for _ in range(3):  # eager, capture, replay
             assert np.abs(backend.infer(x) - ort_fp32.infer(x)).max() < 2e-2
     assert backend.executor.captures == 3
     with pytest.raises(EngineError, match="outside the engine's profile"):
-        backend.infer(np.zeros((1, 15, 256, 256), np.float32))
+        backend.infer(np.zeros((1, 25, 256, 256), np.float32))
 
     again, _ = find_or_build(tiny_model, "fp16", Shapes(**SMALL), engines)
     assert not again.built and again.path == cached.path
@@ -77,7 +77,7 @@ def test_tensorrt_window_runner_and_graphs_match_the_denoiser(trt, tiny_model, o
     assert graphed.executor.graph_active
     for a, b in zip(ref, got, strict=True):
         assert np.abs(a.astype(np.int16) - b).max() <= 6
-    x = np.random.default_rng(3).random((1, 15, 64, 96), dtype=np.float32)
+    x = np.random.default_rng(3).random((1, 25, 64, 96), dtype=np.float32)
     runs = [graphed.infer(x).copy() for _ in range(3)]  # eager, capture + replay, replay
     assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
     assert np.allclose(runs[0], eager.infer(x), rtol=0, atol=1e-3) and not eager.executor.graph_active
