@@ -42,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("quality")
     g.add_argument("--clips", type=_list, help="bikes,carphone")
     g.add_argument("--conditions", type=_list, help="keys of stream_denoise.noise.CONDITIONS")
-    g.add_argument("--frames", type=int, help="frames per clip (half recorded, half scored)")
+    g.add_argument("--frames", type=int, help="frames per clip (at most its length): recorded, then scored")
+    g.add_argument("--recorded", type=int, help="frames of the recorded part (default half; 16 stay scored)")
     g.add_argument("--crop", type=_size, help="WxH centre crop of the clean clips")
     g.add_argument("--adapt-models", type=_list, help="models fine-tuned and trained supervised (default lite)")
     g.add_argument("--ft-minutes", type=float,
@@ -65,7 +66,8 @@ def _quality_settings(a: argparse.Namespace):  # type: ignore[no-untyped-def]
         s = QualitySettings(clips=["carphone"], conditions=["gaussian30", "cctv"], frames=16, crop=(96, 80),
                             models=["lite"], adapt_models=["lite"], ft_minutes=0.25, ft_steps=4, quick_grids=True,
                             bm4d_frames=1, bm4d_crop=(48, 48), picture_crop=48, threads=a.threads, allow_untrained=True)
-    for k in ("clips", "conditions", "frames", "crop", "adapt_models", "ft_minutes", "ft_steps", "peers", "bm4d_frames"):
+    for k in ("clips", "conditions", "frames", "recorded", "crop", "adapt_models", "ft_minutes", "ft_steps", "peers",
+              "bm4d_frames"):
         if getattr(a, k) is not None:
             setattr(s, k, getattr(a, k))
     if a.models is not None:

@@ -69,9 +69,14 @@ def load_clean(name: str, frames: int, crop: tuple[int, int] | None = None) -> n
     return clip
 
 
+MIN_LIVE = 16  # scored frames a clip keeps however long the recorded part asked for
+
+
 def make(name: str, condition: str, frames: int, crop: tuple[int, int] | None, cache: Path,
-         base_seed: int = 0) -> NoisyClip:
-    """The frozen noisy clip for (name, condition); the noise is read from ``cache`` when present."""
+         base_seed: int = 0, recorded: int | None = None) -> NoisyClip:
+    """The frozen noisy clip for (name, condition); the noise is read from ``cache`` when present.
+    ``recorded``: frames of the recorded part (default half the clip), at most all but ``MIN_LIVE``
+    (carphone has 120 frames: 100 recorded leave 20 live)."""
     if name not in CLIPS:
         raise ValueError(f"unknown clip {name!r}; choose from {', '.join(CLIPS)}")
     if condition not in CONDITIONS:
@@ -91,4 +96,6 @@ def make(name: str, condition: str, frames: int, crop: tuple[int, int] | None, c
         log.info("froze noise for %s/%s (seed %d) at %s", name, condition, seed, path)
     if noisy.shape != clean.shape:
         raise RuntimeError(f"cached noise {path} does not match the clip ({noisy.shape} vs {clean.shape}); delete it")
-    return NoisyClip(name, condition, seed, clean, noisy, split=clean.shape[0] // 2)
+    t = clean.shape[0]
+    split = t // 2 if recorded is None else max(1, min(recorded, t - MIN_LIVE))
+    return NoisyClip(name, condition, seed, clean, noisy, split=split)

@@ -27,7 +27,8 @@ class QualitySettings:
     clips: list[str] = field(default_factory=lambda: list(clips.CLIPS))
     conditions: list[str] = field(default_factory=lambda: ["gaussian15", "gaussian30", "gaussian50", "lowlight-iso1600",
                                                            "lowlight-iso6400", "cctv"])
-    frames: int = 60  # per clip: first half recorded, second half live (scored)
+    frames: int = 60  # per clip (at most its length): the recorded part first, then the live (scored) part
+    recorded: int | None = None  # frames of the recorded part (default: half; clips.MIN_LIVE stay live)
     crop: tuple[int, int] | None = None  # (W, H) centre crop of the clean footage
     models: list[str] = field(default_factory=lambda: ["lite", "base", "lite-causal"])  # zero-shot
     adapt_models: list[str] = field(default_factory=lambda: ["lite"])  # fine-tuned + supervised
@@ -52,7 +53,7 @@ def run(s: QualitySettings, results: Path, cache: Path, command: str) -> dict:
     for name in s.clips:
         for cond in s.conditions:
             t0 = time.monotonic()
-            clip = clips.make(name, cond, s.frames, s.crop, cache, s.seed)
+            clip = clips.make(name, cond, s.frames, s.crop, cache, s.seed, s.recorded)
             doc["runs"].append(_one(clip, s, refs, cache))
             out_path.write_text(json.dumps(doc, indent=1))
             log.info("quality %s/%s done in %.0f s", name, cond, time.monotonic() - t0)
