@@ -154,6 +154,13 @@ class RtspOutConfig(Strict):
             raise ValueError("must look like rtsp://HOST[:PORT]/PATH")
         return v
 
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and any(part in (".", "..") for part in v.split("/")):
+            raise ValueError("no '.' or '..' parts")
+        return v
+
     @model_validator(mode="after")
     def _mode(self) -> RtspOutConfig:
         if self.url is not None and (self.username is not None or self.password is not None):

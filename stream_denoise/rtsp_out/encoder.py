@@ -31,6 +31,7 @@ DEFAULT_FPS = 25.0
 MAX_GAP_S = 5.0  # a larger jump of the source's pts is a discontinuity, bridged by one frame
 SOFTWARE = {"h264": "libx264", "h265": "libx265"}
 NVENC = {"h264": "h264_nvenc", "h265": "hevc_nvenc"}
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 _BT709 = 1  # AVCOL_PRI_BT709 = AVCOL_TRC_BT709 = AVCOL_SPC_BT709
 _MPEG_RANGE = 1  # AVCOL_RANGE_MPEG (limited, 16-235)
 
@@ -66,6 +67,8 @@ def _probe(name: str, cfg: RtspOutConfig) -> None:
     """Open ``name`` at a small size (the settings are checked as well); PublishError if it fails."""
     if name not in av.codecs_available:
         raise PublishError(f"rtsp-out: this FFmpeg (PyAV's) has no encoder {name}")
+    if name in SOFTWARE.values() and cfg.preset not in X26X_PRESETS:  # x264 would print its own complaint
+        raise PublishError(f"rtsp-out: {name} has no preset {cfg.preset!r} (use one of {', '.join(X26X_PRESETS)})")
     try:
         ctx = av.CodecContext.create(name, "w")
         configure(ctx, cfg, name, 256, 144, DEFAULT_FPS)

@@ -9,7 +9,10 @@ the source's timestamps, and survive clients and servers going away.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -145,6 +148,55 @@ def test_serve_basic_auth_and_h265(rtsp_server, tmp_path, published_endpoint):
         check_matches(decode_ts(tmp_path / "hevc.ts"), pub.frames, "ffmpeg h265", pts_tolerance_s=0.002, pts_from=1)
         assert "s3cret" not in run.output()
     finally:
+        code = run.stop()
+        pub.close()
+    assert code == 0, run.output()[-3000:]
+
+
+def helper_of(run: Run) -> int:
+    """The pid of the run's RTSP server helper (its child running gst_server.py)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == run.proc.pid and b"gst_server.py" in cmdline:
+                return int(entry.name)
+    raise AssertionError("no RTSP server helper")
+
+
+def test_serve_stalled_server_drops_at_the_encoder_and_restarts(rtsp_server, tmp_path, published_endpoint):
+    rtsp_port, metrics_port = _free_port(), _free_port()
+    url = f"rtsp://127.0.0.1:{rtsp_port}/stream"
+    # lossless frames (crf 0) fill the helper's 1 MiB pipe within seconds once it stops reading
+    cfg = write_config(tmp_path / "run.toml", rtsp_server.url, published_endpoint, metrics_port,
+                       f"port = {rtsp_port}\ncrf = 0\nio_timeout_s = 2")
+    pub = Published(published_endpoint)
+    run = Run(["--config", str(cfg)], tmp_path / "run.log")
+    viewer = None
+    try:
+        assert started(run, metrics_port), run.output()
+        viewer = subprocess.Popen(["ffmpeg", "-v", "error", "-rtsp_transport", "tcp", "-i", url, "-f", "null", "-"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert started(run, metrics_port, "rtsp_sent", 30), run.output()
+        helper = helper_of(run)
+        os.kill(helper, signal.SIGSTOP)  # the server stops reading: the pipe fills, frames drop before encoding
+        t_stall = time.monotonic()
+        assert wait_until(lambda: run.metrics(metrics_port).get("rtsp_dropped", 0) >= 10, 30), run.output()[-3000:]
+        assert wait_until(lambda: run.metrics(metrics_port).get("rtsp_reconnects", 0) >= 1, 30), run.output()[-3000:]
+        assert helper_of(run) != helper  # the stalled helper was killed and replaced
+        assert pub.max_gap_s(t_stall, time.monotonic()) < 2.0, "ZeroMQ publishing stalled with the RTSP server"
+        got = ffmpeg_pull(url, 30, tmp_path / "after.ts")  # clients can come back
+        assert got.returncode == 0, got.stderr
+        check_matches(decode_ts(tmp_path / "after.ts"), pub.frames, "after the restart", pts_tolerance_s=0.002,
+                      pts_from=1)
+        assert "read nothing for 2 s" in run.output()
+    finally:
+        if viewer is not None:
+            viewer.kill()
+            viewer.wait(timeout=10)
         code = run.stop()
         pub.close()
     assert code == 0, run.output()[-3000:]
