@@ -197,72 +197,15 @@ def rtsp_server(clip: Path, tmp_path: Path) -> Iterator[RtspServer]:
 # RTSP output (issue 27): a RECORD-mode RTSP server (the push target), as a media server would be
 # =====================================================================================================
 
-RECORD_SERVER_SCRIPT = Path(__file__).with_name("rtsp_record_server.py")
-
-
-def spawn_ready(cmd: list[str], log_path: Path, timeout_s: float = 20.0) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` (stderr to ``log_path``) and wait for it to print READY; fails the test otherwise."""
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    deadline, seen = time.monotonic() + timeout_s, b""
-    while time.monotonic() < deadline and proc.poll() is None:
-        chunk = proc.stdout.read() or b""
-        seen += chunk
-        if b"READY" in seen:
-            return proc
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait(timeout=10)
-    pytest.fail(f"{cmd[1]} did not start: {log_path.read_text(errors='replace')[-2000:]}")
-
-
-class RecordServer:
-    """gst-rtsp-server in RECORD mode at :attr:`url` (``rtsp://127.0.0.1:PORT/cam``); each session the
-    pusher opens is written to its own MPEG-TS file in ``outdir`` (:meth:`files`, oldest first)."""
-
-    def __init__(self, outdir: Path, log_path: Path, codec: str = "h264") -> None:
-        self.outdir, self.log_path, self.codec = outdir, log_path, codec
-        self.port = _free_port()
-        self.url = f"rtsp://127.0.0.1:{self.port}/cam"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert self.proc is None, "already running"
-        self.proc = spawn_ready([SYSTEM_PYTHON, str(RECORD_SERVER_SCRIPT), str(self.port), str(self.outdir), self.codec],
-                                self.log_path)
-
-    def kill(self) -> None:
-        """SIGKILL (the media server crashes) and reap."""
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                os.kill(self.proc.pid, signal.SIGCONT)
-                self.proc.kill()
-            self.proc.wait(timeout=10)
-            if self.proc.stdout:
-                self.proc.stdout.close()
-            self.proc = None
-
-    def stall(self) -> None:
-        """SIGSTOP: connections stay open, nothing is read (a congested or frozen server)."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
-
-    def files(self) -> list[Path]:
-        return sorted(self.outdir.glob("*.ts"))  # named by start time
-
-
 @pytest.fixture
-def record_server(tmp_path: Path) -> Iterator[RecordServer]:
-    """A running :class:`RecordServer` (push target); killed at teardown. Skips without gi."""
+def record_server(tmp_path: Path) -> Iterator[object]:
+    """A running ``tests.rtsp_out_helpers.RecordServer`` (push target, RTSP RECORD mode); killed at
+    teardown. Skips without gi."""
     reason = _rtsp_server_unavailable()
     if reason:
         pytest.skip(reason)
+    from tests.rtsp_out_helpers import RecordServer
+
     outdir = tmp_path / "recorded"
     outdir.mkdir()
     server = RecordServer(outdir, tmp_path / "record_server.log")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,64 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+RECORD_SERVER_SCRIPT = Path(__file__).with_name("rtsp_record_server.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn_ready(cmd: list[str], log_path: Path, timeout_s: float = 20.0) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` (stderr to ``log_path``) and wait for it to print READY (AssertionError if it does not)."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    deadline, seen = time.monotonic() + timeout_s, b""
+    while time.monotonic() < deadline and proc.poll() is None:
+        seen += proc.stdout.read() or b""
+        if b"READY" in seen:
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=10)
+    raise AssertionError(f"{cmd[1]} did not start: {log_path.read_text(errors='replace')[-2000:]}")
+
+
+class RecordServer:
+    """gst-rtsp-server in RECORD mode at :attr:`url` (``rtsp://127.0.0.1:PORT/cam``), the stand-in for a
+    media server; each session the pusher opens is written to its own MPEG-TS file in ``outdir``
+    (:meth:`files`, oldest first)."""
+
+    def __init__(self, outdir: Path, log_path: Path, codec: str = "h264") -> None:
+        self.outdir, self.log_path, self.codec = outdir, log_path, codec
+        self.port = free_port()
+        self.url = f"rtsp://127.0.0.1:{self.port}/cam"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert self.proc is None, "already running"
+        self.proc = spawn_ready([SYSTEM_PYTHON, str(RECORD_SERVER_SCRIPT), str(self.port), str(self.outdir), self.codec],
+                                self.log_path)
+
+    def kill(self) -> None:
+        """SIGKILL (the media server crashes) and reap."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                os.kill(self.proc.pid, signal.SIGCONT)
+                self.proc.kill()
+            self.proc.wait(timeout=10)
+            if self.proc.stdout:
+                self.proc.stdout.close()
+            self.proc = None
+
+    def files(self) -> list[Path]:
+        return sorted(self.outdir.glob("*.ts"))  # named by start time
 
 
 class Run:
@@ -196,3 +255,88 @@ def _follow(decoded: list[tuple[float, np.ndarray]], published: dict[int, tuple[
         errors.append((pts - pts0) - (published[best][0] - ref))
         pos = seqs.index(best)
     return Match(out_seqs, out_psnr, errors)
+
+
+SOAK_CONFIG = """
+status_interval_s = 5
+metrics_port = {metrics_port}
+
+[model]
+model = "lite"
+backend = "onnxruntime"
+
+[publish]
+endpoint = "{endpoint}"
+sndhwm = 10000
+
+[[cameras]]
+name = "front"
+source = "{source}"
+[cameras.rtsp_out]
+port = {rtsp_port}
+
+[[cameras]]
+name = "back"
+source = "{source}"
+[cameras.rtsp_out]
+url = "{push_url}"
+"""
+
+
+@dataclass
+class Soak:
+    """What :func:`soak` saw: cycles run, viewer pulls, seconds from each media server return to the
+    first recorded byte, RSS samples ``(s since start, MB)``, the longest ZeroMQ gap, the last /metrics."""
+
+    cycles: int
+    pulls: int
+    resumed_s: list[float]
+    rss: list[tuple[float, float]]
+    max_gap_s: float
+    metrics: dict[str, float]
+
+
+def soak(source: str, record: RecordServer, workdir: Path, seconds: float, cycle_s: float = 20) -> Soak:
+    """Two cameras of ``source`` in one `run` (multi-camera config): "front" served over RTSP, "back"
+    pushed to ``record``. For ``seconds``, each cycle a viewer pulls 30 frames of "front", the media
+    server is killed and back 2 s later, and RSS is sampled every 2 s until the cycle's end."""
+    endpoint, metrics_port, rtsp_port = f"ipc://{workdir / 'soak-pub'}", free_port(), free_port()
+    cfg = workdir / "soak.toml"
+    cfg.write_text(SOAK_CONFIG.format(metrics_port=metrics_port, endpoint=endpoint, source=source, rtsp_port=rtsp_port,
+                                      push_url=record.url))
+    pub = Published(endpoint)
+    run = Run(["--config", str(cfg)], workdir / "soak-run.log")
+    sent_back = 'camera_rtsp_sent{camera="back"}'
+    rss: list[tuple[float, float]] = []
+    resumed: list[float] = []
+    cycle = pulls = 0
+    try:
+        deadline = time.monotonic() + 120
+        while run.alive() and run.metrics(metrics_port).get(sent_back, 0) < 30 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert run.alive() and run.metrics(metrics_port)[sent_back] >= 30, run.output()[-3000:]
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            cycle += 1
+            got = ffmpeg_pull(f"rtsp://127.0.0.1:{rtsp_port}/front", 30, workdir / "soak-pull.ts")
+            assert got.returncode == 0, got.stderr
+            pulls += 1
+            record.kill()
+            time.sleep(2)
+            record.start()
+            back, files = time.monotonic(), len(record.files())
+            while not (len(record.files()) > files and record.files()[-1].stat().st_size) and time.monotonic() < back + 15:
+                time.sleep(0.05)
+            resumed.append(time.monotonic() - back)
+            for old in record.files()[:-1]:
+                old.unlink()  # a long soak would fill the disk
+            while time.monotonic() - start < cycle * cycle_s:
+                rss.append((time.monotonic() - start, run.rss_mb()))
+                time.sleep(2)
+        metrics = run.metrics(metrics_port)
+        gap = pub.max_gap_s(start, time.monotonic())
+    finally:
+        code = run.stop()
+        pub.close()
+    assert code == 0, run.output()[-3000:]
+    return Soak(cycle, pulls, resumed, rss, gap, metrics)

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import _free_port
-from tests.rtsp_out_helpers import Published, Run, decode_ts, ffmpeg_pull, ffprobe, gst_pull, match
+from tests.rtsp_out_helpers import Published, Run, decode_ts, ffmpeg_pull, ffprobe, free_port, gst_pull, match
 from tests.waiting import wait_until
 
 FRAME_S = 1 / 30  # the test camera's frame interval
@@ -88,7 +87,7 @@ def published_endpoint(tmp_path: Path) -> str:
 
 
 def test_serve_to_ffmpeg_and_gstreamer_clients(rtsp_server, tmp_path, published_endpoint):
-    rtsp_port, metrics_port = _free_port(), _free_port()
+    rtsp_port, metrics_port = free_port(), free_port()
     url = f"rtsp://127.0.0.1:{rtsp_port}/stream"
     cfg = write_config(tmp_path / "run.toml", rtsp_server.url, published_endpoint, metrics_port, "")
     pub = Published(published_endpoint)
@@ -129,7 +128,7 @@ def test_serve_to_ffmpeg_and_gstreamer_clients(rtsp_server, tmp_path, published_
 
 
 def test_serve_basic_auth_and_h265(rtsp_server, tmp_path, published_endpoint):
-    rtsp_port, metrics_port = _free_port(), _free_port()
+    rtsp_port, metrics_port = free_port(), free_port()
     cfg = write_config(tmp_path / "run.toml", rtsp_server.url, published_endpoint, metrics_port,
                        f'port = {rtsp_port}\npath = "yard/clean"\ncodec = "h265"\nusername = "viewer"\npassword = "s3cret"')
     pub = Published(published_endpoint)
@@ -168,7 +167,7 @@ def helper_of(run: Run) -> int:
 
 
 def test_serve_stalled_server_drops_at_the_encoder_and_restarts(rtsp_server, tmp_path, published_endpoint):
-    rtsp_port, metrics_port = _free_port(), _free_port()
+    rtsp_port, metrics_port = free_port(), free_port()
     url = f"rtsp://127.0.0.1:{rtsp_port}/stream"
     # lossless frames (crf 0) fill the helper's 1 MiB pipe within seconds once it stops reading
     cfg = write_config(tmp_path / "run.toml", rtsp_server.url, published_endpoint, metrics_port,
@@ -203,7 +202,7 @@ def test_serve_stalled_server_drops_at_the_encoder_and_restarts(rtsp_server, tmp
 
 
 def test_push_to_a_media_server_that_dies_and_returns(rtsp_server, record_server, tmp_path, published_endpoint):
-    metrics_port = _free_port()
+    metrics_port = free_port()
     cfg = write_config(tmp_path / "run.toml", rtsp_server.url, published_endpoint, metrics_port,
                        f'url = "{record_server.url}"')
     pub = Published(published_endpoint)
