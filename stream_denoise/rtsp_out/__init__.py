@@ -58,7 +58,9 @@ class RtspOutput:
     def __init__(self, cfg: RtspOutConfig, link: Link, name: str, fps_of: FpsOf | None = None) -> None:
         self.cfg, self.link, self.name = cfg, link, name
         self._fps_of = fps_of or (lambda: None)
-        self.sent = self.dropped = self.idle = self.bytes = 0
+        self.sent = self.idle = self.bytes = 0  # written by the encoder thread only
+        self._dropped_queue = 0  # by send() (under the lock)
+        self._dropped_link = 0  # by the encoder thread
         self.encode_ms = Window(500)
         self.error: BaseException | None = None
         self._items: deque[Frame] = deque()
@@ -71,17 +73,22 @@ class RtspOutput:
     def url(self) -> str:
         return self.link.url
 
+    @property
+    def dropped(self) -> int:
+        """Frames that never went out: queue full, peer down or congested, or after a failure."""
+        return self._dropped_queue + self._dropped_link
+
     def send(self, frame: Frame) -> None:
         """Queue ``frame`` for encoding; when the queue is full the oldest waiting frame is dropped."""
         with self._cond:
             if self._closing:
                 return
             if self.error is not None:
-                self.dropped += 1
+                self._dropped_queue += 1
                 return
             if len(self._items) >= self.cfg.queue_size:
                 self._items.popleft()
-                self.dropped += 1
+                self._dropped_queue += 1
             self._items.append(frame)
             self._cond.notify()
 
@@ -107,14 +114,14 @@ class RtspOutput:
                     self.bytes += n
                     self.encode_ms.add(getattr(enc, "encode_ms", 0.0) / 1000)
                 elif outcome == "dropped":
-                    self.dropped += 1
+                    self._dropped_link += 1
                 else:
                     self.idle += 1
         except Exception as exc:  # a bug: say so once, keep counting what is lost
             log.exception("rtsp-out %s: the encoder thread failed", self.name)
             with self._cond:
                 self.error = exc
-                self.dropped += len(self._items)
+                self._dropped_queue += len(self._items)
                 self._items.clear()
 
     def status(self) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 from av.video.reformatter import ColorRange, Colorspace, VideoReformatter
 
 from ..config import RtspOutConfig
@@ -132,11 +133,17 @@ def configure(ctx: Any, cfg: RtspOutConfig, name: str, width: int, height: int, 
     ctx.options = encoder_options(cfg, name, gop)
 
 
+def coded_size(frame: Frame) -> tuple[int, int]:
+    """(width, height) of the stream for ``frame``: even (4:2:0), an odd last column or row left out."""
+    return frame.width & ~1, frame.height & ~1
+
+
 class Encoder:
     """Frames (H, W, 3) uint8 RGB in, compressed packets out, one per frame (no delay).
 
-    ``target`` is an opened-on-first-use encoder: a standalone ``CodecContext`` or a muxer's video
-    stream (whose packets then carry that stream). ``encode_ms`` holds the last frame's time.
+    ``target`` is an opened-on-first-use encoder, of :func:`coded_size`: a standalone ``CodecContext``
+    or a muxer's video stream (whose packets then carry that stream). ``encode_ms`` holds the last
+    frame's time.
     """
 
     def __init__(self, target: Any, width: int, height: int) -> None:
@@ -148,7 +155,10 @@ class Encoder:
     def encode(self, frame: Frame, pts: int, keyframe: bool = False) -> list[av.Packet]:
         """``pts`` in 1/90000 s; ``keyframe`` forces an IDR (with SPS/PPS in band, or in the SDP)."""
         t0 = time.perf_counter()
-        rgb = av.VideoFrame.from_ndarray(frame.pixels, format="rgb24")
+        pixels = frame.pixels
+        if pixels.shape[:2] != (self.height, self.width):
+            pixels = np.ascontiguousarray(pixels[: self.height, : self.width])
+        rgb = av.VideoFrame.from_ndarray(pixels, format="rgb24")
         yuv = self._reformatter.reformat(rgb, format="yuv420p", dst_colorspace=Colorspace.ITU709,
                                          dst_color_range=ColorRange.MPEG)
         yuv.pts, yuv.time_base = pts, TIME_BASE

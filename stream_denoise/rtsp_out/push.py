@@ -19,7 +19,7 @@ import av
 from ..config import RtspOutConfig
 from ..frame import Frame
 from ..sources.base import redact
-from .encoder import Encoder, configure
+from .encoder import Encoder, coded_size, configure
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,9 @@ class PushLink:
 
     def send(self, frame: Frame, pts: int, fps: float) -> tuple[str, Encoder | None, int]:
         """("sent" | "dropped", the encoder used, bytes written)."""
-        enc = self._encoder
-        if enc is not None and (enc.width, enc.height) != (frame.width, frame.height):
-            log.info("rtsp-out: frame size now %dx%d: reconnecting to %s", frame.width, frame.height, self.url)
+        enc, size = self._encoder, coded_size(frame)
+        if enc is not None and (enc.width, enc.height) != size:
+            log.info("rtsp-out: frame size now %dx%d: reconnecting to %s", *size, self.url)
             self._disconnect()
             self._next_try = 0.0
         if self._out is None and not self._connect(frame, fps):
@@ -72,8 +72,9 @@ class PushLink:
         try:  # FFmpeg's RTSP muxer: ANNOUNCE, SETUP, RECORD; "timeout" bounds every socket wait (µs)
             out = av.open(cfg.url, "w", format="rtsp",
                           options={"rtsp_transport": "tcp", "timeout": str(int(cfg.io_timeout_s * 1e6))})
+            w, h = coded_size(frame)
             stream = out.add_stream(self.encoder_name, rate=Fraction(fps).limit_denominator(1001))
-            configure(stream.codec_context, cfg, self.encoder_name, frame.width, frame.height, fps)
+            configure(stream.codec_context, cfg, self.encoder_name, w, h, fps)
             out.start_encoding()
         except (av.FFmpegError, OSError, ValueError) as exc:
             if out is not None:
@@ -81,12 +82,12 @@ class PushLink:
             self.failures += 1
             self._backoff(f"cannot push to {self.url}: {_reason(exc)}")
             return False
-        self._out, self._encoder = out, Encoder(stream, frame.width, frame.height)
+        self._out, self._encoder = out, Encoder(stream, w, h)
         if self._ever:
             self.reconnects += 1
         self._ever = True
         self._delay = cfg.backoff_initial_s
-        log.info("rtsp-out: pushing %dx%d %s to %s", frame.width, frame.height, self.encoder_name, self.url)
+        log.info("rtsp-out: pushing %dx%d %s to %s", w, h, self.encoder_name, self.url)
         return True
 
     def _backoff(self, why: str) -> None:

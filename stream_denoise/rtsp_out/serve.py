@@ -36,7 +36,7 @@ import av
 from ..config import RtspOutConfig
 from ..errors import PublishError
 from ..frame import Frame
-from .encoder import CLOCK_HZ, TIME_BASE, Encoder, configure
+from .encoder import CLOCK_HZ, TIME_BASE, Encoder, coded_size, configure
 from .gst_server import FLAG_KEY, HEADER, KIND_PACKET, MAGIC  # constants only: that module imports gi lazily
 
 log = logging.getLogger(__name__)
@@ -368,11 +368,11 @@ class ServeLink:
         if not (m.want and self.server.running):
             self._encoder = None  # nobody watches: nothing to encode
             return "idle", None, 0
-        enc = self._encoder
-        if enc is None or self._epoch != m.epoch or (enc.width, enc.height) != (frame.width, frame.height):
+        enc, (w, h) = self._encoder, coded_size(frame)
+        if enc is None or self._epoch != m.epoch or (enc.width, enc.height) != (w, h):
             ctx = av.CodecContext.create(self.encoder_name, "w")
-            configure(ctx, self.cfg, self.encoder_name, frame.width, frame.height, fps)
-            enc = self._encoder = Encoder(ctx, frame.width, frame.height)
+            configure(ctx, self.cfg, self.encoder_name, w, h, fps)
+            enc = self._encoder = Encoder(ctx, w, h)
             self._epoch = m.epoch
         if not self.server.writable():
             return "dropped", None, 0  # before encoding: the stream stays decodable

@@ -197,3 +197,19 @@ def test_serve_encodes_only_for_viewers(tmp_path: Path):
         out.close()
     assert (out.sent, out.dropped, out.idle) == (0, 0, 30)
     assert out.status() == "rtsp clients 0 sent 0 dropped 0 reconnects 0"
+
+
+def test_odd_frame_sizes_lose_their_last_column_and_row():
+    import av
+
+    from stream_denoise.rtsp_out.encoder import Encoder, coded_size, configure
+
+    f = frame(3, 0.1, size=(97, 161))
+    assert coded_size(f) == (160, 96)
+    ctx = av.CodecContext.create("libx264", "w")
+    configure(ctx, RtspOutConfig(), "libx264", 160, 96, 25.0)
+    (packet,) = Encoder(ctx, 160, 96).encode(f, 0)
+    (decoded,) = av.CodecContext.create("h264", "r").decode(packet)
+    rgb = decoded.to_ndarray(format="rgb24")
+    assert rgb.shape == (96, 160, 3)
+    assert 10 * np.log10(255**2 / np.mean((rgb.astype(float) - f.pixels[:96, :160]) ** 2)) > 40
