@@ -33,12 +33,18 @@ FpsOf = Callable[[], "float | None"]
 
 
 class Link(Protocol):
-    """One mode's way to the network; used by the encoder thread only."""
+    """One mode's way to the network; ``send`` and ``close`` are called by the encoder thread only."""
 
-    mode: str
-    url: str
-    reconnects: int
-    clients: int
+    mode: str  # "serve" or "push"
+
+    @property
+    def url(self) -> str: ...  # credentials removed
+
+    @property
+    def reconnects(self) -> int: ...
+
+    @property
+    def clients(self) -> int: ...  # serve: clients playing the path; push: 0
 
     @property
     def connected(self) -> bool: ...

@@ -51,11 +51,11 @@ def choose_encoder(cfg: RtspOutConfig) -> str:
 def _choose(codec: str, encoder: str, preset: str) -> str:
     if encoder == "software" or (encoder == "auto" and not nvidia_visible()):
         name = SOFTWARE[codec]
-        _probe(name, RtspOutConfig(codec=codec, encoder="software", preset=preset))  # type: ignore[arg-type]
+        _probe(name, RtspOutConfig.model_validate({"codec": codec, "encoder": "software", "preset": preset}))
         return name
     name = NVENC[codec]
     try:
-        _probe(name, RtspOutConfig(codec=codec, encoder="nvenc", preset=_nvenc_preset(preset)))  # type: ignore[arg-type]
+        _probe(name, RtspOutConfig.model_validate({"codec": codec, "encoder": "nvenc", "preset": _nvenc_preset(preset)}))
         return name
     except PublishError as exc:
         if encoder == "nvenc":

@@ -22,9 +22,6 @@ import pytest
 from tests.rtsp_out_helpers import Published, Run, decode_ts, ffmpeg_pull, ffprobe, free_port, gst_pull, match
 from tests.waiting import wait_until
 
-FRAME_S = 1 / 30  # the test camera's frame interval
-
-
 def write_config(path: Path, source: str, endpoint: str, metrics_port: int, rtsp_out: str) -> Path:
     path.write_text(f"""
 status_interval_s = 1
