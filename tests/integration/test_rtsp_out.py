@@ -10,6 +10,7 @@ the source's timestamps, and survive clients and servers going away.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -189,6 +190,8 @@ def test_serve_stalled_server_drops_at_the_encoder_and_restarts(rtsp_server, tmp
         check_matches(decode_ts(tmp_path / "after.ts"), pub.frames, "after the restart", pts_tolerance_s=0.002,
                       pts_from=1)
         assert "read nothing for 2 s" in run.output()
+        status = re.compile(r"\| rtsp clients \d+ sent \d+ dropped [1-9]\d* reconnects [1-9]")  # the status line tells
+        assert wait_until(lambda: status.search(run.output()), 15), run.output()[-2000:]
     finally:
         if viewer is not None:
             viewer.kill()
