@@ -446,7 +446,8 @@ class MultiCamera(Closing):
         def fps_of(cam: Camera) -> Callable[[], float | None]:
             return lambda: cam.source.fps if cam.source is not None else None
 
-        for cam, out in zip(cams, open_outputs([(c.cfg.rtsp_out, c.name, fps_of(c)) for c in cams])):  # type: ignore[misc]
+        requests = [(c.cfg.rtsp_out, c.name, fps_of(c)) for c in cams if c.cfg.rtsp_out is not None]
+        for cam, out in zip(cams, open_outputs(requests)):
             cam.rtsp_out = out
             self._closers.append(out.close)
 
