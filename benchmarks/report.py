@@ -113,6 +113,9 @@ def write(results: Path, md: Path) -> Path:
     soak = _load(results / "soak.json")
     if soak:
         lines += _soak(soak)
+    rtsp = _load(results / "rtsp_out.json")
+    if rtsp:
+        lines += _rtsp_out(rtsp)
     lines += _pictures(results, rel)
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text("\n".join(lines) + "\n")
@@ -167,6 +170,45 @@ def _soak(s: dict) -> list[str]:
            f"- Frames out per 5 s sample: median {sorted(fps)[len(fps) // 2] if fps else '–'} (125 = the camera's 25 fps).",
            ""]
     return out
+
+
+def _rtsp_out(r: dict) -> list[str]:
+    m = r["meta"]
+    out = ["## RTSP output (`python -m benchmarks.rtsp_out`)", "",
+           f"`{m['command']}` on {m['date']} ({m['cpu']}, {m['cores']} cores, load average at start "
+           f"{', '.join(_f(x, '.1f') for x in m['load_avg'])}; commit {m['commit']}). Serve mode, H.264 at the defaults "
+           "(x264 superfast, zerolatency, crf 18, 1 thread), frames of real footage (clean `bikes`, resized) handed to "
+           f"the output at {r['latency'][0]['fps']:g} fps and read on the same host over RTSP/TCP; median / p99 in ms. *send → "
+           "packet*: from `RtspOutput.send` (where the publish stage hands a frame over) to the complete access unit "
+           "at the client (queue, encode, pipe, gst-rtsp-server, TCP). The *raw* client (`benchmarks/rtsp_out.py`: "
+           "interleaved RTP, no parser) shows what the RTSP output adds; the *ffmpeg* client (FFmpeg's RTSP "
+           "demuxer, as Frigate and go2rtc's ffmpeg sources use it) adds one frame interval: its H.264 parser holds "
+           "each access unit until the next begins. *send → picture* adds the client's decode.", "",
+           "| size | client | encode | send → packet | client decode | send → picture | bit rate | frames (dropped) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for row in r["latency"]:
+        w, h = row["size"]
+        cell = lambda k: f"{row[k][0]:.1f} / {row[k][1]:.1f}"  # noqa: E731
+        out.append(f"| {w}×{h} | {row['client']} | {cell('encode_ms')} | {cell('send_to_packet_ms')} | "
+                   f"{cell('client_decode_ms')} | {cell('send_to_picture_ms')} | {row['kbps']:.0f} kbit/s | "
+                   f"{row['frames_timed']} ({row['dropped']}) |")
+    soak = r.get("soak")
+    if soak:
+        sm, rss = soak["meta"], soak["rss_mb_first_last_max"]
+        cams = soak["cameras"]
+        out += ["", f"Soak: `{sm['command']}` on {sm['date']} (commit {sm['commit']}): {soak['minutes']:g} minutes, two "
+                "cameras of the bundled clip in one `run` (`front` served, `back` pushed to a gst-rtsp-server in RECORD "
+                "mode), every 20 s a viewer pulls 30 frames of `front` and the RECORD server is killed and back 2 s later.",
+                "",
+                f"- Memory (RSS): {rss[0]:.0f} MB at the first sample, {rss[1]:.0f} MB at the end, {rss[2]:.0f} MB at most; "
+                f"{soak['rss_slope_mb_per_min_after_1min']:+.2f} MB/min after the first minute.",
+                f"- Media server returns: {soak['cycles']}; push resumed after median "
+                f"{sorted(soak['resumed_s'])[len(soak['resumed_s']) // 2]:.2f} s, max {max(soak['resumed_s']):.2f} s.",
+                f"- Longest wait between two ZeroMQ frames: {soak['zeromq_max_gap_s']:.2f} s.",
+                f"- front: sent {cams['front']['sent']:.0f}, dropped {cams['front']['dropped']:.0f}; back: sent "
+                f"{cams['back']['sent']:.0f}, dropped while the target was down {cams['back']['dropped']:.0f}, "
+                f"reconnects {cams['back']['reconnects']:.0f}."]
+    return out + [""]
 
 
 def _quality(q: dict, rel, results: Path) -> list[str]:  # type: ignore[no-untyped-def]

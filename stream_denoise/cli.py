@@ -39,6 +39,43 @@ def _model_cfg(a: argparse.Namespace, base: dict[str, Any] | None = None) -> dic
     return m
 
 
+def _rtsp_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rtsp-out", nargs="?", const="serve", metavar="URL",
+                   help="also stream the cleaned video over RTSP (H.264): alone, serve rtsp://127.0.0.1:8554/NAME "
+                        "(NAME: the source's name or 'stream'); with rtsp://HOST:PORT/PATH, push it to a media server")
+    p.add_argument("--rtsp-listen", metavar="HOST:PORT", help="serve mode: where to listen (default 127.0.0.1:8554)")
+    p.add_argument("--rtsp-codec", choices=["h264", "h265"], help="RTSP output codec (default h264)")
+    p.add_argument("--rtsp-encoder", choices=["auto", "software", "nvenc"], help="RTSP output encoder (default auto)")
+    p.add_argument("--rtsp-bitrate", type=int, metavar="KBPS", help="RTSP output bit rate instead of constant quality")
+    p.add_argument("--rtsp-crf", type=int, help="RTSP output constant quality (default 18; lower is better)")
+
+
+def _rtsp_overrides(a: argparse.Namespace, data: dict[str, Any]) -> None:
+    """--rtsp-* flags onto the config's [rtsp_out] (created by --rtsp-out)."""
+    from .errors import ConfigError
+
+    flags = {"host_port": a.rtsp_listen, "codec": a.rtsp_codec, "encoder": a.rtsp_encoder,
+             "bitrate_kbps": a.rtsp_bitrate, "crf": a.rtsp_crf}
+    given = {k: v for k, v in flags.items() if v is not None}
+    if a.rtsp_out is None and not given:
+        return
+    if a.rtsp_out is None and data.get("rtsp_out") is None:
+        raise ConfigError("--rtsp-listen/--rtsp-codec/--rtsp-encoder/--rtsp-bitrate/--rtsp-crf need --rtsp-out "
+                          "(or [rtsp_out] in the config)")
+    out = dict(data.get("rtsp_out") or {})
+    if a.rtsp_out == "serve":
+        out.pop("url", None)
+    elif a.rtsp_out is not None:
+        out["url"] = a.rtsp_out
+    if (listen := given.pop("host_port", None)) is not None:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--rtsp-listen: expected HOST:PORT, got {listen!r}")
+        out.update(host=host.strip("[]"), port=int(port))
+    out.update(given)
+    data["rtsp_out"] = out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stream-denoise", description="Real-time self-supervised video denoiser for live streams.")
     p.add_argument("--version", action="version", version=f"stream-denoise {__version__}")
@@ -66,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--status-interval", type=float, help="seconds between status lines (default 5)")
     r.add_argument("--metrics-port", type=int, help="serve /healthz and Prometheus /metrics on this port")
     r.add_argument("--metrics-host", help="address of the metrics server (default 127.0.0.1; 0.0.0.0 in containers)")
+    _rtsp_args(r)
     _model_args(r)
 
     d = sub.add_parser("denoise", help="denoise a whole video file (same frames, same size)")
@@ -234,6 +272,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.record_input:
         out["input_path"] = str(a.record_input)
     data["output"] = out
+    _rtsp_overrides(a, data)
     cfg = parse(RunConfig, _common_overrides(a, data), origin="flags")
     stop = _install_stop()
     with Pipeline(cfg) as pipeline:
@@ -278,11 +317,13 @@ def _run_deployment(a: argparse.Namespace, cfg: Any) -> int:
     from .multicam import MultiCamera
 
     per_camera = {"--source": a.source, "--output": a.output, "--record-input": a.record_input,
-                  "--loop": a.loop, "--realtime": a.realtime, "--no-publish": a.no_publish}
+                  "--loop": a.loop, "--realtime": a.realtime, "--no-publish": a.no_publish,
+                  "--rtsp-out/--rtsp-*": a.rtsp_out or a.rtsp_listen or a.rtsp_codec or a.rtsp_encoder
+                  or a.rtsp_bitrate or a.rtsp_crf}
     given = [flag for flag, value in per_camera.items() if value]
     if given:
         raise ConfigError(f"{', '.join(given)}: not with a multi-camera config ({a.config}); "
-                          "set sources per camera in its [[cameras]] tables")
+                          "set them per camera in its [[cameras]] tables")
     data = cfg.model_dump(mode="json", exclude_unset=True)  # unset: camera model overrides stay partial
     cfg = parse(DeploymentConfig, _common_overrides(a, data), origin="flags")
     if not (a.verbose or a.quiet):  # -v/-q win over the file's log_level

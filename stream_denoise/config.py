@@ -118,6 +118,82 @@ class OutputConfig(Strict):
     )
 
 
+_RTSP_PATH = r"^[A-Za-z0-9_.~-]+(/[A-Za-z0-9_.~-]+)*$"
+
+
+class RtspOutConfig(Strict):
+    """The cleaned stream as RTSP (H.264/H.265) for NVRs, VLC and restreamers (``run --rtsp-out``).
+
+    Serve mode (no ``url``): an RTSP server on ``host:port`` serves ``rtsp://HOST:PORT/PATH`` to any
+    number of clients. Push mode (``url``): the stream is published to a media server the user runs
+    (MediaMTX, go2rtc) with RTSP ANNOUNCE/RECORD. See :mod:`stream_denoise.rtsp_out`.
+    """
+
+    url: str | None = Field(
+        None, description="Push mode: publish to this media server (rtsp://host:8554/path; user:pass@ allowed). "
+                          "Unset: serve mode.")
+    host: str = Field("127.0.0.1", min_length=1, description="Serve mode: the address to listen on (0.0.0.0: every interface).")
+    port: int = Field(8554, ge=0, le=65535, description="Serve mode: the RTSP port (0: any free port, logged).")
+    path: str | None = Field(None, max_length=128, pattern=_RTSP_PATH,
+                             description="Serve mode: the stream's path; default the camera's name ('stream' for one camera without a name).")
+    username: str | None = Field(None, min_length=1, description="Serve mode: require basic authentication with this user...")
+    password: str | None = Field(None, description="...and this password.")
+    codec: Literal["h264", "h265"] = Field("h264", description="Video codec of the stream.")
+    encoder: Literal["auto", "software", "nvenc"] = Field(
+        "auto", description="software: libx264/libx265; nvenc: NVIDIA's hardware encoder (needs a GPU); "
+                            "auto: nvenc where an NVIDIA GPU is visible and the encoder opens, else software.")
+    crf: int = Field(18, ge=0, le=51, description="Constant quality (lower is better; nvenc: cq) when bitrate_kbps is unset.")
+    bitrate_kbps: int | None = Field(None, ge=50, le=200_000,
+                                     description="Target bit rate in kbit/s (rate capped over one second) instead of crf.")
+    preset: str = Field("superfast", pattern=r"^[a-z0-9]+$",
+                        description="Encoder speed preset (x264/x265: ultrafast..medium; nvenc: p1..p7).")
+    gop_s: float = Field(1.0, gt=0, le=10, description="Seconds between keyframes; a client that joins also gets one at once.")
+    threads: int = Field(1, ge=0, le=64, description="Software encoder threads (0: the encoder's choice; sliced, no added latency).")
+    fps: float | None = Field(None, gt=0, le=240, description="Nominal frame rate of the stream; default: the source's.")
+    queue_size: int = Field(2, ge=1, le=64, description="Frames waiting for the encoder; when full the oldest is dropped (counted).")
+    open_timeout_s: float = Field(5.0, gt=0, le=120, description="Limit for starting the server or connecting to the push target.")
+    io_timeout_s: float = Field(5.0, gt=0, le=120, description="Limit for one write; a stalled peer is dropped and reconnected.")
+    backoff_initial_s: float = Field(0.25, gt=0, le=60, description="First reconnect (or server restart) delay.")
+    backoff_max_s: float = Field(2.0, gt=0, le=600, description="Cap of the exponential reconnect delay.")
+    gst_python: str | None = Field(
+        None, description="Serve mode: a Python with GStreamer's gi bindings and gst-rtsp-server to run the server; "
+                          "default: this Python if it has them, else /usr/bin/python3.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^rtsps?://[^\s/]+(/\S*)?$", v, re.IGNORECASE):
+            raise ValueError("must look like rtsp://HOST[:PORT]/PATH")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and any(part in (".", "..") for part in v.split("/")):
+            raise ValueError("no '.' or '..' parts")
+        return v
+
+    @model_validator(mode="after")
+    def _mode(self) -> RtspOutConfig:
+        if self.url is not None and (self.username is not None or self.password is not None):
+            _fail("auth_in_push", "push mode takes credentials in the URL (rtsp://user:pass@host/path)",
+                  ("username" if self.username is not None else "password",), None)
+        if (self.username is None) != (self.password is None):
+            _fail("half_auth", "set both username and password, or neither",
+                  ("password" if self.username is not None else "username",), None)
+        return self
+
+    @property
+    def push(self) -> bool:
+        return self.url is not None
+
+
+def rtsp_path_for(name: str | None) -> str:
+    """The default serve path of a camera: its name with characters a path cannot hold replaced."""
+    path = re.sub(r"[^A-Za-z0-9_.~-]+", "-", name or "").strip("-.")
+    return path[:128] or "stream"
+
+
 class RunConfig(Strict):
     """One camera's pipeline."""
 
@@ -130,12 +206,13 @@ class RunConfig(Strict):
     max_frames: int | None = Field(None, ge=1, description="Stop after this many published frames.")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve /metrics and /healthz on this port.")
     metrics_host: str = Field("127.0.0.1", min_length=1, description="Address of the metrics server (0.0.0.0 in containers).")
+    rtsp_out: RtspOutConfig | None = Field(None, description="Also serve or push the cleaned stream over RTSP.")
 
     @model_validator(mode="after")
     def _something_to_do(self) -> RunConfig:
-        if self.publish is None and self.output.path is None:
-            raise ValueError("nothing consumes the frames: publish them ([publish], no --no-publish) "
-                             "or record them (--output, [output] path)")
+        if self.publish is None and self.output.path is None and self.rtsp_out is None:
+            raise ValueError("nothing consumes the frames: publish them ([publish], no --no-publish), "
+                             "record them (--output, [output] path) or send them over RTSP (--rtsp-out, [rtsp_out])")
         return self
 
     @model_validator(mode="after")
@@ -233,6 +310,8 @@ class CameraConfig(Strict):
     max_fps: float | None = Field(None, gt=0, le=1000, description="Drop frames above this rate (newest wins).")
     model: ModelConfig | None = Field(
         None, description="Per-camera override: the keys given here replace those of the deployment's [model].")
+    rtsp_out: RtspOutConfig | None = Field(
+        None, description="Also serve or push this camera's cleaned stream over RTSP (serve path: the camera's name).")
     endpoint: str | None = Field(
         None, description="Ray deployments only: where this camera publishes (each camera publishes from the host "
                           "running it); default: the deployment's endpoint with its port + the camera's index.")
@@ -332,9 +411,13 @@ class DeploymentConfig(Strict):
                     _fail("duplicate_topic", f"topic {topic!r} {why} the topic {other!r} of cameras[{j}]",
                           ("cameras", i, field), topic)
             topics[topic] = i
+            if cam.rtsp_out is not None and self.ray is not None:
+                _fail("rtsp_out_on_ray", "rtsp_out is not available on Ray deployments (run the cameras in one process)",
+                      ("cameras", i, "rtsp_out"), None)
             if cam.endpoint is not None and self.ray is None:
                 _fail("endpoint_without_ray", "a camera's own endpoint needs a [ray] deployment "
                       "(in one process all cameras share [publish] endpoint)", ("cameras", i, "endpoint"), cam.endpoint)
+        _check_rtsp_servers(self.cameras)
         if self.ray is not None:
             seen: dict[str, int] = {}
             for i in range(len(self.cameras)):
@@ -351,6 +434,30 @@ class DeploymentConfig(Strict):
                           ("cameras", i, "endpoint"), ep)
                 seen[ep] = i
         return self
+
+
+def _check_rtsp_servers(cameras: list[CameraConfig]) -> None:
+    """Serve-mode cameras on one host:port share one RTSP server: distinct paths, the same server settings."""
+    servers: dict[tuple[str, int], tuple[int, RtspOutConfig]] = {}
+    paths: dict[tuple[str, int, str], int] = {}
+    for i, cam in enumerate(cameras):
+        out = cam.rtsp_out
+        if out is None or out.push or out.port == 0:
+            continue
+        key = (out.host, out.port)
+        path = out.path or rtsp_path_for(cam.name)
+        if (*key, path) in paths:
+            _fail("duplicate_rtsp_path", f"rtsp://{out.host}:{out.port}/{path} is also served for cameras[{paths[(*key, path)]}]",
+                  ("cameras", i, "rtsp_out", "path"), path)
+        paths[(*key, path)] = i
+        if key in servers:
+            j, first = servers[key]
+            for field in ("username", "password", "codec", "gst_python"):
+                if getattr(out, field) != getattr(first, field):
+                    _fail("rtsp_server_mismatch", f"cameras[{j}] serves on {out.host}:{out.port} with another {field}: "
+                          "cameras on one RTSP server share it", ("cameras", i, "rtsp_out", field), None)
+        else:
+            servers[key] = (i, out)
 
 
 def _fail(kind: str, message: str, loc: tuple[int | str, ...], value: Any) -> None:

@@ -54,6 +54,16 @@ METRICS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "up": ("up", "gauge", "1 while the camera is connected.", ()),
     "failed": ("failed", "gauge", "1 when the camera stopped with an error.", ()),
     "published": ("published", "counter", "Frames of the camera the publishing socket accepted.", ()),
+    "rtsp_sent": ("rtsp_sent", "counter", "Frames the RTSP output encoded and sent.", ()),
+    "rtsp_bytes": ("rtsp_bytes", "counter", "Encoded bytes the RTSP output sent.", ()),
+    "rtsp_dropped": ("rtsp_dropped", "counter",
+                     "Frames the RTSP output dropped before encoding (encoder or network slower, target down).", ()),
+    "rtsp_idle": ("rtsp_idle", "counter", "Frames not encoded because nobody watched the served stream.", ()),
+    "rtsp_reconnects": ("rtsp_reconnects", "counter", "Reconnects of the push target or restarts of the server.", ()),
+    "rtsp_clients": ("rtsp_clients", "gauge", "Clients watching the served stream.", ()),
+    "rtsp_connected": ("rtsp_connected", "gauge", "1 while the push target (or the server helper) is up.", ()),
+    "rtsp_encode_p50_ms": ("rtsp_encode_p50_ms", "gauge", "Median encode time of the RTSP output (ms).", ()),
+    "rtsp_encode_p99_ms": ("rtsp_encode_p99_ms", "gauge", "99th percentile encode time of the RTSP output (ms).", ()),
 }
 GROUPS = {"camera": "camera"}  # snapshot key -> label: a nested snapshot per label value
 

@@ -315,6 +315,7 @@ class Camera:
         self.state = "starting"  # starting, connecting, running, ended, failed
         self.error: StreamDenoiseError | None = None
         self.published = self.publish_dropped = 0
+        self.rtsp_out: Any = None  # an RtspOutput when the camera has [rtsp_out] (set by MultiCamera)
         if not is_live(self.source_cfg.uri):
             self.source = self._open()  # a bad file path is a config error: raise now
 
@@ -370,8 +371,9 @@ class Camera:
 
     def status_line(self) -> str:
         s = self.source.stats if self.source is not None else None
-        return f"{self.name} [{self.state}] " + self.metrics.status(
+        line = f"{self.name} [{self.state}] " + self.metrics.status(
             s.frames_dropped if s else 0, s.reconnects if s else 0, self.publish_dropped)
+        return f"{line} | {self.rtsp_out.status()}" if self.rtsp_out is not None else line
 
     def snapshot(self) -> dict[str, Any]:
         snap = self.metrics.snapshot()
@@ -382,6 +384,8 @@ class Camera:
                     source_frames_dropped=s.frames_dropped if s else 0,
                     source_reconnects=s.reconnects if s else 0,
                     source_decode_errors=s.decode_errors if s else 0)
+        if self.rtsp_out is not None:
+            snap.update(self.rtsp_out.snapshot())
         return snap
 
     def close(self) -> None:
@@ -426,6 +430,7 @@ class MultiCamera(Closing):
                 cam = Camera(cam_cfg, self.batchers[key].client(), model.window, cfg.max_frames)
                 self.cameras.append(cam)
                 self._closers.append(cam.close)
+            self._open_rtsp_outputs()
             if cfg.metrics_port is not None:
                 from .health import HealthServer
 
@@ -435,6 +440,21 @@ class MultiCamera(Closing):
             self.close()
             raise
         self.ready = threading.Event()
+
+    def _open_rtsp_outputs(self) -> None:
+        """Cameras with [rtsp_out] also stream over RTSP (those serving on one host:port share a server)."""
+        cams = [c for c in self.cameras if c.cfg.rtsp_out is not None]
+        if not cams:
+            return
+        from .rtsp_out import open_outputs
+
+        def fps_of(cam: Camera) -> Callable[[], float | None]:
+            return lambda: cam.source.fps if cam.source is not None else None
+
+        requests = [(c.cfg.rtsp_out, c.name, fps_of(c)) for c in cams if c.cfg.rtsp_out is not None]
+        for cam, out in zip(cams, open_outputs(requests)):
+            cam.rtsp_out = out
+            self._closers.append(out.close)
 
     def camera(self, name: str) -> Camera:
         for cam in self.cameras:
@@ -485,6 +505,8 @@ class MultiCamera(Closing):
             cam.published += 1
         else:
             cam.publish_dropped += 1
+        if cam.rtsp_out is not None:
+            cam.rtsp_out.send(frame)  # never blocks: a bounded queue to its encoder thread
         m.latency["publish"].add(time.perf_counter() - t0)
         m.latency["e2e"].add(now - frame.captured_at)
         m.frames_out += 1

@@ -3,7 +3,9 @@
 Threads: the source's reader thread decodes; the inference stage (the caller's thread) pulls the
 newest frame, denoises it and hands the result to the publish stage through a bounded queue; the
 publish thread sends it over ZeroMQ (never blocking) and records it. ONNX Runtime, PyAV and
-ZeroMQ release the GIL, so the stages overlap and throughput is set by the slowest one.
+ZeroMQ release the GIL, so the stages overlap and throughput is set by the slowest one. With
+``rtsp_out`` the publish thread also hands each frame to the RTSP output's own encoder thread
+(a bounded queue, never blocking; see :mod:`stream_denoise.rtsp_out`).
 
 Drop policy: live sources drop at the source (newest wins). Between inference and publishing, a
 full queue drops the *oldest* denoised frame (counted in ``dropped_queue``) for live sources and
@@ -75,6 +77,7 @@ class Pipeline(Closing):
         self._closers: list = []
         self.health = None
         self._recordings: dict[str, tuple[Recording, StreamClock]] = {}
+        self.rtsp_out = None
         try:
             for path in (cfg.output.path, cfg.output.input_path):
                 if path is not None:
@@ -101,6 +104,12 @@ class Pipeline(Closing):
                     rec = Recording(path, fps)
                     self._recordings[kind] = (rec, StreamClock())
                     self._closers.append(rec.close)
+            if cfg.rtsp_out is not None:  # the cleaned stream over RTSP too (serve or push)
+                from .rtsp_out import open_outputs
+
+                source = self.source
+                (self.rtsp_out,) = open_outputs([(cfg.rtsp_out, cfg.source.name or "stream", lambda: source.fps)])
+                self._closers.append(self.rtsp_out.close)
             if cfg.metrics_port is not None:
                 from .health import HealthServer
 
@@ -195,6 +204,8 @@ class Pipeline(Closing):
             try:
                 if self.publisher is not None:
                     self.publisher.send(item, wait_s=self._publish_wait_s, stop=stop)
+                if self.rtsp_out is not None:
+                    self.rtsp_out.send(item)  # never blocks: a bounded queue to its encoder thread
                 self._record("output", item)
             except StreamDenoiseError as exc:  # a full disk, a closed socket: stop, and say why
                 self._failure = exc
@@ -219,7 +230,8 @@ class Pipeline(Closing):
     def _status_line(self, final: bool = False) -> str:
         s = self.source.stats
         pub_drops = self.publisher.dropped if self.publisher is not None else 0
-        return self.metrics.status(s.frames_dropped, s.reconnects, pub_drops, final=final)
+        line = self.metrics.status(s.frames_dropped, s.reconnects, pub_drops, final=final)
+        return f"{line} | {self.rtsp_out.status()}" if self.rtsp_out is not None else line
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for health checks and Prometheus: pipeline, source and publisher."""
@@ -230,4 +242,6 @@ class Pipeline(Closing):
                     source_connected=int(s.connected))
         if self.publisher is not None:
             snap.update(publish_sent=self.publisher.sent, publish_dropped=self.publisher.dropped)
+        if self.rtsp_out is not None:
+            snap.update(self.rtsp_out.snapshot())
         return snap

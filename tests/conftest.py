@@ -191,3 +191,31 @@ def rtsp_server(clip: Path, tmp_path: Path) -> Iterator[RtspServer]:
 # =====================================================================================================
 # (end of the sources section)
 # =====================================================================================================
+
+
+# =====================================================================================================
+# RTSP output (issue 27): a RECORD-mode RTSP server (the push target), as a media server would be
+# =====================================================================================================
+
+@pytest.fixture
+def record_server(tmp_path: Path) -> Iterator[object]:
+    """A running ``tests.rtsp_out_helpers.RecordServer`` (push target, RTSP RECORD mode); killed at
+    teardown. Skips without gi."""
+    reason = _rtsp_server_unavailable()
+    if reason:
+        pytest.skip(reason)
+    from tests.rtsp_out_helpers import RecordServer
+
+    outdir = tmp_path / "recorded"
+    outdir.mkdir()
+    server = RecordServer(outdir, tmp_path / "record_server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+# =====================================================================================================
+# (end of the RTSP output section)
+# =====================================================================================================
