@@ -38,6 +38,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -312,7 +313,7 @@ def build(out: Path, cache: Path, sources: tuple[Source, ...] = SOURCES) -> dict
         for member in members(src, root):
             iid = item_id(src, member)
             lic, holder = licence_of(root, src, member)
-            entry = {"id": iid, "kind": src.kind, "registry": src.registry, "package": src.package,
+            entry: dict[str, Any] = {"id": iid, "kind": src.kind, "registry": src.registry, "package": src.package,
                      "version": src.version, "member": member.relative_to(root).as_posix(), "licence": lic,
                      "copyright": holder}
             if src.kind == "photo":
@@ -336,9 +337,9 @@ def build(out: Path, cache: Path, sources: tuple[Source, ...] = SOURCES) -> dict
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
     tmp.replace(out / "manifest.json")
-    n_photo = sum(i["kind"] == "photo" for i in items)
+    n_photo = sum(1 for i in items if i["kind"] == "photo")
     log.info("corpus: %d photos (%d validation), %d clips, %.1f MB in %s", n_photo,
-             sum(i["split"] == "val" for i in items), len(items) - n_photo, sum(i["bytes"] for i in items) / 1e6, out)
+             sum(1 for i in items if i["split"] == "val"), len(items) - n_photo, sum(i["bytes"] for i in items) / 1e6, out)
     return manifest
 
 

@@ -162,7 +162,7 @@ def build_pool(corpus: Corpus, spec: PoolSpec, workers: int = 1, cache: CodecCac
     global _WORK
     coder = has_codecs()
     t0 = time.monotonic()
-    out = []
+    out: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]] = []
     step = max(1, spec.clips // 10)
 
     def progress() -> None:

@@ -8,7 +8,9 @@ frames (8-bit, clipped, as the product writes them), the noisy input's PSNR, and
 where the clean value is below 32 (dark regions: a denoiser must not shift their mean).
 
 The gate (``better``) keeps a candidate only if its mean PSNR over the conditions beats the
-shipped model's and it is not below the noisy input on a condition where the shipped one was not.
+shipped model's, no condition loses more than ``TOLERANCE_DB`` against it (a user of that condition
+would see a regression), and it is not below the noisy input on a condition where the shipped one
+was not.
 Conditions with a codec need PyAV; without it they are left out (and the report says so).
 """
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..model.net import VideoDenoiser
 from ..noise import NoiseSpec, add_noise
 from .corpus import Corpus
 from .pool import PoolSpec, clean_clip, has_codecs
@@ -27,6 +30,7 @@ from .pool import PoolSpec, clean_clip, has_codecs
 log = logging.getLogger(__name__)
 
 CLIPS, FRAMES, SIZE, SEED = 16, 9, 192, 20261204
+TOLERANCE_DB = 0.25  # the most a condition may lose against the shipped model
 CONDITIONS: dict[str, NoiseSpec | None] = {
     "clean": None,
     "gauss5": NoiseSpec("gaussian", sigma=5),
@@ -65,7 +69,7 @@ def build(corpus: Corpus) -> ValidationSet:
     return ValidationSet(list(noisy), noisy, np.stack([c[FRAMES // 2] for c in clips]), corpus.hash)
 
 
-def _windows(noisy: np.ndarray, model: torch.nn.Module) -> np.ndarray:
+def _windows(noisy: np.ndarray, model: VideoDenoiser) -> np.ndarray:
     """(N, K * (3 + P), S, S) float32: the window centred on (causal: ending at) each clip's middle
     frame, each frame followed by its noise maps for the clip's reading (``net``'s layout)."""
     from .. import noise_level
@@ -81,7 +85,7 @@ def _windows(noisy: np.ndarray, model: torch.nn.Module) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(len(noisy), -1, *noisy.shape[2:4]))
 
 
-def score(model: torch.nn.Module, vset: ValidationSet, batch: int = 8) -> dict[str, dict[str, float]]:
+def score(model: VideoDenoiser, vset: ValidationSet, batch: int = 8) -> dict[str, dict[str, float]]:
     """Per condition: psnr, noisy_psnr, dark_bias (mean error in levels where clean < 32)."""
     model.eval()
     device = next(model.parameters()).device
@@ -120,6 +124,11 @@ def better(candidate: dict[str, dict[str, float]], shipped: dict[str, dict[str, 
     worse = [n for n in common if candidate[n]["psnr"] < candidate[n]["noisy_psnr"] <= shipped[n]["psnr"]]
     if worse:
         return False, f"below the noisy input on {', '.join(worse)} (mean gain {gain:+.3f} dB)"
+    lost = {n: candidate[n]["psnr"] - shipped[n]["psnr"] for n in common
+            if candidate[n]["psnr"] < shipped[n]["psnr"] - TOLERANCE_DB}
+    if lost:
+        return False, (f"mean {gain:+.3f} dB, but worse than the shipped model on "
+                       + ", ".join(f"{n} ({d:+.2f} dB)" for n, d in lost.items()))
     if gain <= 0:
         return False, f"mean PSNR {gain:+.3f} dB against the shipped model"
     return True, f"mean PSNR {gain:+.3f} dB against the shipped model over {len(common)} conditions"

@@ -189,6 +189,8 @@ def test_gate_rule():
     assert validate.better(rep(a=(31.0, 20.0), b=(40.5, 41.0)), shipped)[0]
     assert not validate.better(rep(a=(29.0, 20.0), b=(40.5, 41.0)), shipped)[0]  # mean gain < 0
     assert not validate.better(rep(a=(33.0, 20.0), b=(39.5, 39.6)), rep(a=(30.0, 20.0), b=(39.7, 39.6)))[0]  # below noisy
+    keep, why = validate.better(rep(a=(34.0, 20.0), b=(39.5, 30.0)), shipped)  # +4 / -0.5: a regression on b
+    assert not keep and "b (-0.50 dB)" in why
 
 
 def test_models_of_the_first_generation_still_load_and_compute_the_same(tmp_path: Path):
