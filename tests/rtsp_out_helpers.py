@@ -92,7 +92,8 @@ class Run:
         return self.proc.poll() is None
 
     def metrics(self, port: int) -> dict[str, float]:
-        """The Prometheus /metrics of the run, ``stream_denoise_`` prefix removed; {} while not serving."""
+        """The Prometheus /metrics of the run, ``stream_denoise_`` prefix and ``_total`` removed, labelled samples
+        as ``name{label="value"}``; {} while not serving."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                 text = r.read().decode()
@@ -103,8 +104,9 @@ class Run:
         out = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if not sample.labels:
-                    out[sample.name.removeprefix("stream_denoise_").removesuffix("_total")] = float(sample.value)
+                name = sample.name.removeprefix("stream_denoise_").removesuffix("_total")
+                labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
+                out[f"{name}{{{labels}}}" if labels else name] = float(sample.value)
         return out
 
     def rss_mb(self) -> float:

@@ -266,7 +266,7 @@ def test_runs_without_torch(make_clip, tmp_path):
 class EchoBackend:
     """Returns each window's first frame; records the batch sizes it was called with."""
 
-    name, frames, target, stride = "echo", 5, 2, 4
+    name, frames, target, stride, noise_planes = "echo", 5, 2, 4, 0
 
     def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
         self.calls: list[tuple[int, ...]] = []
