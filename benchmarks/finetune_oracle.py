@@ -69,14 +69,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from stream_denoise import zoo
+    from stream_denoise import model_files
 
     c = clips.make(a.clip, a.condition, a.frames, None, CACHE_DIR, 0)
     (noisy, clean), (rec_noisy, rec_clean) = c.live, c.recorded
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp, oracle_targets(a.targets, rec_noisy, rec_clean, a.reach):
         out = Path(tmp) / "model.pt"
-        summary = models.fine_tune(Path(zoo.resolve(a.model, ".pt")), rec_noisy, out, a.minutes, 3000, a.threads)
+        summary = models.fine_tune(Path(model_files.resolve(a.model, ".pt")), rec_noisy, out, a.minutes, 3000, a.threads)
         den, _ = models.denoise_clip(out, noisy, "onnxruntime", a.threads)
     print(json.dumps({"clip": a.clip, "condition": a.condition, "targets": a.targets, "model": a.model,
                       "reach": a.reach, "minutes": a.minutes, "steps": summary["steps"],

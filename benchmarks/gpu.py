@@ -68,7 +68,7 @@ def _frames(n: int, w: int, h: int, seed: int = 0) -> list[np.ndarray]:
 
 class Bench:
     def __init__(self, a: argparse.Namespace) -> None:
-        from stream_denoise.backends.gpu import require_cuda
+        from stream_denoise.backends.cuda_windows import require_cuda
 
         self.a = a
         self.form = a.forms[0]
@@ -110,24 +110,24 @@ class Bench:
                 "tflops_fp16_datasheet": DATASHEET.get(torch.cuda.get_device_name(0))}
 
     def backend(self, model: str):  # type: ignore[no-untyped-def]
-        from stream_denoise import zoo
-        from stream_denoise.backends.torch import TorchBackend
+        from stream_denoise import model_files
+        from stream_denoise.backends.torch_model import TorchBackend
 
-        return TorchBackend(str(zoo.resolve(model, ".pt")), self.a.device, threads=None, precision=self.a.precision,
+        return TorchBackend(str(model_files.resolve(model, ".pt")), self.a.device, threads=None, precision=self.a.precision,
                             form=self.form)
 
     def agreement(self, model: str) -> dict:
         """Max abs difference (on [0, 1]) of the GPU backend (host path and window runner, in uint8
         levels) against ONNX Runtime fp32 on the same windows."""
-        from stream_denoise import zoo
-        from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend
-        from stream_denoise.build.export import export_onnx
+        from stream_denoise import model_files
+        from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend
+        from stream_denoise.export.to_onnx import export_onnx
         from stream_denoise.denoiser import Denoiser
         from stream_denoise.planes import Layout, window_input
 
         w, h = self.a.check_size
         frames = _frames(5, w, h, seed=3)
-        ort = OnnxRuntimeBackend(export_onnx(zoo.resolve(model, ".pt"), Path(self.a.tmp) / f"{model}.onnx"), threads=None)
+        ort = OnnxRuntimeBackend(export_onnx(model_files.resolve(model, ".pt"), Path(self.a.tmp) / f"{model}.onnx"), threads=None)
         ref_den = Denoiser(ort)
         ref = ref_den.denoise_window(frames)
         gpu = self.backend(model)
@@ -291,11 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     doc["peak"] = bench.peak()
     log.info("peak: %s", doc["peak"])
     peak = doc["peak"].get("tflops_fp16_measured")
-    from stream_denoise import zoo
+    from stream_denoise import model_files
     from stream_denoise.model import load_model
 
     for i, model in enumerate(a.models.split(",")):
-        m = load_model(zoo.resolve(model, ".pt"))
+        m = load_model(model_files.resolve(model, ".pt"))
         macs, params = m.macs_per_pixel(), m.param_count()
         r: dict = {"macs_per_pixel": macs, "params": params, "forms": {}}
         doc["models"][model] = r

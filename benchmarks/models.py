@@ -34,13 +34,13 @@ class ModelRef:
 
 
 def resolve(name: str, cache: Path, allow_untrained: bool = False) -> ModelRef:
-    from stream_denoise import zoo
+    from stream_denoise import model_files
     from stream_denoise.errors import ModelError
 
     try:
         if name.endswith("-int8"):  # the shipped INT8 (Q/DQ) ONNX of a model: ONNX Runtime only
-            return ModelRef(name, zoo.resolve(name.removesuffix("-int8"), ".int8.onnx"))
-        return ModelRef(name, zoo.resolve(name, ".pt"))
+            return ModelRef(name, model_files.resolve(name.removesuffix("-int8"), ".int8.onnx"))
+        return ModelRef(name, model_files.resolve(name, ".pt"))
     except ModelError:
         if not (allow_untrained and name in SHIPPED_ARCH):
             raise
@@ -78,10 +78,10 @@ def macs_per_pixel(path: Path) -> float:
             raise ImportError
         from stream_denoise.model import load_model
     except ImportError:
-        from stream_denoise.backends.onnxruntime import onnx_for
-        from stream_denoise.build.export import onnx_meta
+        from stream_denoise.model_files import onnx_file
+        from stream_denoise.onnx_session import onnx_meta
 
-        return float(onnx_meta(onnx_for(str(path)))["macs_per_pixel"])
+        return float(onnx_meta(onnx_file(str(path)))["macs_per_pixel"])
     return float(load_model(path).macs_per_pixel())
 
 

@@ -11,16 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .backends import NAMES as BACKEND_NAMES
 from .errors import StreamDenoiseError
+from .model_files import for_window
 
 log = logging.getLogger("stream_denoise")
 
-BACKENDS = ["auto", "onnxruntime", "torch", "cuda", "tensorrt", "triton"]
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="shipped model name (lite, lite-causal, base) or a .pt/.onnx path; default: auto")
-    p.add_argument("--backend", choices=BACKENDS, default=None, help="inference backend (default auto)")
+    p.add_argument("--backend", choices=BACKEND_NAMES, default=None, help="inference backend (default auto)")
     p.add_argument("--window", choices=["centered", "causal"], default=None, help="temporal window (default: the model's)")
     p.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: all cores)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None, help="backend precision")
@@ -34,8 +35,8 @@ def _model_cfg(a: argparse.Namespace, base: dict[str, Any] | None = None) -> dic
     for key in ("model", "backend", "window", "threads", "lanes", "precision", "triton_url"):
         if getattr(a, key, None) is not None:
             m[key] = getattr(a, key)
-    if m.get("window") == "causal" and m.get("model", "auto") in ("auto", "lite"):
-        m["model"] = "lite-causal"
+    if m.get("window") is not None:
+        m["model"] = for_window(m.get("model", "auto"), m["window"])
     return m
 
 
@@ -379,17 +380,17 @@ def cmd_fine_tune(a: argparse.Namespace) -> int:
                               ("--from", a.init if a.init and Path(a.init).is_file() else None)])
     from .train.finetune import fine_tune
 
-    fine_tune(a.clips, a.out, init=None if a.scratch else (a.init or ("lite-causal" if a.window == "causal" else "lite")),
+    fine_tune(a.clips, a.out, init=None if a.scratch else (a.init or for_window("lite", a.window)),
               arch=a.arch, window=a.window, minutes=a.minutes, steps=a.steps, seed=a.seed, max_frames=a.max_frames,
               objective=a.objective, precision=a.precision)
     return 0
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from . import zoo
-    from .build.export import export_onnx
+    from . import model_files
+    from .export.to_onnx import export_onnx
 
-    model = zoo.resolve(a.model, ".pt")
+    model = model_files.resolve(a.model, ".pt")
     _model_out(a.out, ".onnx", [("model", model)])
     export_onnx(model, a.out, a.precision)
     return 0
@@ -420,7 +421,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_build_engine(a: argparse.Namespace) -> int:
-    from .build.engine import Shapes, build_engine
+    from .export.engine import Shapes, build_engine
 
     shapes = Shapes.parse(a.shape, a.min_shape, a.opt_shape, a.max_shape, a.batch)
     print(build_engine(a.model, a.precision, shapes, a.out, a.calibration, a.workspace_mb))
@@ -428,7 +429,7 @@ def cmd_build_engine(a: argparse.Namespace) -> int:
 
 
 def cmd_export_triton(a: argparse.Namespace) -> int:
-    from .build.triton import export_repository
+    from .export.triton_repository import export_repository
 
     print(export_repository(a.model, a.out, platform=a.platform, precision=a.precision, max_batch=a.max_batch,
                             instances=a.instances, engine=a.engine, name=a.name))
@@ -436,7 +437,7 @@ def cmd_export_triton(a: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
-    from .build.calibrate import calibrate, parse_size
+    from .export.calibrate import calibrate, parse_size
 
     npz, int8 = calibrate(a.clips, a.model, a.out, a.windows, parse_size(a.size) if a.size else None,
                           seed=a.seed, target=a.target, threads=a.threads)

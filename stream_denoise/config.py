@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .backends import NAMES as BACKEND_NAMES
 from .errors import ConfigError
+from .model_files import for_window
 
-Backend = Literal["auto", "onnxruntime", "torch", "cuda", "tensorrt", "triton"]
 Window = Literal["centered", "causal"]
 Encoding = Literal["raw", "jpeg", "png"]
 
@@ -52,7 +53,7 @@ class ModelConfig(Strict):
     """Which network runs and how."""
 
     model: str = Field("auto", description="A shipped model name (lite, base, lite-causal) or a path; 'auto' picks for the machine.")
-    backend: Backend = Field("auto", description="auto prefers tensorrt, then cuda, then onnxruntime.")
+    backend: str = Field("auto", description="One of backends.NAMES; auto prefers tensorrt, then cuda, then onnxruntime.")
     window: Window | None = Field(None, description="centered (K frames around t) or causal (past only); None = the model's own.")
     threads: int | None = Field(None, ge=1, le=256, description="CPU threads for inference; None = all cores.")
     lanes: int | None = Field(
@@ -65,6 +66,13 @@ class ModelConfig(Strict):
         "localhost:8000",
         description="backend = triton: the server, host:port or http://host:port (HTTP), grpc://host:port (gRPC).",
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        if v not in BACKEND_NAMES:
+            raise ValueError(f"unknown backend {v!r}; choose one of {', '.join(map(repr, BACKEND_NAMES))}")
+        return v
 
 
 class CurveConfig(Strict):
@@ -348,8 +356,9 @@ class CameraConfig(Strict):
             update = {k: getattr(self.model, k) for k in self.model.model_fields_set}
         if self.window is not None:
             update["window"] = self.window
-            if self.window == "causal" and update.get("model", default.model) in ("auto", "lite"):
-                update["model"] = "lite-causal"  # the shipped causal twin, as `run --window causal` does
+            model = update.get("model", default.model)
+            if for_window(model, self.window) != model:  # the shipped causal twin, as `run --window causal` does
+                update["model"] = for_window(model, self.window)
         return default.model_copy(update=update) if update else default
 
 

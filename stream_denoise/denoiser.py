@@ -9,7 +9,7 @@ the stream every few frames, so they follow the camera's gain. Post-processing: 
 (H, W), clip, round to uint8 RGB.
 
 On a GPU backend (``cuda``, ``tensorrt``: those with ``device_windows``) the same steps run on the
-GPU instead (``backends.gpu.GpuWindowRunner``): each frame goes up once as uint8, its plane stays
+GPU instead (``backends.cuda_windows.GpuWindowRunner``): each frame goes up once as uint8, its plane stays
 there while windows need it, a batch of windows (cameras of one size) is one network run, and only
 the uint8 frames come back. Stage times then read: pre = uploads, infer = network with the window
 gather and post-processing, post = 0.
@@ -23,10 +23,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
-from .backends import Backend
+from .backends import Backend, DeviceBackend
 from .buffer import TemporalBuffer
 from .errors import ConfigError
 from .frame import Frame, check_pixels
@@ -75,7 +76,8 @@ class Denoiser:
         self.times = StageTimes()
         self._slab = PlaneSlab(3 * backend.frames + 2)
         self._input: np.ndarray | None = None
-        self._gpu = backend.window_runner() if getattr(backend, "device_windows", False) else None  # type: ignore[attr-defined]
+        caps = backend.capabilities
+        self._gpu = cast(DeviceBackend, backend).window_runner() if caps.device_windows else None
         self._epoch = next(_EPOCHS)  # in the GPU runner's keys: a new one per stream (flush), per Denoiser
         self.assembled = 0  # windows copied into the assembly buffer (not a view of the slab)
 
@@ -83,7 +85,7 @@ class Denoiser:
     def lanes(self) -> int:
         """Frames worth handing to :meth:`push_many` together: one per backend lane (ONNX Runtime's
         one-thread sessions), at most a window; 1 for other backends."""
-        return min(getattr(self.backend, "lanes", 1), self.backend.frames)
+        return min(self.backend.capabilities.lanes, self.backend.frames)
 
     @property
     def latency_frames(self) -> int:
@@ -134,7 +136,7 @@ class Denoiser:
     def _run(self, ready: list[tuple[Frame, list[Frame]]]) -> list[Frame]:
         """Denoise (target, window) pairs, one backend call per run of same-size windows."""
         done: list[Frame] = []
-        limit = getattr(self.backend, "max_batch", None) or len(ready)
+        limit = self.backend.capabilities.max_batch or len(ready)
         while ready:
             shape = ready[0][0].pixels.shape
             n = next((i for i, (o, _) in enumerate(ready) if o.pixels.shape != shape), len(ready))

@@ -33,11 +33,11 @@ import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from .backends import Backend
+from .backends import Backend, Capabilities, DeviceBackend
 from .config import CameraConfig, DeploymentConfig, ModelConfig
 from .denoiser import Denoiser
 from .errors import BackendUnavailable, StreamDenoiseError
@@ -199,7 +199,7 @@ class BatchingBackend:
     def _host(self, group: list[_Request]) -> np.ndarray:
         xs = [r.x for r in group if r.x is not None]
         x = xs[0] if len(xs) == 1 else np.concatenate(xs)
-        step = getattr(self.backend, "max_batch", None) or len(x)  # a TensorRT profile's largest batch
+        step = self.backend.capabilities.max_batch or len(x)  # a TensorRT profile's largest batch
         return np.concatenate([self.backend.infer(x[i : i + step]).copy()  # the backend reuses its output buffer
                                for i in range(0, len(x), step)])
 
@@ -210,14 +210,14 @@ class BatchingBackend:
         hw = group[0].key[1]
         runner = self._runners.get(hw)  # type: ignore[arg-type]
         if runner is None:
-            runner = self._runners[hw] = self.backend.window_runner()  # type: ignore[attr-defined]
+            runner = self._runners[hw] = cast(DeviceBackend, self.backend).window_runner()
         windows = [w for r in group for w in r.windows or []]
         k = len(windows[0])
         runner.reserve(max(len({key for w in windows for key in w}), self._clients * (k + 1)))
         for r in group:
             for key, (pixels, sigmas) in (r.pixels or {}).items():
                 runner.upload(key, pixels, sigmas)  # once per frame: a frame already there is only touched
-        step = getattr(self.backend, "max_batch", None) or len(windows)
+        step = self.backend.capabilities.max_batch or len(windows)
         return [y for i in range(0, len(windows), step) for y in runner.denoise_many(windows[i : i + step])]
 
     def close(self) -> None:
@@ -243,7 +243,8 @@ class BatchClient:
         b = owner.backend
         self.name, self.frames, self.target, self.stride = b.name, b.frames, b.target, b.stride
         self.noise_planes = b.noise_planes
-        self.device_windows = bool(getattr(b, "device_windows", False))
+        # batches are split by the owner: a camera may hand over any number of windows
+        self.capabilities = Capabilities(device_windows=b.capabilities.device_windows)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """x: (n, K * block, H, W) float32 -> (n, 3, H, W) float32, computed in a batch with other cameras."""

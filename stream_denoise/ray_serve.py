@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends import Capabilities
 from .config import BatchConfig, DeploymentConfig, ModelConfig, PublishConfig, RayConfig, RunConfig
 from .errors import BackendUnavailable, SourceError, StreamDenoiseError
 from .resources import Closing
@@ -174,6 +175,7 @@ class ServeBackend:
         self.name = f"ray-serve:{meta['name']}"
         self.frames, self.target, self.stride = meta["frames"], meta["target"], meta["stride"]
         self.noise_planes = int(meta.get("noise_planes", 0))
+        self.capabilities = Capabilities()  # the deployment batches across cameras itself
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         wire = to_wire(x, self.noise_planes)

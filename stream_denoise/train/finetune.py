@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import zoo
+from .. import model_files
 from ..model import create_model, load_model, save_model
 from .. import noise_level
 from ..planes import window_input
@@ -53,7 +53,7 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     if threads:
         torch.set_num_threads(threads)
     data = list(frames) if frames is not None else [read_clip(c, max_frames=max_frames) for c in clips]
-    model = load_model(zoo.resolve(init, ".pt")) if init else create_model(arch, window=window)
+    model = load_model(model_files.resolve(init, ".pt")) if init else create_model(arch, window=window)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     bf16 = use_bf16(precision, device)

@@ -257,7 +257,7 @@ def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads
                 "shipped_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "window": RECIPES[name].window, "arch": RECIPES[name].arch}
         save_model(cand, shipped_path, **info)
-        from ..build.export import export_onnx
+        from ..export.to_onnx import export_onnx
 
         export_onnx(shipped_path, shipped_path.with_suffix(".onnx"))
         log.info("shipped %s (.pt and .onnx)", shipped_path)

@@ -1,4 +1,4 @@
-"""The ``cuda`` backend and the shared GPU path (backends.gpu).
+"""The ``cuda`` backend and the shared GPU path (backends.cuda_windows).
 
 Parametrised over ``device``: on the CPU the same GpuExecutor/GpuWindowRunner code runs eagerly and
 must equal the numpy Denoiser bit for bit; on a GPU (marked ``gpu``) within a level or two, and
@@ -14,7 +14,7 @@ C, WIDE = 25, 32  # the lite test network's input (5 frames x (RGB + 2 noise map
 
 torch = pytest.importorskip("torch")
 
-from stream_denoise.backends.torch import TorchBackend  # noqa: E402
+from stream_denoise.backends.torch_model import TorchBackend  # noqa: E402
 
 
 def test_window_runner_matches_the_denoiser(device, tiny_model, noisy_frames, denoiser_outputs, runner_outputs):
@@ -67,8 +67,8 @@ def test_host_round_trip_matches_the_model(device, tiny_model):
 
 @pytest.mark.gpu
 def test_cuda_fp16_is_within_fp16_tolerance_of_onnxruntime_fp32(cuda, tiny_model, tmp_path):
-    from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend
-    from stream_denoise.build.export import export_onnx
+    from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend
+    from stream_denoise.export.to_onnx import export_onnx
 
     ort = OnnxRuntimeBackend(export_onnx(tiny_model, tmp_path / "m.onnx"), threads=2)
     backend = TorchBackend(str(tiny_model), "cuda", precision="fp16")
@@ -102,8 +102,8 @@ def test_cuda_graph_replay_equals_the_eager_run(cuda, tiny_model, precision):
 
 @pytest.mark.gpu
 def test_window_runner_graphs_and_fp16_on_the_gpu(cuda, tiny_model, tmp_path, noisy_frames, denoiser_outputs, runner_outputs):
-    from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend
-    from stream_denoise.build.export import export_onnx
+    from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend
+    from stream_denoise.export.to_onnx import export_onnx
 
     frames = noisy_frames(12, 90, 160)
     ref = denoiser_outputs(OnnxRuntimeBackend(export_onnx(tiny_model, tmp_path / "m.onnx"), threads=2), frames)
@@ -201,8 +201,8 @@ def test_gpu_form_is_the_same_function(window, shuffle, fuse, arch, pairs):
 
 
 def test_executor_gives_a_wide_runner_zero_padded_channels(tiny_model):
-    from stream_denoise.backends.gpu import GpuExecutor
-    from stream_denoise.backends.torch import TorchRunner
+    from stream_denoise.backends.cuda_windows import GpuExecutor
+    from stream_denoise.backends.torch_model import TorchRunner
     from stream_denoise.model import load_model
     from stream_denoise.model.gpu_form import GpuForm
 

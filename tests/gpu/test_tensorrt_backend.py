@@ -16,19 +16,19 @@ SMALL = dict(min=(32, 32), opt=(64, 96), max=(128, 160))
 
 @pytest.fixture(scope="module")
 def ort_fp32(tiny_model, tmp_path_factory):
-    from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend
-    from stream_denoise.build.export import export_onnx
+    from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend
+    from stream_denoise.export.to_onnx import export_onnx
 
     return OnnxRuntimeBackend(export_onnx(tiny_model, tmp_path_factory.mktemp("ort") / "m.onnx"), threads=2)
 
 
 def test_fp16_engine_build_run_precision_and_cache_hit(trt, tiny_model, ort_fp32, tmp_path, caplog):
-    from stream_denoise.backends.tensorrt import TensorRTBackend
-    from stream_denoise.build.engine import Shapes, find_or_build, sha256_file
+    from stream_denoise.backends.tensorrt_engine import TensorRTBackend
+    from stream_denoise.export.engine import Shapes, find_or_build, sha256_file
     from stream_denoise.errors import EngineError
 
     engines = tmp_path / "engines"
-    with caplog.at_level(logging.INFO, logger="stream_denoise.build.engine"):
+    with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine"):
         cached, owner = find_or_build(tiny_model, "fp16", Shapes(**SMALL), engines)
     assert cached.built and cached.path.name.startswith("tiny-fp16-") and cached.path.suffix == ".engine"
     m = json.loads(cached.path.with_suffix(".json").read_text())
@@ -65,8 +65,8 @@ def test_fp16_engine_build_run_precision_and_cache_hit(trt, tiny_model, ort_fp32
 
 
 def test_tensorrt_window_runner_and_graphs_match_the_denoiser(trt, tiny_model, ort_fp32, tmp_path, noisy_frames, denoiser_outputs, runner_outputs):
-    from stream_denoise.backends.tensorrt import TensorRTBackend
-    from stream_denoise.build.engine import Shapes, build_engine
+    from stream_denoise.backends.tensorrt_engine import TensorRTBackend
+    from stream_denoise.export.engine import Shapes, build_engine
 
     path = build_engine(tiny_model, "fp16", Shapes(**SMALL), tmp_path)
     graphed = TensorRTBackend.from_engine(path)
@@ -85,12 +85,12 @@ def test_tensorrt_window_runner_and_graphs_match_the_denoiser(trt, tiny_model, o
 
 def test_int8_engine_from_calibration(trt, tiny_model, ort_fp32, tmp_path):
     try:
-        from stream_denoise.build import calibrate
-        from stream_denoise.build.quantize import quantize_int8  # noqa: F401
+        from stream_denoise.export import calibrate
+        from stream_denoise.export.quantize import quantize_int8  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"INT8 quantisation is not available: {exc}")
-    from stream_denoise.backends.tensorrt import TensorRTBackend
-    from stream_denoise.build.engine import Shapes, find_or_build
+    from stream_denoise.backends.tensorrt_engine import TensorRTBackend
+    from stream_denoise.export.engine import Shapes, find_or_build
 
     rng = np.random.default_rng(0)
     base = rng.integers(30, 220, (24, 1, 64, 96, 3))

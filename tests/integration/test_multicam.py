@@ -18,6 +18,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
+from stream_denoise.backends import Capabilities
 from stream_denoise.config import DeploymentConfig
 from stream_denoise.errors import BackendUnavailable
 from stream_denoise.multicam import BatchingBackend, MultiCamera
@@ -267,6 +268,7 @@ class EchoBackend:
     """Returns each window's first frame; records the batch sizes it was called with."""
 
     name, frames, target, stride, noise_planes = "echo", 5, 2, 4, 0
+    capabilities = Capabilities()
 
     def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
         self.calls: list[tuple[int, ...]] = []

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend, onnx_for
+from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend
+from stream_denoise.model_files import onnx_file
 from stream_denoise.buffer import TemporalBuffer
 from stream_denoise.denoiser import Denoiser, PlaneSlab
 from stream_denoise.planes import to_uint8_rgb
@@ -15,7 +16,7 @@ from stream_denoise.frame import Frame
 
 @pytest.fixture(scope="module")
 def backend():
-    b = OnnxRuntimeBackend(onnx_for("lite"), threads=2, lanes=2)
+    b = OnnxRuntimeBackend(onnx_file("lite"), threads=2, lanes=2)
     yield b
     b.close()
 

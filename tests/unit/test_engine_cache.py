@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from stream_denoise.backends import create_backend
-from stream_denoise.build.engine import (
+from stream_denoise.export.engine import (
     KEY_FIELDS, EngineCache, Shapes, Target, atomic_write, check_precision, engine_key, format_precision,
     key_hash, layer_precisions, parse_hw,
 )
@@ -152,11 +152,11 @@ def test_a_different_field_is_a_miss_that_names_it(tmp_path, caplog, field, valu
     cache.store("lite", stored, b"PLAN-1")
     wanted = _key() if field == "precision" else _key(**{field: value})
     if field == "precision":  # engines of another precision are not candidates at all
-        with caplog.at_level(logging.INFO, logger="stream_denoise.build.engine"):
+        with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine"):
             assert cache.lookup("lite", wanted) is None
         assert "no engine" in caplog.text
         return
-    with caplog.at_level(logging.INFO, logger="stream_denoise.build.engine"):
+    with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine"):
         assert cache.lookup("lite", wanted) is None
     line = next(r.getMessage() for r in caplog.records if "miss" in r.getMessage())
     assert f"differs: {field} (engine" in line
@@ -170,7 +170,7 @@ def test_corrupt_engine_is_a_miss_and_rebuilt_once(tmp_path, caplog):
     path, _ = cache.store("lite", _key(), b"PLAN-1")
     path.write_bytes(b"PLAN-1-truncat")  # bytes no longer match the manifest
     build = Builder()
-    with caplog.at_level(logging.INFO, logger="stream_denoise.build.engine"):
+    with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine"):
         got = cache.get_or_build("lite", _key(), build)
     assert "does not match its manifest" in caplog.text
     assert build.calls == 1 and got.built and got.engine == "engine<PLAN-new>"
@@ -182,7 +182,7 @@ def test_engine_that_does_not_deserialise_is_a_miss_and_rebuilt_once(tmp_path, c
     cache = EngineCache(tmp_path, loader)
     cache.store("lite", _key(), b"STALE plan of another TensorRT")  # manifest matches, runtime refuses
     build = Builder()
-    with caplog.at_level(logging.INFO, logger="stream_denoise.build.engine"):
+    with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine"):
         got = cache.get_or_build("lite", _key(), build)
     assert "does not deserialise (The engine plan file is not compatible" in caplog.text
     assert build.calls == 1 and got.built and got.path.read_bytes() == b"PLAN-new"
@@ -202,7 +202,7 @@ def test_unreadable_or_foreign_manifests_are_misses(tmp_path, caplog):
     cache = EngineCache(tmp_path, Loader())
     path, _ = cache.store("lite", _key(), b"PLAN-1")
     path.with_suffix(".json").write_text("{not json")
-    with caplog.at_level(logging.INFO, logger="stream_denoise.build.engine"):
+    with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine"):
         assert cache.lookup("lite", _key()) is None
     assert "unreadable" in caplog.text
     (tmp_path / "lite-fp16-000000000000.json").write_text(json.dumps({"format": "something else"}))
@@ -235,7 +235,7 @@ def test_precision_check(caplog):
     half = "Row major linear FP16 format"
     report = check_precision("fp16", layer_precisions(_info(half, half)), {"frames": "HALF", "clean": "HALF"})
     assert report["verified"] and report["by_precision"] == {"fp16": 2} and report["layers"] == 2  # reformat left out
-    with caplog.at_level(logging.WARNING, logger="stream_denoise.build.engine"):
+    with caplog.at_level(logging.WARNING, logger="stream_denoise.export.engine"):
         mixed = check_precision("fp16", layer_precisions(_info(half, "Float")), {})
     assert mixed["fp32_layers"] == ["conv1"] and "1 of 2 layers run in fp32" in caplog.text
     with pytest.raises(EngineError, match="no layer runs in fp16"):
@@ -272,63 +272,65 @@ def _windows(n: int, h: int = 36, w: int = 52) -> np.ndarray:
 
 
 def _x(windows: np.ndarray) -> np.ndarray:  # (N, K, H, W, 3) uint8 -> the lite network's input
-    from stream_denoise.build.calibrate import to_network_input
+    from stream_denoise.export.calibrate import to_network_input
     from stream_denoise.model import ARCHS
 
     return to_network_input(windows, ARCHS["lite"].noise_planes)
 
 
-def test_fp16_onnx_runs_close_to_the_fp32_model(model_pt, tmp_path):
+def test_fp16_onnx_runs_close_to_the_fp32_model(model_pt, tmp_path, monkeypatch):
     pytest.importorskip("onnx")
-    from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend
-    from stream_denoise.build.engine import precision_onnx, sha256_file
+    monkeypatch.setenv("STREAM_DENOISE_CACHE", str(tmp_path))  # the one export cache (model_files.cache_dir)
+    from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend
+    from stream_denoise.export.engine import precision_onnx, sha256_file
 
-    fp16 = precision_onnx(model_pt, "fp16", tmp_path)
+    fp16 = precision_onnx(model_pt, "fp16")
     assert fp16.parent == tmp_path / "onnx" and fp16.name.startswith("cam-fp16-")
-    fp32 = OnnxRuntimeBackend(precision_onnx(model_pt, "fp32", tmp_path), threads=1)
+    fp32 = OnnxRuntimeBackend(precision_onnx(model_pt, "fp32"), threads=1)
     half = OnnxRuntimeBackend(fp16, threads=1)
     assert half._in_type == np.float16 and half.meta["precision"] == "fp16"
     x = _x(_windows(2))
     assert np.abs(half.infer(x) - fp32.infer(x)).max() < 2e-2
     before = (sha256_file(fp16), fp16.stat().st_mtime_ns)
-    assert precision_onnx(model_pt, "fp16", tmp_path) == fp16  # made once: the engine key stays put
+    assert precision_onnx(model_pt, "fp16") == fp16  # made once: the engine key stays put
     assert (sha256_file(fp16), fp16.stat().st_mtime_ns) == before
-    assert precision_onnx(fp16, "fp16", tmp_path / "other") == fp16  # an fp16 ONNX is used as is
+    assert precision_onnx(fp16, "fp16") == fp16  # an fp16 ONNX is used as is
     with pytest.raises(ModelError, match="needs the .pt model"):
-        precision_onnx(fp16, "fp32", tmp_path)
+        precision_onnx(fp16, "fp32")
 
 
-def test_int8_qdq_onnx_for_tensorrt_runs_close_to_the_fp32_model(model_pt, tmp_path):
+def test_int8_qdq_onnx_for_tensorrt_runs_close_to_the_fp32_model(model_pt, tmp_path, monkeypatch):
     pytest.importorskip("onnx")
+    monkeypatch.setenv("STREAM_DENOISE_CACHE", str(tmp_path))
     try:
-        from stream_denoise.build import calibrate
-        from stream_denoise.build.quantize import quantized_ops  # noqa: F401
+        from stream_denoise.export import calibrate
+        from stream_denoise.export.quantize import quantized_ops  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"INT8 quantisation is not available here: {exc}")
-    from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend
-    from stream_denoise.build.engine import has_qdq, precision_onnx
+    from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend
+    from stream_denoise.export.engine import has_qdq, precision_onnx
 
     calib = tmp_path / "cam.npz"
     np.savez(calib, frames=_windows(16), meta=np.array(json.dumps({"format": calibrate.FORMAT, "K": 5, "target": 2})))
-    int8 = precision_onnx(model_pt, "int8", tmp_path, calib)
+    int8 = precision_onnx(model_pt, "int8", calib)
     assert has_qdq(int8) and int8.name.startswith("cam-int8-")
     meta = OnnxRuntimeBackend(int8, threads=1).meta
     assert meta["precision"] == "int8" and json.loads(meta["quantization"])["target"] == "tensorrt"  # symmetric
     x = _x(_windows(2, 40, 48))
-    ref = OnnxRuntimeBackend(precision_onnx(model_pt, "fp32", tmp_path), threads=1).infer(x).copy()
+    ref = OnnxRuntimeBackend(precision_onnx(model_pt, "fp32"), threads=1).infer(x).copy()
     err = np.abs(OnnxRuntimeBackend(int8, threads=1).infer(x) - ref)
     assert err.mean() < 1e-2 and err.max() < 6e-2
-    assert precision_onnx(int8, "int8", tmp_path) == int8  # a Q/DQ ONNX for TensorRT is used as is
+    assert precision_onnx(int8, "int8") == int8  # a Q/DQ ONNX for TensorRT is used as is
 
 
 def test_int8_needs_calibration_or_a_tensorrt_qdq_onnx(model_pt, tmp_path):
-    from stream_denoise.build.engine import precision_onnx
+    from stream_denoise.export.engine import precision_onnx
 
     with pytest.raises(EngineError, match="--calibration") as err:
-        precision_onnx(model_pt, "int8", tmp_path)
+        precision_onnx(model_pt, "int8")
     assert "\n" not in str(err.value)
     with pytest.raises(EngineError, match="not found"):
-        precision_onnx(model_pt, "int8", tmp_path, tmp_path / "missing.npz")
+        precision_onnx(model_pt, "int8", tmp_path / "missing.npz")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -338,7 +340,7 @@ def test_int8_needs_calibration_or_a_tensorrt_qdq_onnx(model_pt, tmp_path):
 
 @pytest.mark.skipif(not _trt_missing(), reason="TensorRT is installed here")
 def test_build_engine_without_tensorrt_says_so_in_one_line(tmp_path):
-    from stream_denoise.build.engine import build_engine, find_or_build
+    from stream_denoise.export.engine import build_engine, find_or_build
 
     for call in (lambda: build_engine("lite", "fp16", Shapes(), tmp_path),
                  lambda: find_or_build("lite", "fp16", None, tmp_path)):

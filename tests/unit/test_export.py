@@ -6,8 +6,8 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
-from stream_denoise.build.export import export_onnx  # noqa: E402
+from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend  # noqa: E402
+from stream_denoise.export.to_onnx import export_onnx  # noqa: E402
 from stream_denoise.model import create_model, load_model, save_model  # noqa: E402
 
 NATIVE = {"Conv", "ConvTranspose", "Relu", "Add", "Concat", "Slice", "Constant"}
@@ -50,8 +50,8 @@ def test_torch_backend_takes_read_only_windows_quietly():
     """Windows are read-only views of the pipeline's slab; torch.from_numpy warns on those."""
     import warnings
 
-    from stream_denoise.backends.torch import TorchBackend
-    from stream_denoise.zoo import resolve
+    from stream_denoise.backends.torch_model import TorchBackend
+    from stream_denoise.model_files import resolve
 
     backend = TorchBackend(str(resolve("lite", ".pt")), threads=1)
     x = np.random.default_rng(0).random((1, 15, 32, 48), dtype=np.float32)

@@ -280,7 +280,7 @@ def test_temporal_fine_tune_improves_its_start_and_records_the_objective(tmp_pat
     summary = fine_tune([], out, init="lite", minutes=2, steps=300, seed=0, batch=8, patch=80,
                         frames=[noisy], progress=False)
     assert summary["objective"] == "temporal"
-    from stream_denoise import zoo
+    from stream_denoise import model_files
     from stream_denoise.model.checkpoint import model_meta
 
     meta = model_meta(out)
@@ -303,7 +303,7 @@ def test_temporal_fine_tune_improves_its_start_and_records_the_objective(tmp_pat
         outs = [den.denoise_window(list(noisy[i - 2 : i + 3])) for i in range(2, len(noisy) - 2)]
         return float(np.mean([psnr(o, clean[i + 2]) for i, o in enumerate(outs)]))
 
-    start, tuned = score(str(zoo.resolve("lite", ".pt"))), score(str(out))
+    start, tuned = score(str(model_files.resolve("lite", ".pt"))), score(str(out))
     assert tuned > start + 0.3, (start, tuned)  # from noisy frames alone
 
 

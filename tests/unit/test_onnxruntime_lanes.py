@@ -4,7 +4,8 @@ give the same output as one session on the whole input (no seams)."""
 import numpy as np
 import pytest
 
-from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend, onnx_for
+from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend
+from stream_denoise.model_files import onnx_file
 
 
 def frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -15,7 +16,7 @@ def frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("model", ["lite", "base"])
 def test_lanes_and_bands_equal_one_session(model):
-    path = onnx_for(model)
+    path = onnx_file(model)
     one = OnnxRuntimeBackend(path, threads=2, lanes=1)
     lanes = OnnxRuntimeBackend(path, threads=2, lanes=3, tile_pixels=1)  # every lone frame in bands
     assert lanes.lanes == 3 and len(lanes._lanes) == 3
@@ -34,10 +35,10 @@ def test_lanes_and_bands_equal_one_session(model):
 
 def test_band_margin_covers_the_receptive_field():
     """A pixel change moves the output no further than TILE_MARGIN rows away (lite and base)."""
-    from stream_denoise.backends.onnxruntime import TILE_MARGIN
+    from stream_denoise.backends.onnx_cpu import TILE_MARGIN
 
     for model in ("lite", "base"):
-        b = OnnxRuntimeBackend(onnx_for(model), threads=2, lanes=1)
+        b = OnnxRuntimeBackend(onnx_file(model), threads=2, lanes=1)
         try:
             x = frames(1, 256, 64)
             y0 = b.infer(x).copy()

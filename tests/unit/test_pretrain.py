@@ -207,7 +207,7 @@ def test_models_of_the_first_generation_still_load_and_compute_the_same(tmp_path
                                       "full_depth": 1}))
     assert m.stride == 4 and m.in_channels == 15
     x = np.random.default_rng(0).random((1, 15, 32, 48), dtype=np.float32)
-    from stream_denoise.build.export import export_onnx
+    from stream_denoise.export.to_onnx import export_onnx
 
     save_model(m, tmp_path / "m.pt")
     export_onnx(tmp_path / "m.pt", tmp_path / "m.onnx")

@@ -14,12 +14,12 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime.quantization")
 
-from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
-from stream_denoise.build.calibrate import (  # noqa: E402
+from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend  # noqa: E402
+from stream_denoise.export.calibrate import (  # noqa: E402
     FORMAT, build_calibration_set, calibrate, load_calibration_set, parse_size, to_network_input)
-from stream_denoise.build.quantize import fidelity, quantize_int8, quantized_ops, runtime_ops  # noqa: E402
+from stream_denoise.export.quantize import fidelity, quantize_int8, quantized_ops, runtime_ops  # noqa: E402
 from stream_denoise.errors import ConfigError, ModelError, SourceError  # noqa: E402
-from stream_denoise.zoo import MODELS_DIR  # noqa: E402
+from stream_denoise.model_files import MODELS_DIR  # noqa: E402
 
 LITE = MODELS_DIR / "lite.onnx"
 SIZE = (160, 96)  # (W, H) of the generated clips
@@ -213,7 +213,7 @@ def test_calibrate_command_writes_set_and_int8_model(clips, tmp_path):
 
 
 def test_compare_int8_reports_quality_and_speed(int8_model, clips):
-    from stream_denoise.build.quantize import compare_int8
+    from stream_denoise.export.quantize import compare_int8
 
     r = compare_int8(LITE, int8_model, clips[1:], conditions=("gaussian30",), max_frames=3, sizes=((32, 24),),
                      threads=1, runs=1, warmup=0)

@@ -26,15 +26,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream_denoise.backends.onnxruntime import OnnxRuntimeBackend
-from stream_denoise.build.triton import export_repository, model_name
+from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend
+from stream_denoise.export.triton_repository import export_repository, model_name
 from stream_denoise.errors import (
     BackendUnavailable,
     ConfigError,
     EngineError,
     ModelError,
 )
-from stream_denoise.zoo import MODELS_DIR
+from stream_denoise.model_files import MODELS_DIR
 from tests.cli_helpers import run_cli
 
 onnx = pytest.importorskip("onnx")
@@ -130,7 +130,7 @@ def test_tensorrt_needs_an_engine(tmp_path: Path) -> None:
 
 
 def _fake_engine(tmp_path: Path, batch: int, io: str) -> Path:
-    """Stand-in engine bytes with a manifest like build.engine writes (engines/README.md)."""
+    """Stand-in engine bytes with a manifest like export.engine writes (engines/README.md)."""
     engine = tmp_path / "lite-fp16-0123456789ab.engine"
     engine.write_bytes(b"plan bytes")
     manifest = {"name": "lite", "precision": "fp16", "onnx_precision": "fp16",
@@ -182,7 +182,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 def test_parse_url() -> None:
-    from stream_denoise.backends.triton import parse_url
+    from stream_denoise.backends.triton_client import parse_url
 
     assert parse_url("localhost:8000") == ("http", "localhost:8000")
     assert parse_url("http://10.0.0.5") == ("http", "10.0.0.5:8000")
@@ -193,7 +193,7 @@ def test_parse_url() -> None:
 
 
 def test_missing_client_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stream_denoise.backends.triton import TritonBackend
+    from stream_denoise.backends.triton_client import TritonBackend
 
     monkeypatch.setitem(sys.modules, "tritonclient.http", None)  # import fails as if not installed
     with pytest.raises(BackendUnavailable, match=re.escape('pip install "tritonclient[http]"')):
@@ -377,7 +377,7 @@ def test_backend_against_a_stand_in_server(fake_triton: tuple[str, list[int]]) -
 
 
 def test_backend_unknown_model(fake_triton: tuple[str, list[int]]) -> None:
-    from stream_denoise.backends.triton import TritonBackend
+    from stream_denoise.backends.triton_client import TritonBackend
 
     url, _ = fake_triton
     with pytest.raises(BackendUnavailable, match="no model 'base' ready.*export-triton"):

@@ -1,8 +1,8 @@
 """TensorRT engines on NVIDIA GPUs (optional: needs the ``tensorrt`` package, PyTorch with CUDA and a GPU).
 
 ``from_config`` finds the cached engine for the model/precision/GPU/versions in ``engines_dir`` (any
-profile; the widest) or builds one with the default profile (see ``build.engine``). Inference runs
-through the shared GPU path (``backends.gpu``): I/O in torch CUDA tensors bound with
+profile; the widest) or builds one with the default profile (see ``model_files.tensorrt_engine``, ``export.engine``). Inference runs
+through the shared GPU path (``backends.cuda_windows``): I/O in torch CUDA tensors bound with
 ``set_tensor_address``, ``execute_async_v3`` on a dedicated stream, CUDA graphs after one warm run.
 Importing this module needs neither tensorrt nor torch.
 """
@@ -19,12 +19,13 @@ import numpy as np
 from ..config import ModelConfig
 from ..errors import EngineError
 from ..planes import Layout
+from . import Capabilities
 
 if TYPE_CHECKING:
     import torch
 
-    from ..build.engine import CachedEngine, Shapes
-    from .gpu import GpuWindowRunner
+    from .tensorrt_runtime import CachedEngine, Shapes
+    from .cuda_windows import GpuWindowRunner
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,11 @@ def _torch_dtype(trt: Any, torch: Any, dt: Any) -> Any:
 
 class TensorRTBackend:
     name = "tensorrt"
-    device_windows = True  # the Denoiser keeps the window on the GPU (window_runner)
 
     def __init__(self, cached: CachedEngine[Any], owner: Any = None, graphs: bool = True) -> None:
-        """``cached``: from build.engine.find_or_build; ``owner``: what holds its TensorRT runtime."""
-        from ..build.engine import Shapes, import_tensorrt
-        from .gpu import GpuExecutor, device_lock, require_cuda
+        """``cached``: from model_files.tensorrt_engine; ``owner``: what holds its TensorRT runtime."""
+        from .tensorrt_runtime import Shapes, import_tensorrt
+        from .cuda_windows import GpuExecutor, device_lock, require_cuda
 
         trt = import_tensorrt()
         torch = require_cuda()
@@ -115,7 +115,8 @@ class TensorRTBackend:
         self.precision = cached.manifest.get("precision")
         self._owner, self._engine = owner, cached.engine  # the runtime must outlive the engine
         shapes = Shapes.from_profile(cached.manifest["profile"]) if "profile" in cached.manifest else None
-        self.max_batch = shapes.batch if shapes is not None else 1  # the Denoiser splits larger batches
+        # the Denoiser splits batches larger than the profile's, and keeps the window on the GPU (window_runner)
+        self.capabilities = Capabilities(max_batch=shapes.batch if shapes is not None else 1, device_windows=True)
         with device_lock():  # no context creation while another executor captures a graph
             # one shape at a time: a TensorRT graph depends on the context's shapes and addresses
             self._executor = GpuExecutor(TrtRunner(trt, torch, cached.engine, shapes), "cuda", graphs=graphs, max_shapes=1)
@@ -123,22 +124,23 @@ class TensorRTBackend:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> TensorRTBackend:
-        from ..build.engine import find_or_build, import_tensorrt
-        from .gpu import require_cuda
+        from ..model_files import tensorrt_engine
+        from .cuda_windows import require_cuda
+        from .tensorrt_runtime import import_tensorrt
 
         import_tensorrt()  # one line when TensorRT is missing, before anything about the GPU
         require_cuda()
-        from .gpu import device_lock
+        from .cuda_windows import device_lock
 
         with device_lock():  # building / deserialising allocates on the GPU: not while another executor captures
-            cached, owner = find_or_build(cfg.model, cfg.precision, None, cfg.engines_dir)
+            cached, owner = tensorrt_engine(cfg.model, cfg.precision, cfg.engines_dir)
         return cls(cached, owner)
 
     @classmethod
     def from_engine(cls, path: str | Path, graphs: bool = True) -> TensorRTBackend:
         """An engine file built by ``build_engine`` (its ``.json`` manifest beside it)."""
-        from ..build.engine import _trt_logger, deserialize, import_tensorrt
-        from ..build.engine import CachedEngine as Cached
+        from .tensorrt_runtime import CachedEngine as Cached
+        from .tensorrt_runtime import deserialize, import_tensorrt, trt_logger
 
         trt = import_tensorrt()
         path = Path(path)
@@ -147,7 +149,7 @@ class TensorRTBackend:
             data = path.read_bytes()
         except (OSError, ValueError) as exc:
             raise EngineError(f"cannot read engine {path} or its manifest: {exc}") from None
-        logger = _trt_logger(trt)
+        logger = trt_logger(trt)
         runtime = trt.Runtime(logger)
         return cls(Cached(path, manifest, deserialize(trt, runtime, logger, data), built=False), runtime, graphs)
 
@@ -157,7 +159,7 @@ class TensorRTBackend:
 
     def window_runner(self) -> GpuWindowRunner:
         """Frames in, denoised frames out, with the window kept on the GPU (see gpu.GpuWindowRunner)."""
-        from .gpu import GpuWindowRunner
+        from .cuda_windows import GpuWindowRunner
 
         return GpuWindowRunner(self._executor, Layout(self.frames, self.target, self.stride, self.noise_planes))
 

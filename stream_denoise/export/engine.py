@@ -8,7 +8,7 @@ miss that says which field; an engine whose bytes do not match its manifest, or 
 deserialise, is a miss too, and is rebuilt once.
 
 Precision comes from the ONNX (TensorRT 11 is strongly typed only; 10 is asked to be): fp16 is a
-half-precision export, int8 an explicit Q/DQ graph from :func:`stream_denoise.build.quantize.quantize_int8`.
+half-precision export, int8 an explicit Q/DQ graph from :func:`stream_denoise.export.quantize.quantize_int8`.
 After a build the engine inspector's layer formats are checked against the request.
 
 Nothing here imports tensorrt or torch at module import; :class:`EngineCache` and the key/precision
@@ -31,17 +31,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from .. import zoo
+from .. import model_files
+from ..model_files import PRECISIONS
 from ..errors import BackendUnavailable, ConfigError, EngineError, ModelError
 from ..files import atomic_write
+from ..backends.tensorrt_runtime import (CachedEngine, Shapes, deserialize, import_tensorrt, major, parse_hw,
+                                         trt_logger)
 from ..planes import Layout
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 FORMAT = "stream_denoise-engine/1"
-INPUT = "frames"  # the ONNX input name (build.export.INPUT)
-PROFILE_STRIDE = 8  # profile sizes are multiples of every network's stride (4 or 8), so padded frames fit
+INPUT = "frames"  # the ONNX input name (export.to_onnx.INPUT)
 KEY_FIELDS = ("onnx_sha256", "precision", "profile", "gpu", "compute_capability", "tensorrt", "cuda", "platform")
 DEFAULT_WORKSPACE_MB = 1024
 T = TypeVar("T")
@@ -50,68 +51,6 @@ T = TypeVar("T")
 # ----------------------------------------------------------------------------------------------------
 # Shapes
 # ----------------------------------------------------------------------------------------------------
-
-def parse_hw(text: str) -> tuple[int, int]:
-    """``"720x1280"`` (height x width, pixels) -> (720, 1280)."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
-    if not m or int(m.group(1)) <= 0 or int(m.group(2)) <= 0:
-        raise ConfigError(f"shape {text!r} must be HEIGHTxWIDTH in pixels, e.g. 720x1280")
-    return int(m.group(1)), int(m.group(2))
-
-
-def _round_up(hw: tuple[int, int], stride: int) -> tuple[int, int]:
-    return (-(-hw[0] // stride) * stride, -(-hw[1] // stride) * stride)
-
-
-@dataclass(frozen=True)
-class Shapes:
-    """The optimisation profile of the ``frames`` input, as frame sizes (H, W) in pixels and a batch.
-
-    Sizes are rounded up to the network's stride (frames are reflect-padded to it before inference).
-    The profile is (1..batch, C, min..max H, min..max W) for a network of C input channels
-    (``planes.Layout.channels``), tuned for ``opt`` at ``batch``.
-    """
-
-    min: tuple[int, int] = (64, 64)
-    opt: tuple[int, int] = (720, 1280)
-    max: tuple[int, int] = (1080, 1920)
-    batch: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("min", "opt", "max"):
-            hw = tuple(int(v) for v in getattr(self, name))
-            if len(hw) != 2 or min(hw) <= 0:
-                raise ConfigError(f"{name} shape {getattr(self, name)!r} must be two positive sizes (H, W)")
-            object.__setattr__(self, name, _round_up(hw, PROFILE_STRIDE))  # type: ignore[arg-type]
-        if not (self.min[0] <= self.opt[0] <= self.max[0] and self.min[1] <= self.opt[1] <= self.max[1]):
-            raise ConfigError(f"shapes must satisfy min <= opt <= max in both H and W, got min {self.min}, "
-                              f"opt {self.opt}, max {self.max}")
-        if not 1 <= int(self.batch) <= 64:
-            raise ConfigError(f"batch {self.batch} must be between 1 and 64")
-
-    @classmethod
-    def parse(cls, shape: str | None = None, min_shape: str | None = None, opt_shape: str | None = None,
-              max_shape: str | None = None, batch: int = 1) -> Shapes:
-        """From CLI strings: ``shape`` fixes one size (opt, and min/max unless given); else defaults
-        (min 64x64, opt 720x1280, max 1080x1920) are overridden by whichever of min/opt/max is given."""
-        d = cls()
-        opt = parse_hw(opt_shape or shape) if (opt_shape or shape) else None
-        lo = parse_hw(min_shape) if min_shape else (opt if shape else None)
-        hi = parse_hw(max_shape) if max_shape else (opt if shape else None)
-        lo, hi = lo or d.min, hi or d.max
-        if opt is None:  # keep the default opt inside the given range
-            opt = (min(max(d.opt[0], lo[0]), hi[0]), min(max(d.opt[1], lo[1]), hi[1]))
-        return cls(lo, opt, hi, batch)
-
-    def profile(self, c: int) -> dict[str, list[int]]:
-        """NCHW min/opt/max of the ``frames`` input of a network of ``c`` input channels."""
-        return {"min": [1, c, *self.min], "opt": [self.batch, c, *self.opt], "max": [self.batch, c, *self.max]}
-
-    @classmethod
-    def from_profile(cls, profile: Mapping[str, Any]) -> Shapes:
-        return cls(tuple(profile["min"][2:]), tuple(profile["opt"][2:]), tuple(profile["max"][2:]),  # type: ignore[arg-type]
-                   int(profile["max"][0]))
-
 
 # ----------------------------------------------------------------------------------------------------
 # Where an engine runs (part of the key)
@@ -133,29 +72,9 @@ class Target:
         return f"{gpu}-cc{self.compute_capability}-trt{self.tensorrt}"
 
 
-def import_tensorrt() -> Any:
-    """The tensorrt module (>= 10), or BackendUnavailable with one line."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise BackendUnavailable(
-            "TensorRT is not installed: pip install 'stream_denoise[trt]' on a machine with an NVIDIA GPU "
-            "(or use docker/Dockerfile.gpu)") from None
-    except Exception as exc:  # a broken install (missing libnvinfer) raises OSError/RuntimeError
-        raise BackendUnavailable(f"TensorRT cannot be loaded: {str(exc).splitlines()[0][:200]}") from None
-    if _major(trt.__version__) < 10:
-        raise BackendUnavailable(f"TensorRT {trt.__version__} is too old: stream_denoise needs TensorRT >= 10")
-    return trt
-
-
-def _major(version: str) -> int:
-    m = re.match(r"(\d+)", str(version))
-    return int(m.group(1)) if m else 0
-
-
 def detect_target(trt: Any) -> Target:
     """The visible GPU (device 0): through torch.cuda, else cuda-python, else BackendUnavailable."""
-    reason = "no NVIDIA GPU is visible" if not zoo.gpu_visible() else None
+    reason = "no NVIDIA GPU is visible" if not model_files.gpu_visible() else None
     try:
         import torch
     except ImportError:
@@ -230,16 +149,6 @@ def _short(v: Any) -> str:
         return "x".join(str(n) for n in v.get("min", [])[2:]) + ".." + "x".join(str(n) for n in v.get("max", [])[2:])
     s = str(v)
     return s[:12] if re.fullmatch(r"[0-9a-f]{64}", s) else s
-
-
-@dataclass
-class CachedEngine(Generic[T]):
-    """A loaded engine: its file, its manifest and what the loader made of its bytes."""
-
-    path: Path
-    manifest: dict[str, Any]
-    engine: T
-    built: bool  # True when this call built it, False for a cache hit
 
 
 class EngineCache(Generic[T]):
@@ -407,19 +316,6 @@ def check_precision(precision: str, layers: list[tuple[str, str, str]], io_dtype
 # The precision-specific ONNX
 # ----------------------------------------------------------------------------------------------------
 
-def model_source(model: str | Path) -> tuple[str, Path]:
-    """(name, file) of a model: a shipped name prefers its .pt (needed for fp16 export), else .onnx."""
-    name = zoo.default_model_name() if str(model) == "auto" else str(model)
-    if name in zoo.SHIPPED:
-        for suffix in (".pt", ".onnx"):
-            p = zoo.MODELS_DIR / f"{name}{suffix}"
-            if p.exists():
-                return name, p
-        return name, zoo.resolve(name, ".pt")  # raises the usual ModelError
-    path = zoo.resolve(str(model))
-    return path.name.split(".")[0], path
-
-
 def has_qdq(path: str | Path) -> bool:
     """Whether an ONNX graph holds QuantizeLinear/DequantizeLinear nodes (False without the onnx package)."""
     try:
@@ -431,8 +327,8 @@ def has_qdq(path: str | Path) -> bool:
 
 
 def _qdq_target(path: Path) -> str | None:
-    """The ``target`` a Q/DQ ONNX was quantised for (build.quantize's metadata), or None if unrecorded."""
-    from .export import onnx_meta
+    """The ``target`` a Q/DQ ONNX was quantised for (export.quantize's metadata), or None if unrecorded."""
+    from ..onnx_session import onnx_meta
 
     try:
         return str(json.loads(onnx_meta(path).get("quantization", "{}")).get("target")) or None
@@ -451,21 +347,19 @@ def _tensorrt_qdq(path: Path) -> Path:
     return path
 
 
-def precision_onnx(model: str | Path, precision: str, work_dir: str | Path = Path("engines"),
-                   calibration: str | Path | None = None) -> Path:
-    """An ONNX file whose types say ``precision``, made once and kept under ``work_dir/onnx``.
+def precision_onnx(model: str | Path, precision: str, calibration: str | Path | None = None) -> Path:
+    """An ONNX file whose types say ``precision``, made once in the one cache (``model_files.cache_dir``).
 
     fp32/fp16: exported from the .pt (needs torch); an .onnx is used as is when its metadata says the
     same precision. int8: Q/DQ graph quantised for TensorRT (symmetric int8) from the fp32 ONNX and
-    ``calibration`` (an .npz, see calibration/README.md) by build.quantize.quantize_int8; without
+    ``calibration`` (an .npz, see calibration/README.md) by export.quantize.quantize_int8; without
     calibration, a Q/DQ ONNX given as the model or shipped as ``<name>.tensorrt-int8.onnx``.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    name, src = model_source(model)
-    out_dir = Path(work_dir) / "onnx"
+    name, src = model_files.source(model)
     if src.suffix == ".onnx":
-        from .export import onnx_meta
+        from ..onnx_session import onnx_meta
 
         have = "int8" if has_qdq(src) else onnx_meta(src).get("precision", "fp32")
         if have == precision:
@@ -473,17 +367,11 @@ def precision_onnx(model: str | Path, precision: str, work_dir: str | Path = Pat
         if not (precision == "int8" and have == "fp32"):
             raise ModelError(f"{src} is an {have} ONNX; an {precision} engine needs the .pt model "
                              f"(or: stream-denoise export MODEL.pt --precision {precision})")
-    digest = sha256_file(src)[:12]
     if precision != "int8":
-        out = out_dir / f"{name}-{precision}-{digest}.onnx"
-        if not out.exists():
-            from .export import export_onnx
-
-            export_onnx(src, out, precision)  # type: ignore[arg-type]
-        return out
+        return model_files.exported(src, precision)
     if calibration is None:
-        shipped = zoo.MODELS_DIR / f"{name}.tensorrt-int8.onnx"
-        if name in zoo.SHIPPED and shipped.exists():
+        shipped = model_files.MODELS_DIR / f"{name}.tensorrt-int8.onnx"
+        if name in model_files.SHIPPED and shipped.exists():
             return _tensorrt_qdq(shipped)
         raise EngineError("an int8 engine needs calibration data: --calibration FILE.npz "
                           "(stream-denoise calibrate CLIP... makes one; see calibration/README.md)")
@@ -493,11 +381,11 @@ def precision_onnx(model: str | Path, precision: str, work_dir: str | Path = Pat
     try:
         from .quantize import quantize_int8
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.endswith("build.quantize"):
-            raise EngineError("int8 needs stream_denoise.build.quantize, which this installation lacks") from None
+        if exc.name and exc.name.endswith("export.quantize"):
+            raise EngineError("int8 needs stream_denoise.export.quantize, which this installation lacks") from None
         raise EngineError(f"int8 quantisation needs {exc.name}: pip install 'stream_denoise[torch]'") from None
-    fp32 = src if src.suffix == ".onnx" else precision_onnx(model, "fp32", work_dir)
-    out = out_dir / f"{name}-int8-{digest}-{sha256_file(calibration)[:12]}.onnx"
+    fp32 = src if src.suffix == ".onnx" else precision_onnx(model, "fp32")
+    out = model_files.cache_dir() / f"{name}-int8-{model_files.digest(src, 12)}-{model_files.digest(calibration, 12)}.onnx"
     if not out.exists():
         log.info("quantising %s to int8 Q/DQ for TensorRT with %s", fp32.name, calibration)
         quantize_int8(fp32, calibration, out, target="tensorrt")
@@ -507,35 +395,6 @@ def precision_onnx(model: str | Path, precision: str, work_dir: str | Path = Pat
 # ----------------------------------------------------------------------------------------------------
 # TensorRT: logger, progress, build, deserialise
 # ----------------------------------------------------------------------------------------------------
-
-_LOGGER: Any = None
-
-
-def _trt_logger(trt: Any) -> Any:
-    """The process's one trt.ILogger (TensorRT keeps a single global logger): forwards to logging and
-    keeps the last error lines, for one-line messages."""
-    global _LOGGER
-    if _LOGGER is not None:
-        return _LOGGER
-
-    class Logger(trt.ILogger):  # type: ignore[misc, name-defined]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            S = trt.ILogger.Severity
-            if severity in (S.INTERNAL_ERROR, S.ERROR):
-                self.errors = (self.errors + [msg])[-5:]
-                log.error("TensorRT: %s", msg)
-            elif severity == S.WARNING:
-                log.warning("TensorRT: %s", msg)
-            elif severity == S.INFO:
-                log.debug("TensorRT: %s", msg)
-
-    _LOGGER = Logger()
-    return _LOGGER
-
 
 def _progress_monitor(trt: Any) -> Any | None:
     """A trt.IProgressMonitor logging each top-level build phase (nested ones at debug), or None."""
@@ -572,24 +431,11 @@ def _progress_monitor(trt: Any) -> Any | None:
 def _network_flags(trt: Any) -> int:
     """Strongly typed: TensorRT 10 needs the flag; 11 is always strongly typed (the flag is deprecated)."""
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    return 1 << int(flag) if flag is not None and _major(trt.__version__) == 10 else 0
+    return 1 << int(flag) if flag is not None and major(trt.__version__) == 10 else 0
 
 
 def _timing_cache_path(out_dir: Path, target: Target) -> Path:
     return out_dir / f"timing-{target.slug}.cache"
-
-
-def deserialize(trt: Any, runtime: Any, logger: Any, data: bytes) -> Any:
-    """ICudaEngine from plan bytes; EngineError (with TensorRT's own reason) when it cannot."""
-    logger.errors.clear()
-    try:
-        engine = runtime.deserialize_cuda_engine(data)
-    except Exception as exc:  # some versions raise instead of returning None
-        raise EngineError(f"TensorRT cannot deserialise the engine: {str(exc).splitlines()[0][:200]}") from None
-    if engine is None:
-        why = logger.errors[-1] if logger.errors else "incompatible or corrupt plan"
-        raise EngineError(f"TensorRT cannot deserialise the engine: {why[:200]}")
-    return engine
 
 
 def inspect_engine(trt: Any, engine: Any, opt_shape: list[int]) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
@@ -684,7 +530,7 @@ def _build_plan(trt: Any, logger: Any, onnx_path: Path, precision: str, profile:
 
 def _model_extras(onnx_path: Path, source: Path, fallback: Callable[[], Path]) -> dict[str, Any]:
     """Window metadata for the manifest, from the ONNX (or, when a quantiser dropped it, the fp32 one)."""
-    from .export import onnx_meta
+    from ..onnx_session import onnx_meta
 
     meta = onnx_meta(onnx_path)
     if "frames" not in meta:
@@ -731,12 +577,12 @@ class _Job:
 def _job(model: str | Path, precision: str, out_dir: str | Path, calibration: str | Path | None) -> _Job:
     trt = import_tensorrt()  # TensorRT first, then the GPU: the one-line reason names the first gap
     target = detect_target(trt)
-    name, source = model_source(model)
-    onnx_path = precision_onnx(model, precision, out_dir, calibration)
-    logger = _trt_logger(trt)
+    name, source = model_files.source(model)
+    onnx_path = precision_onnx(model, precision, calibration)
+    logger = trt_logger(trt)
     runtime = trt.Runtime(logger)
     cache: EngineCache[Any] = EngineCache(out_dir, lambda data: deserialize(trt, runtime, logger, data))
-    extras = _model_extras(onnx_path, source, lambda: precision_onnx(model, "fp32", out_dir))
+    extras = _model_extras(onnx_path, source, lambda: precision_onnx(model, "fp32"))
     return _Job(trt, target, logger, runtime, name, source, onnx_path, extras, cache)
 
 

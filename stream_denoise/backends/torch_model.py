@@ -1,6 +1,6 @@
 """The PyTorch model itself: the reference backend on the CPU (``torch``) and the GPU (``cuda``).
 
-On the GPU it runs through the shared GPU path (``backends.gpu``): fp16 when asked, channels_last
+On the GPU it runs through the shared GPU path (``backends.cuda_windows``): fp16 when asked, channels_last
 memory, a dedicated stream, static buffers and CUDA-graph replay after one warm run.
 """
 
@@ -12,15 +12,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import zoo
+from .. import model_files
 from ..config import ModelConfig
 from ..errors import BackendUnavailable
 from ..planes import Layout
+from . import Capabilities
 
 if TYPE_CHECKING:
     import torch
 
-    from .gpu import GpuExecutor, GpuWindowRunner
+    from .cuda_windows import GpuExecutor, GpuWindowRunner
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class TorchBackend:
             raise BackendUnavailable("the torch backend needs PyTorch: pip install 'stream_denoise[torch]'") from exc
         from ..model import load_model
 
-        from .gpu import device_lock, require_cuda
+        from .cuda_windows import device_lock, require_cuda
 
         if device == "cuda":
             require_cuda()
@@ -83,6 +84,8 @@ class TorchBackend:
                 self.memory_format = torch.channels_last
                 self.model = self.model.to(memory_format=self.memory_format)
         self.name = "torch" if device == "cpu" else "cuda"
+        # on a GPU the Denoiser keeps the window there (window_runner) instead of calling infer
+        self.capabilities = Capabilities(device_windows=self.device.type == "cuda")
         self.graphs = graphs
         self._executor: GpuExecutor | None = None
         log.info("%s: %s on %s (%s%s)", self.name, path, device, self.dtype, "" if self.form == "plain" else f", {self.form} form")
@@ -90,21 +93,16 @@ class TorchBackend:
     @classmethod
     def from_config(cls, cfg: ModelConfig, device: str) -> TorchBackend:
         if device == "cuda":  # say "no GPU" before anything about model files
-            from .gpu import require_cuda
+            from .cuda_windows import require_cuda
 
             require_cuda()
-        return cls(str(zoo.resolve(cfg.model, ".pt")), device, cfg.threads, cfg.precision)
-
-    @property
-    def device_windows(self) -> bool:
-        """On a GPU the Denoiser keeps the window there (window_runner) instead of calling infer."""
-        return self.device.type == "cuda"
+        return cls(str(model_files.resolve(cfg.model, ".pt")), device, cfg.threads, cfg.precision)
 
     @property
     def executor(self) -> GpuExecutor:
         """The shared GPU path (static buffers, stream, CUDA graphs); on the CPU the same code, eager."""
         if self._executor is None:
-            from .gpu import GpuExecutor
+            from .cuda_windows import GpuExecutor
 
             runner = TorchRunner(self.model, self.dtype, self.memory_format)
             self._executor = GpuExecutor(runner, self.device, graphs=self.graphs)
@@ -112,7 +110,7 @@ class TorchBackend:
 
     def window_runner(self) -> GpuWindowRunner:
         """Frames in, denoised frames out, with the window kept on the device (see gpu.GpuWindowRunner)."""
-        from .gpu import GpuWindowRunner
+        from .cuda_windows import GpuWindowRunner
 
         return GpuWindowRunner(self.executor, Layout(self.frames, self.target, self.stride, self.noise_planes))
 

@@ -16,44 +16,24 @@ is small next to that. ``spinning=True`` restores ONNX Runtime's default.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import zoo
-from ..config import ModelConfig
 from ..errors import ModelError
+from ..model_files import onnx_file
+from ..onnx_session import open_session
 from ..planes import Layout
+from . import Capabilities
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 log = logging.getLogger(__name__)
-
-
-def onnx_for(model: str, precision: str = "fp32") -> Path:
-    """An ONNX file for ``model`` (shipped name or path). A ``.pt`` is exported once (needs torch)
-    and cached under ~/.cache/stream_denoise keyed by the hash of its bytes."""
-    suffix = ".int8.onnx" if precision == "int8" else ".onnx"
-    path = zoo.resolve(model, suffix)
-    if path.suffix == ".onnx":
-        return path
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    cache = Path(os.environ.get("STREAM_DENOISE_CACHE", Path.home() / ".cache" / "stream_denoise")) / "onnx"
-    out = cache / f"{path.stem}-{digest}.onnx"
-    if not out.exists():
-        from ..build.export import export_onnx
-
-        log.info("exporting %s to ONNX (once, cached at %s)", path, out)
-        try:
-            export_onnx(path, out)
-        except ModuleNotFoundError as exc:  # the default install has no torch: say what to do, in one line
-            if (exc.name or "").split(".")[0] not in ("torch", "onnx", "onnxscript"):
-                raise
-            raise ModelError(f"{path} is a PyTorch model; running it needs torch to export it to ONNX once: "
-                             f"pip install 'stream_denoise[torch]', or give the .onnx file (`stream-denoise export`)") from None
-    return out
 
 
 TILE_PIXELS = 1280 * 720  # a lone frame at least this large is split into bands across the lanes
@@ -64,19 +44,7 @@ class _Session:
     """One ONNX Runtime session with its I/O binding (bound to caller-owned buffers, no copies)."""
 
     def __init__(self, path: Path, threads: int, spinning: bool) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises Fail/InvalidProtobuf/NoSuchFile...
-            raise ModelError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0][:200]}") from None
+        self.session = open_session(path, threads, spinning)
         inp = self.session.get_inputs()[0]
         self.in_name, self.out_name = inp.name, self.session.get_outputs()[0].name
         self.in_type = np.float16 if "float16" in inp.type else np.float32
@@ -132,12 +100,13 @@ class OnnxRuntimeBackend:
             self._lanes = [_Session(self.path, 1, spinning) for _ in range(self.lanes)]
             self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="ort-lane")
         self._out: np.ndarray | None = None
+        self.capabilities = Capabilities(lanes=max(self.lanes, 1))
         log.info("onnxruntime: %s (%d threads for one frame, %d one-thread lanes for batches, window %d/%d)",
                  self.path.name, self.threads, len(self._lanes), self.target, self.frames)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> OnnxRuntimeBackend:
-        return cls(onnx_for(cfg.model, cfg.precision), cfg.threads, lanes=cfg.lanes)
+        return cls(onnx_file(cfg.model, cfg.precision), cfg.threads, lanes=cfg.lanes)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """x: (N, K * block, H, W) float32 (``planes.Layout``) -> (N, 3, H, W) float32. The result is a reused buffer, valid

@@ -1,6 +1,6 @@
 """NVIDIA Triton Inference Server: the network runs on a server, this process sends it windows.
 
-The server holds a model repository made by ``stream-denoise export-triton`` (``build.triton``); its
+The server holds a model repository made by ``stream-denoise export-triton`` (``export.triton_repository``); its
 model config carries the window (``parameters`` frames, target, stride), which is read back here, and
 the I/O names, data type and ``max_batch_size``. ``infer`` sends (N, 3K, H, W) in the model's data type
 (fp32 or fp16), in requests of at most ``max_batch_size`` windows; Triton's dynamic batcher merges the
@@ -27,6 +27,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..errors import BackendUnavailable, ConfigError, ModelError
 from ..planes import Layout
+from . import Capabilities
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class TritonBackend:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> TritonBackend:
-        from ..build.triton import model_name
+        from ..model_files import model_name
 
         return cls(cfg.triton_url, model_name(cfg.model))
 
@@ -154,6 +155,7 @@ class TritonBackend:
         if data_type not in DTYPES:
             raise ModelError(f"{where} takes {data_type or 'an unknown type'}; TYPE_FP32 or TYPE_FP16 expected")
         self.max_batch = int(config.get("max_batch_size", 0))
+        self.capabilities = Capabilities(max_batch=self.max_batch or None)
         dims = [int(d) for d in inp.get("dims", [])]
         channels = dims[0] if self.max_batch > 0 else (dims[1] if len(dims) > 1 else -1)
         if channels != layout.channels:

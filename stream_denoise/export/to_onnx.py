@@ -58,13 +58,3 @@ def export_onnx(model_path: str | Path, out: str | Path, precision: Literal["fp3
     log.info("exported %s -> %s (%s, opset %d)", model_path, out, precision, OPSET)
     return out
 
-
-def onnx_meta(path: str | Path) -> dict[str, str]:
-    """The window metadata of an ONNX model, read with onnxruntime (no onnx/torch import)."""
-    import onnxruntime as ort
-
-    try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
-        raise ModelError(f"{path} is not a loadable ONNX model: {str(exc).splitlines()[0][:200]}") from None
-    return dict(sess.get_modelmeta().custom_metadata_map)

@@ -226,19 +226,13 @@ def runtime_ops(path: str | Path, threads: int = 1) -> Counter:
     """The operators ONNX Runtime's CPU EP actually runs after its graph optimisations (e.g.
     QLinearConv = integer convolution; a float Conv beside DequantizeLinear = not fused)."""
     import onnx
-    import onnxruntime as ort
+
+    from ..onnx_session import open_session
 
     with tempfile.TemporaryDirectory(prefix="stream_denoise.ort.") as tmp:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        opts.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
-        try:
-            ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT's own error types
-            raise ModelError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0][:200]}") from None
-        opt = onnx.load(opts.optimized_model_filepath)
+        opt_path = Path(tmp) / "opt.onnx"
+        open_session(path, threads, optimized_path=opt_path)
+        opt = onnx.load(str(opt_path))
     return Counter(n.op_type for n in opt.graph.node)
 
 
@@ -263,7 +257,7 @@ def _denoise_windows(backend, windows: np.ndarray) -> np.ndarray:
 def fidelity(fp32_onnx: str | Path, int8_onnx: str | Path, windows: np.ndarray, threads: int | None = None) -> dict:
     """How close the INT8 model's 8-bit output is to the fp32 model's on (N, K, H, W, 3) windows:
     PSNR (dB), mean and max absolute difference in 8-bit levels."""
-    from ..backends.onnxruntime import OnnxRuntimeBackend
+    from ..backends.onnx_cpu import OnnxRuntimeBackend
 
     a = _denoise_windows(OnnxRuntimeBackend(fp32_onnx, threads), windows)
     b = _denoise_windows(OnnxRuntimeBackend(int8_onnx, threads), windows)
@@ -301,7 +295,7 @@ def compare_int8(fp32_onnx: str | Path, int8_onnx: str | Path, clips: Sequence[s
     the median ms and fps over ``runs`` calls after ``warmup`` (and the 10th percentile ms: on a
     shared machine, closer to what the CPU can do undisturbed).
     """
-    from ..backends.onnxruntime import OnnxRuntimeBackend
+    from ..backends.onnx_cpu import OnnxRuntimeBackend
     from ..buffer import reflect_indices
     from ..noise import CONDITIONS, add_noise
 
