@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def measure(clip: Path, endpoint: str, consumer: str, frames: int) -> dict:
     from stream_denoise.config import ModelConfig, PublishConfig, RunConfig, SourceConfig
     from stream_denoise.pipeline import Pipeline
-    from stream_denoise.publish import Subscriber
+    from stream_denoise.subscribe import Subscriber
 
     cfg = RunConfig(source=SourceConfig(uri=str(clip), loop=True), model=ModelConfig(model="lite", backend="onnxruntime"),
                     publish=PublishConfig(endpoint=endpoint), max_frames=frames, status_interval_s=3600)

@@ -67,7 +67,7 @@ def soak(minutes: float, fault_every: float, out: Path) -> dict:
 
     from stream_denoise.config import ModelConfig, PublishConfig, RunConfig, SourceConfig
     from stream_denoise.pipeline import Pipeline
-    from stream_denoise.publish import Subscriber
+    from stream_denoise.subscribe import Subscriber
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

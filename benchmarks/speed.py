@@ -129,7 +129,8 @@ def time_model(ref: models.ModelRef, backend: str, encoded: bytes, s: SpeedSetti
 
     from stream_denoise.config import PublishConfig
     from stream_denoise.frame import Frame
-    from stream_denoise.publish import Publisher, Subscriber
+    from stream_denoise.publish import Publisher
+    from stream_denoise.subscribe import Subscriber
 
     den = models.create_denoiser(ref.path, backend, s.threads)
     t: dict[str, list[float]] = {k: [] for k in STAGES}
@@ -168,13 +169,13 @@ def time_model(ref: models.ModelRef, backend: str, encoded: bytes, s: SpeedSetti
         stride = den.backend.stride
         h, w = img.shape[:2]
         padded = -(-h // stride) * stride * (-(-w // stride) * stride)
-        batch = batch_throughput(den) if getattr(den.backend, "lanes", 1) > 1 else None
+        batch = batch_throughput(den) if den.backend.capabilities.lanes > 1 else None
     finally:
         den.backend.close()
     macs = models.macs_per_pixel(ref.path)
     infer = float(np.median(t["infer"]))
     return {"backend": backend, "model": ref.name, "untrained": ref.untrained, "frames": len(t["e2e"]),
-            "lanes": getattr(den.backend, "lanes", 1), "infer_batch_fps": batch,
+            "lanes": den.backend.capabilities.lanes, "infer_batch_fps": batch,
             "fps": len(t["e2e"]) / t_loop, "lookahead_frames": den.latency_frames,
             "stages": {k: _stats(v) for k, v in t.items()}, "macs_per_pixel": macs,
             "gflops": 2 * macs * padded / infer / 1e9}
@@ -200,7 +201,7 @@ def time_pipeline(ref: models.ModelRef, encoded: bytes, s: SpeedSettings, lanes:
 
     from stream_denoise.config import ModelConfig, PublishConfig, RunConfig, SourceConfig
     from stream_denoise.pipeline import Pipeline
-    from stream_denoise.publish import Subscriber
+    from stream_denoise.subscribe import Subscriber
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:

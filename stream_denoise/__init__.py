@@ -20,7 +20,7 @@ _LAZY = {
     "Backend": "backends", "Capabilities": "backends", "create_backend": "backends",
     "ModelConfig": "config", "RunConfig": "config", "DeploymentConfig": "config", "check_config": "config",
     "Denoiser": "denoiser", "denoise_file": "offline", "Pipeline": "pipeline", "MultiCamera": "multicam",
-    "Publisher": "publish", "Subscriber": "publish", "record": "publish", "keygen": "publish",
+    "Publisher": "publish", "Subscriber": "subscribe", "record": "subscribe", "keygen": "sockets",
     "resolve_model": "model_files",
 }
 __all__ = ["BackendUnavailable", "ConfigError", "EngineError", "Frame", "ModelError", "OutputError", "PublishError",
@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from .multicam import MultiCamera
     from .offline import denoise_file
     from .pipeline import Pipeline
-    from .publish import Publisher, Subscriber, keygen, record
+    from .publish import Publisher
+    from .sockets import keygen
+    from .subscribe import Subscriber, record
 
 
 def __getattr__(name: str) -> Any:

@@ -242,21 +242,38 @@ def _interrupt_on_signals() -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .config import DeploymentConfig, RunConfig, check_config, parse
+    from .config import DeploymentConfig, RunConfig, check_config
     from .pipeline import Pipeline
 
-    data: dict[str, Any] = {}
-    if a.config:
-        loaded = check_config(a.config)
-        if isinstance(loaded, DeploymentConfig):
-            return _run_deployment(a, loaded)
-        data = loaded.model_dump(mode="json", exclude_none=True)
+    cfg = check_config(a.config, lambda data: _run_overrides(a, data))  # the config's one validation
+    if isinstance(cfg, DeploymentConfig):
+        return _run_deployment(a, cfg)
+    assert isinstance(cfg, RunConfig)
+    stop = _install_stop()
+    with Pipeline(cfg) as pipeline:
+        m = pipeline.run(stop)
+    log.info("published %d frames", m.frames_out)
+    return 0
+
+
+def _run_overrides(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    """The config file's data (``{}`` without one) with `run`'s flags applied."""
+    from .errors import ConfigError
+
+    if "cameras" in data:  # many cameras: only the flags that apply to all of them
+        per_camera = {"--source": a.source, "--output": a.output, "--record-input": a.record_input,
+                      "--loop": a.loop, "--realtime": a.realtime, "--no-publish": a.no_publish,
+                      "--rtsp-out/--rtsp-*": a.rtsp_out or a.rtsp_listen or a.rtsp_codec or a.rtsp_encoder
+                      or a.rtsp_bitrate or a.rtsp_crf}
+        given = [flag for flag, value in per_camera.items() if value]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: not with a multi-camera config ({a.config}); "
+                              "set them per camera in its [[cameras]] tables")
+        return _common_overrides(a, data)
     src = dict(data.get("source", {}))
     if a.source:
         src["uri"] = a.source
     if "uri" not in src:
-        from .errors import ConfigError
-
         raise ConfigError("no source: give --source URI or a config file with [source] uri")
     if a.loop:
         src["loop"] = True
@@ -274,12 +291,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         out["input_path"] = str(a.record_input)
     data["output"] = out
     _rtsp_overrides(a, data)
-    cfg = parse(RunConfig, _common_overrides(a, data), origin="flags")
-    stop = _install_stop()
-    with Pipeline(cfg) as pipeline:
-        m = pipeline.run(stop)
-    log.info("published %d frames", m.frames_out)
-    return 0
+    return _common_overrides(a, data)
 
 
 def _common_overrides(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
@@ -313,20 +325,8 @@ def _common_overrides(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, 
 
 def _run_deployment(a: argparse.Namespace, cfg: Any) -> int:
     """`run --config FILE` where FILE has [[cameras]]: every camera in one process (multicam)."""
-    from .config import DeploymentConfig, parse
-    from .errors import ConfigError
     from .multicam import MultiCamera
 
-    per_camera = {"--source": a.source, "--output": a.output, "--record-input": a.record_input,
-                  "--loop": a.loop, "--realtime": a.realtime, "--no-publish": a.no_publish,
-                  "--rtsp-out/--rtsp-*": a.rtsp_out or a.rtsp_listen or a.rtsp_codec or a.rtsp_encoder
-                  or a.rtsp_bitrate or a.rtsp_crf}
-    given = [flag for flag, value in per_camera.items() if value]
-    if given:
-        raise ConfigError(f"{', '.join(given)}: not with a multi-camera config ({a.config}); "
-                          "set them per camera in its [[cameras]] tables")
-    data = cfg.model_dump(mode="json", exclude_unset=True)  # unset: camera model overrides stay partial
-    cfg = parse(DeploymentConfig, _common_overrides(a, data), origin="flags")
     if not (a.verbose or a.quiet):  # -v/-q win over the file's log_level
         logging.getLogger().setLevel(cfg.log_level.upper())
     stop = _install_stop()
@@ -355,7 +355,7 @@ def cmd_denoise(a: argparse.Namespace) -> int:
 
 
 def cmd_subscribe(a: argparse.Namespace) -> int:
-    from .publish import record
+    from .subscribe import record
 
     res = record(a.endpoint, a.out, a.count, a.timeout, idle_timeout_s=a.idle_timeout, topics=a.topic, fps=a.fps,
                  curve_server_public_key=a.server_key, client_secret_key=a.client_key)
@@ -397,7 +397,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_keygen(a: argparse.Namespace) -> int:
-    from .publish import keygen
+    from .sockets import keygen
 
     public, secret = keygen(a.directory, a.name)
     print(f"public key: {public}\nsecret key: {secret} (keep it private)")
@@ -421,7 +421,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_build_engine(a: argparse.Namespace) -> int:
-    from .export.engine import Shapes, build_engine
+    from .backends.tensorrt_runtime import Shapes
+    from .export.engine import build_engine
 
     shapes = Shapes.parse(a.shape, a.min_shape, a.opt_shape, a.max_shape, a.batch)
     print(build_engine(a.model, a.precision, shapes, a.out, a.calibration, a.workspace_mb))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -485,33 +486,55 @@ class ConfigProblems(ConfigError):
         super().__init__("; ".join(problems))
 
 
-def check_config(path: str | Path) -> RunConfig | DeploymentConfig:
-    """Load and validate ``path``: a DeploymentConfig when it has ``cameras``, else a RunConfig.
+def check_config(path: str | Path | None, merge: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 ) -> RunConfig | DeploymentConfig:
+    """The one validation of a deployment's settings: the TOML file ``path`` (None: no file), with
+    ``merge`` (the CLI's flags) applied to its data, validated once. A DeploymentConfig when it has
+    ``cameras``, else a RunConfig.
 
     Stricter than :func:`load_toml`: values must already have the right TOML type (``"5"`` is not a
-    number, ``"yes"`` is not a boolean). Raises :class:`ConfigProblems` listing every bad field with
-    its line in the file.
+    number, ``"yes"`` is not a boolean). Raises :class:`ConfigProblems` listing every bad field: with
+    its line in the file, or as ``flags`` when a flag set it.
     """
+    import copy
     import json
 
-    text, data = read_toml(path)
-    model: type[RunConfig] | type[DeploymentConfig] = DeploymentConfig if "cameras" in data else RunConfig
+    text, data = read_toml(Path(path)) if path is not None else ("", {})
+    given = merge(copy.deepcopy(data)) if merge is not None else data
+    model: type[RunConfig] | type[DeploymentConfig] = DeploymentConfig if "cameras" in given else RunConfig
     errors: list[Any] = []
     cfg: RunConfig | DeploymentConfig | None = None
     try:
-        cfg = model.model_validate(data)
+        cfg = model.model_validate(given)
     except ValidationError as exc:
         errors = list(exc.errors())
-    try:  # the same file as JSON, strictly: catches values that only coerce ("5" for 5)
-        model.model_validate_json(json.dumps(data, default=str), strict=True)
+    try:  # the same data as JSON, strictly: catches values that only coerce ("5" for 5)
+        model.model_validate_json(json.dumps(given, default=str), strict=True)
     except ValidationError as exc:
         seen = {tuple(e["loc"]) for e in errors}
-        errors += [e for e in exc.errors() if _given(data, e["loc"]) and tuple(e["loc"]) not in seen]
+        errors += [e for e in exc.errors() if _given(given, e["loc"]) and tuple(e["loc"]) not in seen]
     if errors or cfg is None:
         lines = _key_lines(text)
-        located = sorted(((_line_for(tuple(e["loc"]), lines) or 0, e) for e in errors), key=lambda p: p[0])
-        raise ConfigProblems([_describe(str(path), e, line) for line, e in located])
+
+        def origin(loc: tuple[int | str, ...]) -> tuple[str, int]:
+            from_file = path is not None and (not _given(given, loc) or _at(data, loc) == _at(given, loc))
+            return (str(path), _line_for(loc, lines) or 0) if from_file else ("flags", 0)
+
+        located = sorted(((*origin(tuple(e["loc"])), e) for e in errors), key=lambda p: (p[0] == "flags", p[1]))
+        raise ConfigProblems([_describe(where, e, line) for where, line, e in located])
     return cfg
+
+
+def _at(data: Any, loc: tuple[int | str, ...]) -> Any:
+    """The value at ``loc`` (None where it is absent)."""
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
 
 
 def _given(data: Any, loc: tuple[int | str, ...]) -> bool:

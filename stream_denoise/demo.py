@@ -25,8 +25,8 @@ def run_demo(out: Path, stop: threading.Event | None = None, endpoint: str = "tc
 
     from .files import atomic_write
     from .pipeline import Pipeline
-    from .publish import Subscriber
-    from .train.data import read_clip
+    from .subscribe import Subscriber
+    from .media import read_clip
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = RunConfig(source=SourceConfig(uri=str(SAMPLE), name="sample"), model=ModelConfig(),

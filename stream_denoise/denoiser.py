@@ -174,8 +174,9 @@ class Denoiser:
         shape = (self.layout.block, *self.layout.padded(*windows[0][0].pixels.shape[:2]))
         self._slab.hold(frames, shape, lambda f, out: self._plane(f, out))
         starts = [self._slab.start([_key(f) for f in w]) for w in windows]
-        if None not in starts and starts == list(range(starts[0], starts[0] + len(windows))):
-            return self._slab.windows(starts[0], len(windows), self.backend.frames)  # type: ignore[arg-type]
+        first = starts[0]
+        if first is not None and starts == list(range(first, first + len(windows))):
+            return self._slab.windows(first, len(windows), self.backend.frames)
         self.assembled += len(windows)
         return self._assemble([[self._slab.plane(_key(f)) if _key(f) in self._slab else self._plane(f)
                                 for f in w] for w in windows])

@@ -84,9 +84,9 @@ class SnapshotCollector:
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        families: dict[str, Metric] = {}
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
 
         def add(key: str, value: Any, labels: list[tuple[str, str]], prefix: str) -> None:
             if key in GROUPS:

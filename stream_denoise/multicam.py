@@ -43,7 +43,7 @@ from .denoiser import Denoiser
 from .errors import BackendUnavailable, StreamDenoiseError
 from .frame import Frame, check_pixels
 from .metrics import Metrics
-from .pipeline import counted_frames
+from .camera_loop import denoise_stream, source_counters
 from .resources import Closing
 from .sources import Source, is_live
 
@@ -160,7 +160,7 @@ class BatchingBackend:
         deadline = self._pending[0].at + self.max_wait_s
         while True:
             key = self._pending[0].key
-            group = []
+            group: list[_Request] = []
             rows = 0
             for r in self._pending:  # the oldest first, up to max_size windows (one request always fits)
                 if r.key == key and (not group or rows + r.rows <= self.max_size):
@@ -207,8 +207,8 @@ class BatchingBackend:
         """One runner per frame size (its plane pool is of that size; they share the backend's
         executor and its graphs), holding the frames of every camera's window, so the next batch finds
         them there whichever cameras it has."""
-        hw = group[0].key[1]
-        runner = self._runners.get(hw)  # type: ignore[arg-type]
+        hw = cast(tuple[int, ...], group[0].key[1])
+        runner = self._runners.get(hw)
         if runner is None:
             runner = self._runners[hw] = cast(DeviceBackend, self.backend).window_runner()
         windows = [w for r in group for w in r.windows or []]
@@ -341,16 +341,8 @@ class Camera:
                     self.state = "ended"
                     return
             self.state = "running"
-            m = self.metrics
-            for frame in counted_frames(self.source, m, stop, READ_POLL_S):
-                with self.client.busy():
-                    out = self.denoiser.push(frame)
-                self._emit(out, publish)
-                if self.max_frames is not None and m.frames_in >= self.max_frames:
-                    break
-            with self.client.busy():
-                out = self.denoiser.flush()
-            self._emit(out, publish)
+            denoise_stream(self.source, self.denoiser, self.metrics, stop, lambda f: publish(self, f),
+                           max_frames=self.max_frames, poll_s=READ_POLL_S, busy=self.client.busy)
             self.state = "ended"
         except StreamDenoiseError as exc:
             self.state, self.error = "failed", exc
@@ -358,13 +350,6 @@ class Camera:
         except Exception as exc:  # a bug must not take the other cameras down
             self.state, self.error = "failed", StreamDenoiseError(f"{self.name}: {exc}")
             log.exception("%s: camera worker failed", self.name)
-
-    def _emit(self, frames: list[Frame], publish: Callable[[Camera, Frame], None]) -> None:
-        t = self.denoiser.times
-        for f in frames:
-            for k in ("pre", "infer", "post"):
-                self.metrics.latency[k].add(getattr(t, k))
-            publish(self, f)
 
     @property
     def connected(self) -> bool:
@@ -380,11 +365,7 @@ class Camera:
         snap = self.metrics.snapshot()
         s = self.source.stats if self.source is not None else None
         snap.update(up=int(self.connected), failed=int(self.state == "failed"),
-                    published=self.published, publish_dropped=self.publish_dropped,
-                    source_frames_decoded=s.frames_decoded if s else 0,
-                    source_frames_dropped=s.frames_dropped if s else 0,
-                    source_reconnects=s.reconnects if s else 0,
-                    source_decode_errors=s.decode_errors if s else 0)
+                    published=self.published, publish_dropped=self.publish_dropped, **source_counters(s))
         if self.rtsp_out is not None:
             snap.update(self.rtsp_out.snapshot())
         return snap
@@ -412,7 +393,7 @@ class MultiCamera(Closing):
 
         factory = backend_factory or create_backend
         self.cfg = cfg
-        self._closers: list[Callable[[], None]] = []
+        self._closers: list[Callable[[], object]] = []
         self._lock = threading.Lock()  # the PUB socket is used by one thread at a time
         self.health = None
         self.batchers: dict[ModelConfig, BatchingBackend] = {}

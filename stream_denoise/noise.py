@@ -154,21 +154,11 @@ def encode(clip: np.ndarray, codec: str, bits_per_pixel: float, fps: int = 25) -
 
 
 def decode(data: bytes) -> np.ndarray:
-    """An encoded clip's bytes -> (T,H,W,3) uint8 RGB: PyAV where installed, else OpenCV's FFmpeg
-    (a GPU machine may have only OpenCV)."""
-    try:
-        import av
-    except ImportError:
-        import tempfile
+    """An encoded clip's bytes -> (T,H,W,3) uint8 RGB (``media.read_clip``: PyAV where installed, else
+    OpenCV's FFmpeg)."""
+    from .media import read_clip
 
-        from .train.corpus import read_frames
-
-        with tempfile.NamedTemporaryFile(suffix=".mkv") as f:
-            f.write(data)
-            f.flush()
-            return read_frames(f.name)
-    with av.open(io.BytesIO(data), "r") as inp:
-        return np.stack([f.to_ndarray(format="rgb24") for f in inp.decode(video=0)])
+    return read_clip(data)
 
 
 def random_spec(rng: np.random.Generator) -> NoiseSpec:

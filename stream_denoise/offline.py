@@ -41,7 +41,7 @@ def denoise_file(src: str | Path, dst: str | Path, model: ModelConfig, progress_
     writer: VideoWriter | None = None
     try:
         with open_source(SourceConfig(uri=str(src), reconnect=False, read_timeout_s=60)) as source:
-            fps = getattr(source, "fps", None) or 25.0
+            fps = source.fps or 25.0
 
             def write(frames: list[Frame]) -> None:
                 nonlocal writer, written

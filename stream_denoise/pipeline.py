@@ -27,41 +27,22 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from .camera_loop import denoise_stream, source_counters
 from .config import RunConfig
 from .denoiser import Denoiser
-from .errors import SourceError, SourceTimeout, StreamDenoiseError
+from .errors import SourceError, StreamDenoiseError
 from .frame import Frame
 from .metrics import Metrics
 from .resources import Closing
-from .sources.base import ready_frames
 
 if TYPE_CHECKING:
-    from .sources import Source
     from .video_writer import Recording, StreamClock
 
 log = logging.getLogger(__name__)
 
 _END = None
-
-
-def counted_frames(source: Source, m: Metrics, stop: threading.Event, poll_s: float) -> Iterator[Frame]:
-    """Frames of ``source`` until it ends or ``stop`` is set, re-checking ``stop`` every ``poll_s``;
-    counts frames in, source timeouts and the wait for each frame in ``m``."""
-    while not stop.is_set():
-        t0 = time.perf_counter()
-        try:
-            frame = source.read(timeout=poll_s)
-        except SourceTimeout:
-            m.source_timeouts += 1
-            continue
-        if frame is None:
-            return
-        m.latency["wait"].add(time.perf_counter() - t0)
-        m.frames_in += 1
-        yield frame
 
 
 class Pipeline(Closing):
@@ -89,8 +70,8 @@ class Pipeline(Closing):
             self.denoiser = denoiser
             self.source = open_source(cfg.source)
             self._closers.append(self.source.close)
-            self.lossless = not getattr(self.source, "live", False)
-            fps = getattr(self.source, "fps", None) or 25.0
+            self.lossless = not self.source.live
+            fps = self.source.fps or 25.0
             # a file is published losslessly: every frame waits for the subscribers (a looping one: one frame interval)
             self._publish_wait_s = 0.0 if not self.lossless else 1 / fps if cfg.source.loop else math.inf
             self.publisher = None
@@ -155,27 +136,9 @@ class Pipeline(Closing):
         return self.metrics
 
     def _infer_loop(self, stop: threading.Event) -> None:
-        m, limit = self.metrics, self.cfg.max_frames
-        lanes = self.denoiser.lanes
-        for frame in counted_frames(self.source, m, stop, poll_s=0.5):
-            frames = [frame]
-            if lanes > 1:  # frames already decoded go with it, one per lane (files; live: only when behind)
-                extra = ready_frames(self.source, min(lanes - 1, limit - m.frames_in if limit is not None else lanes))
-                m.frames_in += len(extra)
-                frames += extra
-            for f in frames:
-                self._record("input", f)
-            self._emit(self.denoiser.push_many(frames) if len(frames) > 1 else self.denoiser.push(frame), stop)
-            if limit is not None and m.frames_in >= limit:
-                break  # the flush below publishes the look-ahead frames: exactly max_frames out
-        self._emit(self.denoiser.flush(), stop)
-
-    def _emit(self, frames: list[Frame], stop: threading.Event) -> None:
-        t = self.denoiser.times
-        for f in frames:
-            for k in ("pre", "infer", "post"):
-                self.metrics.latency[k].add(getattr(t, k))
-            self._put(f, stop)
+        denoise_stream(self.source, self.denoiser, self.metrics, stop, lambda f: self._put(f, stop),
+                       max_frames=self.cfg.max_frames, poll_s=0.5,
+                       record_input=(lambda f: self._record("input", f)) if "input" in self._recordings else None)
 
     def _put(self, item: Frame | None, stop: threading.Event, force: bool = False) -> None:
         while True:
@@ -236,10 +199,7 @@ class Pipeline(Closing):
     def snapshot(self) -> dict[str, Any]:
         """Counters for health checks and Prometheus: pipeline, source and publisher."""
         snap = self.metrics.snapshot()
-        s = self.source.stats
-        snap.update(source_frames_decoded=s.frames_decoded, source_frames_dropped=s.frames_dropped,
-                    source_reconnects=s.reconnects, source_decode_errors=s.decode_errors,
-                    source_connected=int(s.connected))
+        snap.update(source_counters(self.source.stats), source_connected=int(self.source.stats.connected))
         if self.publisher is not None:
             snap.update(publish_sent=self.publisher.sent, publish_dropped=self.publisher.dropped)
         if self.rtsp_out is not None:

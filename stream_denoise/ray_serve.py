@@ -254,8 +254,9 @@ class CameraWorker:
             with pipeline:
                 self._pipeline = pipeline
                 m = pipeline.run(self._stop)
+            resent = self._backend.resent if self._backend is not None else 0
             return {"camera": name, "state": "ended", "frames_in": m.frames_in, "frames_out": m.frames_out,
-                    "resent": self._backend.resent, "snapshot": pipeline.snapshot()}
+                    "resent": resent, "snapshot": pipeline.snapshot()}
         except Exception as exc:  # one camera's failure is reported, never a traceback
             log.error("%s: camera stopped: %s", name, last_line(exc))
             return {"camera": name, "state": "failed", "error": last_line(exc)}

@@ -136,7 +136,7 @@ class Published:
     times: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from stream_denoise.publish import Subscriber
+        from stream_denoise.subscribe import Subscriber
 
         self._sub = Subscriber(self.endpoint, rcvhwm=100000)
         self._stop = threading.Event()

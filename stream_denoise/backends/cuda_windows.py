@@ -56,13 +56,23 @@ class Runner(Protocol):
 
     dtype: torch.dtype  # of the input tensor (the output may differ)
     memory_format: torch.memory_format  # of the static input (TensorRT: contiguous NCHW)
-    # optional: ``in_channels`` (int), the input's width when wider than 3K (zero-padded channels)
+
+    @property
+    def in_channels(self) -> int | None:
+        """The input's width when wider than 3K (zero-padded channels), else None."""
+
+    @property
+    def max_batch(self) -> int | None:
+        """The most windows one run takes (a TensorRT profile's), else None."""
 
     def prepare(self, x: torch.Tensor) -> None:
         """``x`` is the new static input (new shape or address): bind it, allocate outputs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Enqueue the network on the current stream; return the output (N, 3, H, W) tensor."""
+
+    def close(self) -> None:
+        """Release what the runner holds (the executor has dropped its graphs and buffers)."""
 
 
 _DEVICE_LOCK = threading.RLock()
@@ -157,7 +167,7 @@ class GpuExecutor:
                     st.warm = False
             else:
                 self._cur = None
-                wide = (shape[0], max(shape[1], getattr(self.runner, "in_channels", None) or 0), *shape[2:])
+                wide = (shape[0], max(shape[1], self.runner.in_channels or 0), *shape[2:])
                 full = self.torch.zeros(wide, dtype=self.runner.dtype, device=self.device)
                 full = full.contiguous(memory_format=self.runner.memory_format)
                 self.runner.prepare(full)  # may refuse the shape: then nothing new stays bound
@@ -237,9 +247,7 @@ class GpuExecutor:
             self._shapes.clear()
             self._cur = None
             self._staging.clear()
-            closer = getattr(self.runner, "close", None)
-            if closer is not None:
-                closer()
+            self.runner.close()
 
 
 class GpuWindowRunner:
@@ -299,7 +307,7 @@ class GpuWindowRunner:
         graphs instead of capturing one per size (measured on an H100 before this: 16 cameras
         batched ran at 56 fps in all against 133 unbatched, recapturing as the batch size moved)."""
         b = 1 << max(n - 1, 0).bit_length()
-        cap = getattr(self.ex.runner, "max_batch", None)
+        cap = self.ex.runner.max_batch
         return max(n, min(b, cap)) if cap else b
 
     def reserve(self, planes: int) -> None:

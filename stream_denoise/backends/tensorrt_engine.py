@@ -44,6 +44,7 @@ class TrtRunner:
         self.dtype = _torch_dtype(trt, torch, engine.get_tensor_dtype(self.in_name))
         self.out_dtype = _torch_dtype(trt, torch, engine.get_tensor_dtype(self.out_name))
         self.memory_format = torch.contiguous_format  # data_ptr() must be NCHW memory
+        self.in_channels: int | None = None
         self.context = engine.create_execution_context()
         if self.context is None:
             raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")

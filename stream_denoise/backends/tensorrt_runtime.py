@@ -65,7 +65,8 @@ class Shapes:
         """From CLI strings: ``shape`` fixes one size (opt, and min/max unless given); else defaults
         (min 64x64, opt 720x1280, max 1080x1920) are overridden by whichever of min/opt/max is given."""
         d = cls()
-        opt = parse_hw(opt_shape or shape) if (opt_shape or shape) else None
+        opt_text = opt_shape or shape
+        opt = parse_hw(opt_text) if opt_text else None
         lo = parse_hw(min_shape) if min_shape else (opt if shape else None)
         hi = parse_hw(max_shape) if max_shape else (opt if shape else None)
         lo, hi = lo or d.min, hi or d.max

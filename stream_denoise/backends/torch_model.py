@@ -33,9 +33,15 @@ class TorchRunner:
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
         self.model, self.dtype, self.memory_format = model, dtype, memory_format
-        self.in_channels: int | None = getattr(model, "in_channels", None)  # gpu_form.GpuForm pads its input
+        from ..model.gpu_form import GpuForm
+
+        self.in_channels: int | None = model.in_channels if isinstance(model, GpuForm) else None  # GpuForm pads its input
+        self.max_batch: int | None = None
 
     def prepare(self, x: torch.Tensor) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,14 +72,15 @@ class TorchBackend:
         if form not in GPU_FORMS:
             raise ValueError(f"unknown GPU form {form!r}; choose one of {', '.join(GPU_FORMS)}")
         with device_lock() if device == "cuda" else contextlib.nullcontext():  # no allocation while an executor captures
-            self.model = load_model(path).to(self.device)
-            self.frames, self.target, self.stride = self.model.frames, self.model.target, self.model.stride
-            self.noise_planes = self.model.arch.noise_planes
+            net = load_model(path).to(self.device)
+            self.frames, self.target, self.stride = net.frames, net.target, net.stride
+            self.noise_planes = net.arch.noise_planes
+            self.model: torch.nn.Module = net
             self.form = form if device == "cuda" else "plain"
             if self.form != "plain":
                 from ..model.gpu_form import GpuForm
 
-                self.model = GpuForm(self.model, shuffle=self.form == "shuffle", fuse=self.form == "fused").to(self.device)
+                self.model = GpuForm(net, shuffle=self.form == "shuffle", fuse=self.form == "fused").to(self.device)
             self.dtype = torch.float16 if precision == "fp16" and device == "cuda" else torch.float32
             if precision == "int8":
                 log.warning("%s backend: int8 is for TensorRT engines; running %s", "cuda" if device == "cuda" else "torch", self.dtype)
@@ -82,7 +89,7 @@ class TorchBackend:
             if device == "cuda":
                 torch.backends.cudnn.benchmark = True  # fixed shapes per stream: pick the fastest kernels once
                 self.memory_format = torch.channels_last
-                self.model = self.model.to(memory_format=self.memory_format)
+                self.model = self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]
         self.name = "torch" if device == "cpu" else "cuda"
         # on a GPU the Denoiser keeps the window there (window_runner) instead of calling infer
         self.capabilities = Capabilities(device_windows=self.device.type == "cuda")

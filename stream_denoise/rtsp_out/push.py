@@ -16,6 +16,7 @@ from fractions import Fraction
 
 import av
 
+from ..backoff import Backoff
 from ..config import RtspOutConfig
 from ..frame import Frame
 from ..sources.base import redact
@@ -37,7 +38,7 @@ class PushLink:
         self._out: av.container.OutputContainer | None = None
         self._encoder: Encoder | None = None
         self._ever = False
-        self._delay = cfg.backoff_initial_s
+        self._backoff_delay = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
         self._next_try = 0.0
 
     @property
@@ -86,14 +87,14 @@ class PushLink:
         if self._ever:
             self.reconnects += 1
         self._ever = True
-        self._delay = cfg.backoff_initial_s
+        self._backoff_delay.reset()
         log.info("rtsp-out: pushing %dx%d %s to %s", w, h, self.encoder_name, self.url)
         return True
 
     def _backoff(self, why: str) -> None:
-        log.warning("rtsp-out: %s; retrying in %.2g s", why, self._delay)
-        self._next_try = time.monotonic() + self._delay
-        self._delay = min(2 * self._delay, self.cfg.backoff_max_s)
+        delay = self._backoff_delay.next()
+        log.warning("rtsp-out: %s; retrying in %.2g s", why, delay)
+        self._next_try = time.monotonic() + delay
 
     def _lost(self, why: str) -> None:
         self.failures += 1

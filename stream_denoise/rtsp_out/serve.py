@@ -33,6 +33,7 @@ from pathlib import Path
 
 import av
 
+from ..backoff import Backoff
 from ..config import RtspOutConfig
 from ..errors import PublishError
 from ..frame import Frame
@@ -193,20 +194,20 @@ class GstServer:
 
     def _supervise(self) -> None:
         """Read the helper's events; restart it with backoff when it ends or stalls."""
-        delay = self.cfg.backoff_initial_s
+        backoff = Backoff(self.cfg.backoff_initial_s, self.cfg.backoff_max_s)
         while not self._closed.is_set():
             proc, lines = self._proc, self._lines
             if proc is None or lines is None:
-                if self._closed.wait(delay):
+                if self._closed.wait(backoff.delay):
                     return
                 try:
                     self._start()
                 except PublishError as exc:
-                    delay = min(2 * delay, self.cfg.backoff_max_s)
-                    log.warning("%s; retrying in %.1f s", exc, delay)
+                    backoff.next()
+                    log.warning("%s; retrying in %.1f s", exc, backoff.delay)
                     continue
                 self.restarts += 1
-                delay = self.cfg.backoff_initial_s
+                backoff.reset()
                 log.info("rtsp-out: RTSP server restarted (%d so far)", self.restarts)
                 continue
             got = lines.read(_POLL_S)

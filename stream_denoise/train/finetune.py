@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,10 +33,11 @@ import numpy as np
 import torch
 
 from .. import model_files
-from ..model import create_model, load_model, save_model
+from ..model import VideoDenoiser, create_model, load_model, save_model
 from .. import noise_level
 from ..planes import window_input
-from .data import Pair, read_clip, sample_windows
+from ..media import read_clip
+from .data import Pair, sample_windows
 from .loop import fit, use_bf16
 from . import temporal
 from .masking import MaskSpec, NoiseStats, masked_loss, measure_noise
@@ -97,7 +99,7 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
         for _ in range(4 if vpool else 0):
             b = _tensors(to_input, *temporal.sample(vpool, batch, model.frames, model.target, patch, vrng), device)
             # aligned targets only (anchor weight 0: it is no evidence; it fixes the linear-light weights)
-            val_losses.append(lambda b=b: temporal.loss(model, *b, anchor_weight=0.0, linear=linear))
+            val_losses.append(functools.partial(temporal.loss, model, *b, anchor_weight=0.0, linear=linear))
 
         def step_loss(r: np.random.Generator) -> torch.Tensor:
             b = _tensors(to_input, *temporal.sample(pool, batch, model.frames, model.target, patch, r), device)
@@ -107,7 +109,7 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
         for _ in range(4 if held else 0):
             x, _, _ = sample_windows(vpool_m, batch, model.frames, model.target, patch, vrng)
             xt, sd = torch.from_numpy(to_input(x)).to(device), int(vrng.integers(1 << 31))
-            val_losses.append(lambda xt=xt, sd=sd: masked_loss(model, xt, mask, np.random.default_rng(sd)))
+            val_losses.append(functools.partial(_masked_held, model, xt, mask, sd))
 
         def step_loss(r: np.random.Generator) -> torch.Tensor:
             x, _, _ = sample_windows(train, batch, model.frames, model.target, patch, r)
@@ -132,7 +134,7 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     return summary | {"objective": objective}
 
 
-def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.ndarray], stats: NoiseStats,
+def _temporal_pools(model: VideoDenoiser, train: list[Pair], held: list[np.ndarray], stats: NoiseStats,
                     sigmas: np.ndarray) -> tuple[str, list[temporal.TemporalClip], list[temporal.TemporalClip], dict | None]:
     """Aligned targets of the training and held-out clips, the objective they allow ('masked'
     when too few pixels align between frames), and how the training targets were chosen (None
@@ -166,8 +168,13 @@ def _temporal_pools(model: torch.nn.Module, train: list[Pair], held: list[np.nda
     return "temporal", pools[0], [c for c in pools[1] if c.valid_fraction >= temporal.MIN_VALID], how
 
 
+def _masked_held(model: VideoDenoiser, x: torch.Tensor, mask: MaskSpec, seed: int) -> torch.Tensor:
+    """The masked objective on a held-out batch, with its own frozen masks."""
+    return masked_loss(model, x, mask, np.random.default_rng(seed))
+
+
 def _tensors(to_input: Callable[[np.ndarray], np.ndarray], x: np.ndarray, tg: np.ndarray, v: np.ndarray,
-             a: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
+             a: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     t = torch.from_numpy(tg).to(device).permute(0, 1, 4, 2, 3).float() / 255
     an = torch.from_numpy(a).to(device).permute(0, 3, 1, 2).float() / 255
     return torch.from_numpy(to_input(x)).to(device), t, torch.from_numpy(v).to(device).permute(0, 1, 4, 2, 3), an

@@ -69,7 +69,7 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
     if bf16:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     start_step = 0
     if checkpoint is not None and resume and checkpoint.exists():
@@ -146,7 +146,7 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
         model.load_state_dict(best_state)
     elif avg is not None:
         avg.swap()
-    model.to(memory_format=torch.contiguous_format).eval()
+    model.to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
     return {"steps": done, "seconds": round(time.monotonic() - t0, 1), "loss_ema": ema,
             "best_val": None if validate is None else best_val, "lr_end": opt.param_groups[0]["lr"],
             "skipped_steps": skipped, "precision": "bfloat16 autocast" if bf16 else "float32"}

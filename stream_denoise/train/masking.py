@@ -14,9 +14,13 @@ compression) — the structured-blind-spot remedy of the literature (N2V's struc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from ..model import VideoDenoiser
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ def apply_mask(x: torch.Tensor, pos: tuple[np.ndarray, ...], spec: MaskSpec, blo
     return out
 
 
-def masked_loss(model: torch.nn.Module, x: torch.Tensor, spec: MaskSpec, rng: np.random.Generator) -> torch.Tensor:
+def masked_loss(model: VideoDenoiser, x: torch.Tensor, spec: MaskSpec, rng: np.random.Generator) -> torch.Tensor:
     """Self-supervised loss of one batch: MSE at the masked pixels against their noisy values."""
     block, target = model.layout.block, model.target
     n, _, h, w = x.shape

@@ -23,6 +23,7 @@ with such noise everywhere is the case for the masked objective (``masking.py``)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ import torch
 from ..buffer import reflect_indices
 from ..planes import window_input
 from .data import augment
+
+if TYPE_CHECKING:
+    from ..model import VideoDenoiser
 
 MIN_VALID = 0.05  # below this fraction of usable pixels a clip gives no temporal targets
 STRONG_NOISE = 10.0  # measured sigma (``measure_noise``'s 8-bit luma units) from which ``reach_for``/``anchor_for`` change
@@ -128,7 +132,7 @@ def window(t: int, frames: int, target: int, length: int) -> list[int]:
     return reflect_indices(t, frames, target, length)
 
 
-def denoise_clip(model: torch.nn.Module, clip: np.ndarray, sigmas: np.ndarray | None = None,
+def denoise_clip(model: VideoDenoiser, clip: np.ndarray, sigmas: np.ndarray | None = None,
                  batch: int = 4) -> np.ndarray:
     """Every frame of a (T, H, W, 3) uint8 clip through ``model`` (windows reflected at the ends;
     ``sigmas``: the clip's noise reading, for a noise-aware network)."""
@@ -211,7 +215,7 @@ def build(clip: np.ndarray, denoised: np.ndarray, frames: int, target: int, gap:
     ts = list(range(t_len)) if ts is None else ts
     source = clip if source is None else source
     gray = [cv2.cvtColor(d, cv2.COLOR_RGB2GRAY) for d in denoised]
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
     dis.setFinestScale(0)  # flow at full resolution (the preset stops at 1/2)
     grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     tgt = np.zeros((len(ts), 2 * reach, h, w, 3), np.uint8)
@@ -242,7 +246,10 @@ def sample(pool: list[TemporalClip], batch: int, frames: int, target: int, patch
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Random windows with all their aligned targets and the anchor: (N,K,P,P,3) uint8,
     (N,S,P,P,3) uint8, (N,S,P,P,3) bool, (N,P,P,3) uint8."""
-    xs, ts, vs, an = [], [], [], []
+    xs: list[np.ndarray] = []
+    ts: list[np.ndarray] = []
+    vs: list[np.ndarray] = []
+    an: list[np.ndarray] = []
     tries = 0
     while len(xs) < batch:
         c = pool[int(rng.integers(len(pool)))]

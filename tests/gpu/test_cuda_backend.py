@@ -117,7 +117,14 @@ def test_window_runner_graphs_and_fp16_on_the_gpu(cuda, tiny_model, tmp_path, no
 def _windowed(backend_cls):
     """The backend with the Denoiser's device-window path switched on, whatever the device (on the
     CPU the same GpuWindowRunner code runs eagerly, so the path is tested without a GPU)."""
-    return type("Windowed" + backend_cls.__name__, (backend_cls,), {"device_windows": True})
+    import dataclasses
+
+    class Windowed(backend_cls):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.capabilities = dataclasses.replace(self.capabilities, device_windows=True)
+
+    return Windowed
 
 
 def test_denoise_many_is_the_windows_one_by_one(device, tiny_model, noisy_frames):
@@ -267,9 +274,11 @@ def test_cameras_share_the_backend_in_batches(device, tiny_model, noisy_frames, 
         den = Denoiser(TorchBackend(str(tiny_model), "cpu", threads=1))
         expected[name] = [o.pixels for f in frames for o in den.push(f)] + [o.pixels for o in den.flush()]
     cls = _windowed(TorchBackend) if windows_on_device else TorchBackend
-    if max_batch:
-        cls = type("Capped" + cls.__name__, (cls,), {"max_batch": max_batch})
     backend = cls(str(tiny_model), device, threads=1)
+    if max_batch:  # a backend that declares a batch limit (a TensorRT profile's)
+        import dataclasses
+
+        backend.capabilities = dataclasses.replace(backend.capabilities, max_batch=max_batch)
     calls: list[int] = []  # windows per network run
     runners: list = []
     uploads = [0]

@@ -24,7 +24,9 @@ def ort_fp32(tiny_model, tmp_path_factory):
 
 def test_fp16_engine_build_run_precision_and_cache_hit(trt, tiny_model, ort_fp32, tmp_path, caplog):
     from stream_denoise.backends.tensorrt_engine import TensorRTBackend
-    from stream_denoise.export.engine import Shapes, find_or_build, sha256_file
+    from stream_denoise.backends.tensorrt_runtime import Shapes
+    from stream_denoise.export.engine import find_or_build
+    from stream_denoise.export.engine_cache import sha256_file
     from stream_denoise.errors import EngineError
 
     engines = tmp_path / "engines"
@@ -66,7 +68,8 @@ def test_fp16_engine_build_run_precision_and_cache_hit(trt, tiny_model, ort_fp32
 
 def test_tensorrt_window_runner_and_graphs_match_the_denoiser(trt, tiny_model, ort_fp32, tmp_path, noisy_frames, denoiser_outputs, runner_outputs):
     from stream_denoise.backends.tensorrt_engine import TensorRTBackend
-    from stream_denoise.export.engine import Shapes, build_engine
+    from stream_denoise.backends.tensorrt_runtime import Shapes
+    from stream_denoise.export.engine import build_engine
 
     path = build_engine(tiny_model, "fp16", Shapes(**SMALL), tmp_path)
     graphed = TensorRTBackend.from_engine(path)
@@ -90,7 +93,8 @@ def test_int8_engine_from_calibration(trt, tiny_model, ort_fp32, tmp_path):
     except ImportError as exc:
         pytest.skip(f"INT8 quantisation is not available: {exc}")
     from stream_denoise.backends.tensorrt_engine import TensorRTBackend
-    from stream_denoise.export.engine import Shapes, find_or_build
+    from stream_denoise.backends.tensorrt_runtime import Shapes
+    from stream_denoise.export.engine import find_or_build
 
     rng = np.random.default_rng(0)
     base = rng.integers(30, 220, (24, 1, 64, 96, 3))

@@ -20,7 +20,9 @@ import zmq
 
 from stream_denoise.config import PublishConfig
 from stream_denoise.frame import Frame
-from stream_denoise.publish import Publisher, Subscriber, keygen
+from stream_denoise.publish import Publisher
+from stream_denoise.sockets import keygen
+from stream_denoise.subscribe import Subscriber
 from tests.cli_helpers import denoise_cli
 from tests.waiting import wait_until
 

@@ -22,7 +22,7 @@ from stream_denoise.backends import Capabilities
 from stream_denoise.config import DeploymentConfig
 from stream_denoise.errors import BackendUnavailable
 from stream_denoise.multicam import BatchingBackend, MultiCamera
-from stream_denoise.publish import Received, Subscriber
+from stream_denoise.subscribe import Received, Subscriber
 from tests.waiting import wait_until
 
 MODEL = {"model": "lite", "backend": "onnxruntime", "threads": 2}

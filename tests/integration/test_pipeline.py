@@ -10,7 +10,7 @@ import pytest
 
 from stream_denoise.config import ModelConfig, PublishConfig, RunConfig, SourceConfig
 from stream_denoise.pipeline import Pipeline
-from stream_denoise.publish import Subscriber
+from stream_denoise.subscribe import Subscriber
 from stream_denoise.train.data import read_clip
 from tests.cli_helpers import denoise_cli
 

@@ -6,7 +6,7 @@ import time
 
 from stream_denoise.config import ModelConfig, PublishConfig, RunConfig, SourceConfig
 from stream_denoise.pipeline import Pipeline
-from stream_denoise.publish import Subscriber
+from stream_denoise.subscribe import Subscriber
 from tests.waiting import wait_until
 
 

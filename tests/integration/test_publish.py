@@ -20,7 +20,9 @@ import zmq
 from stream_denoise.config import CurveConfig, Encoding, PublishConfig
 from stream_denoise.errors import ConfigError, MessageError, PublishError, SourceTimeout
 from stream_denoise.frame import Frame
-from stream_denoise.publish import Publisher, Received, Subscriber, keygen, record
+from stream_denoise.publish import Publisher
+from stream_denoise.sockets import keygen
+from stream_denoise.subscribe import Received, Subscriber, record
 from stream_denoise.video_writer import VideoWriter
 from stream_denoise.wire import encode
 from tests.waiting import wait_until

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from stream_denoise.publish import Subscriber
+from stream_denoise.subscribe import Subscriber
 from stream_denoise.train.data import read_clip
 from tests.cli_helpers import denoise_cli
 

@@ -25,6 +25,19 @@ def test_missing_file():
     assert_one_line_error(cli("run", "--source", "/nonexistent/clip.mp4"), "no such file")
 
 
+def test_values_the_library_refuses_are_one_line_too(tmp_path):
+    """Refusals raised below the CLI (not argparse's) are ConfigErrors, never a raw ValueError."""
+    res = cli("subscribe", "tcp://127.0.0.1:1", "--count", "0", "--out", str(tmp_path / "r.mkv"))
+    assert_one_line_error(res, "--count 0")
+    assert res.returncode == 2
+    pytest.importorskip("torch")
+    from stream_denoise.errors import ConfigError
+    from stream_denoise.model import create_model
+
+    with pytest.raises(ConfigError, match="unknown architecture 'nope'"):  # fine-tune --scratch --arch nope
+        create_model("nope")
+
+
 def test_missing_model(tmp_path):
     assert_one_line_error(cli("denoise", str(SAMPLE), str(tmp_path / "o.mkv"), "--model", "nope"), "nope")
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from stream_denoise.backends import create_backend
-from stream_denoise.export.engine import (
-    KEY_FIELDS, EngineCache, Shapes, Target, atomic_write, check_precision, engine_key, format_precision,
-    key_hash, layer_precisions, parse_hw,
-)
+from stream_denoise.backends.tensorrt_runtime import Shapes, parse_hw
+from stream_denoise.export.engine import check_precision, format_precision, layer_precisions
+from stream_denoise.export.engine_cache import KEY_FIELDS, EngineCache, Target, engine_key, key_hash
+from stream_denoise.files import atomic_write
 from stream_denoise.config import ModelConfig
 from stream_denoise.errors import BackendUnavailable, ConfigError, EngineError, ModelError
 
@@ -152,11 +152,11 @@ def test_a_different_field_is_a_miss_that_names_it(tmp_path, caplog, field, valu
     cache.store("lite", stored, b"PLAN-1")
     wanted = _key() if field == "precision" else _key(**{field: value})
     if field == "precision":  # engines of another precision are not candidates at all
-        with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine"):
+        with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine_cache"):
             assert cache.lookup("lite", wanted) is None
         assert "no engine" in caplog.text
         return
-    with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine"):
+    with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine_cache"):
         assert cache.lookup("lite", wanted) is None
     line = next(r.getMessage() for r in caplog.records if "miss" in r.getMessage())
     assert f"differs: {field} (engine" in line
@@ -170,7 +170,7 @@ def test_corrupt_engine_is_a_miss_and_rebuilt_once(tmp_path, caplog):
     path, _ = cache.store("lite", _key(), b"PLAN-1")
     path.write_bytes(b"PLAN-1-truncat")  # bytes no longer match the manifest
     build = Builder()
-    with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine"):
+    with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine_cache"):
         got = cache.get_or_build("lite", _key(), build)
     assert "does not match its manifest" in caplog.text
     assert build.calls == 1 and got.built and got.engine == "engine<PLAN-new>"
@@ -182,7 +182,7 @@ def test_engine_that_does_not_deserialise_is_a_miss_and_rebuilt_once(tmp_path, c
     cache = EngineCache(tmp_path, loader)
     cache.store("lite", _key(), b"STALE plan of another TensorRT")  # manifest matches, runtime refuses
     build = Builder()
-    with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine"):
+    with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine_cache"):
         got = cache.get_or_build("lite", _key(), build)
     assert "does not deserialise (The engine plan file is not compatible" in caplog.text
     assert build.calls == 1 and got.built and got.path.read_bytes() == b"PLAN-new"
@@ -202,7 +202,7 @@ def test_unreadable_or_foreign_manifests_are_misses(tmp_path, caplog):
     cache = EngineCache(tmp_path, Loader())
     path, _ = cache.store("lite", _key(), b"PLAN-1")
     path.with_suffix(".json").write_text("{not json")
-    with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine"):
+    with caplog.at_level(logging.INFO, logger="stream_denoise.export.engine_cache"):
         assert cache.lookup("lite", _key()) is None
     assert "unreadable" in caplog.text
     (tmp_path / "lite-fp16-000000000000.json").write_text(json.dumps({"format": "something else"}))
@@ -282,7 +282,8 @@ def test_fp16_onnx_runs_close_to_the_fp32_model(model_pt, tmp_path, monkeypatch)
     pytest.importorskip("onnx")
     monkeypatch.setenv("STREAM_DENOISE_CACHE", str(tmp_path))  # the one export cache (model_files.cache_dir)
     from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend
-    from stream_denoise.export.engine import precision_onnx, sha256_file
+    from stream_denoise.export.engine_cache import sha256_file
+    from stream_denoise.export.engine_onnx import precision_onnx
 
     fp16 = precision_onnx(model_pt, "fp16")
     assert fp16.parent == tmp_path / "onnx" and fp16.name.startswith("cam-fp16-")
@@ -308,7 +309,7 @@ def test_int8_qdq_onnx_for_tensorrt_runs_close_to_the_fp32_model(model_pt, tmp_p
     except ImportError as exc:
         pytest.skip(f"INT8 quantisation is not available here: {exc}")
     from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend
-    from stream_denoise.export.engine import has_qdq, precision_onnx
+    from stream_denoise.export.engine_onnx import has_qdq, precision_onnx
 
     calib = tmp_path / "cam.npz"
     np.savez(calib, frames=_windows(16), meta=np.array(json.dumps({"format": calibrate.FORMAT, "K": 5, "target": 2})))
@@ -324,7 +325,7 @@ def test_int8_qdq_onnx_for_tensorrt_runs_close_to_the_fp32_model(model_pt, tmp_p
 
 
 def test_int8_needs_calibration_or_a_tensorrt_qdq_onnx(model_pt, tmp_path):
-    from stream_denoise.export.engine import precision_onnx
+    from stream_denoise.export.engine_onnx import precision_onnx
 
     with pytest.raises(EngineError, match="--calibration") as err:
         precision_onnx(model_pt, "int8")
