@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it (imported on first use)
 _LAZY = {
     "Backend": "backends", "Capabilities": "backends", "create_backend": "backends",
-    "ModelConfig": "config", "RunConfig": "config", "DeploymentConfig": "config", "check_config": "config",
+    "ModelConfig": "config", "RunConfig": "config", "DeploymentConfig": "config", "check_config": "config_file",
     "Denoiser": "denoiser", "denoise_file": "offline", "Pipeline": "pipeline", "MultiCamera": "multicam",
     "Publisher": "publish", "Subscriber": "subscribe", "record": "subscribe", "keygen": "sockets",
     "resolve_model": "model_files",
@@ -28,7 +28,8 @@ __all__ = ["BackendUnavailable", "ConfigError", "EngineError", "Frame", "ModelEr
 
 if TYPE_CHECKING:
     from .backends import Backend, Capabilities, create_backend
-    from .config import DeploymentConfig, ModelConfig, RunConfig, check_config
+    from .config import DeploymentConfig, ModelConfig, RunConfig
+    from .config_file import check_config
     from .denoiser import Denoiser
     from .model_files import resolve as resolve_model
     from .multicam import MultiCamera

@@ -242,7 +242,8 @@ def _interrupt_on_signals() -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .config import DeploymentConfig, RunConfig, check_config
+    from .config import DeploymentConfig, RunConfig
+    from .config_file import check_config
     from .pipeline import Pipeline
 
     cfg = check_config(a.config, lambda data: _run_overrides(a, data))  # the config's one validation
@@ -345,7 +346,8 @@ def _run_deployment(a: argparse.Namespace, cfg: Any) -> int:
 
 
 def cmd_denoise(a: argparse.Namespace) -> int:
-    from .config import ModelConfig, parse
+    from .config import ModelConfig
+    from .config_file import parse
     from .offline import denoise_file
 
     cfg = parse(ModelConfig, _model_cfg(a), origin="flags")
@@ -405,7 +407,8 @@ def cmd_keygen(a: argparse.Namespace) -> int:
 
 
 def cmd_check_config(a: argparse.Namespace) -> int:
-    from .config import DeploymentConfig, check_config
+    from .config import DeploymentConfig
+    from .config_file import check_config
 
     cfg = check_config(a.config)  # every bad field with its line, on one error line
     kind = f"{len(cfg.cameras)} cameras" if isinstance(cfg, DeploymentConfig) else "one camera"

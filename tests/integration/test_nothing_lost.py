@@ -280,7 +280,7 @@ def test_single_camera_config_sets_the_metrics_host(tmp_path: Path) -> None:
                     f'[publish]\nendpoint = "ipc://{tmp_path / "p"}"\n\n[model]\nmodel = "lite"\nbackend = "onnxruntime"\n')
     res = cli("check-config", str(toml))
     assert res.returncode == 0, res.stderr
-    from stream_denoise.config import check_config
+    from stream_denoise.config_file import check_config
 
     with Pipeline(check_config(toml)) as pipe:
         assert pipe.health is not None and pipe.health._server.server_address[0] == "127.0.0.2"

@@ -6,14 +6,8 @@ from textwrap import dedent
 
 import pytest
 
-from stream_denoise.config import (
-    CameraConfig,
-    ConfigProblems,
-    DeploymentConfig,
-    ModelConfig,
-    RunConfig,
-    check_config,
-)
+from stream_denoise.config import CameraConfig, DeploymentConfig, ModelConfig, RunConfig
+from stream_denoise.config_file import ConfigProblems, check_config
 from stream_denoise.errors import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "docker" / "camera.toml"

@@ -186,7 +186,8 @@ def test_compose_services(compose):
 
 
 def test_compose_agrees_with_the_config_and_images(compose):
-    from stream_denoise.config import DeploymentConfig, check_config
+    from stream_denoise.config import DeploymentConfig
+    from stream_denoise.config_file import check_config
 
     services = compose["services"]
     for name in ("denoiser", "denoiser-gpu"):

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_denoise.config import RtspOutConfig, check_config, rtsp_path_for
+from stream_denoise.config import RtspOutConfig, rtsp_path_for
+from stream_denoise.config_file import check_config
 from stream_denoise.errors import ConfigError, PublishError
 from stream_denoise.frame import Frame
 from tests.unit.test_cli_errors import SAMPLE, assert_one_line_error, cli
