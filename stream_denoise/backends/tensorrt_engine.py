@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class TrtRunner:
-    """gpu.Runner for an ICudaEngine with one input (``frames``) and one output."""
+    """cuda_windows.Runner for an ICudaEngine with one input (``frames``) and one output."""
 
     def __init__(self, trt: Any, torch: Any, engine: Any, shapes: Shapes | None = None) -> None:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -159,7 +159,7 @@ class TensorRTBackend:
         return self._executor
 
     def window_runner(self) -> GpuWindowRunner:
-        """Frames in, denoised frames out, with the window kept on the GPU (see gpu.GpuWindowRunner)."""
+        """Frames in, denoised frames out, with the window kept on the GPU (see cuda_windows.GpuWindowRunner)."""
         from .cuda_windows import GpuWindowRunner
 
         return GpuWindowRunner(self._executor, Layout(self.frames, self.target, self.stride, self.noise_planes))

@@ -29,7 +29,7 @@ GPU_FORMS = ("plain", "padded", "shuffle", "fused")  # see model.gpu_form
 
 
 class TorchRunner:
-    """gpu.Runner for an nn.Module: forward on the current stream."""
+    """cuda_windows.Runner for an nn.Module: forward on the current stream."""
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
         self.model, self.dtype, self.memory_format = model, dtype, memory_format
@@ -116,7 +116,7 @@ class TorchBackend:
         return self._executor
 
     def window_runner(self) -> GpuWindowRunner:
-        """Frames in, denoised frames out, with the window kept on the device (see gpu.GpuWindowRunner)."""
+        """Frames in, denoised frames out, with the window kept on the device (see cuda_windows.GpuWindowRunner)."""
         from .cuda_windows import GpuWindowRunner
 
         return GpuWindowRunner(self.executor, Layout(self.frames, self.target, self.stride, self.noise_planes))
