@@ -199,6 +199,7 @@ def time_pipeline(ref: models.ModelRef, encoded: bytes, s: SpeedSettings, lanes:
     import tempfile
     import threading
 
+    from stream_denoise.backends.onnx_cpu import OnnxRuntimeOptions
     from stream_denoise.config import ModelConfig, PublishConfig, RunConfig, SourceConfig
     from stream_denoise.pipeline import Pipeline
     from stream_denoise.subscribe import Subscriber
@@ -212,7 +213,7 @@ def time_pipeline(ref: models.ModelRef, encoded: bytes, s: SpeedSettings, lanes:
             n = s.frames * 3 if not realtime else s.frames * 2
             cfg = RunConfig(source=SourceConfig(uri=str(clip), loop=True, realtime=realtime),
                             model=ModelConfig(model=str(ref.path), backend="onnxruntime", threads=s.threads,
-                                              lanes=lanes),
+                                              onnxruntime=OnnxRuntimeOptions(lanes=lanes)),
                             publish=PublishConfig(endpoint=endpoint, sndhwm=1000), max_frames=n,
                             status_interval_s=3600)
             arrivals: list[float] = []

@@ -31,10 +31,17 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _model_cfg(a: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    from .config import FLAT_KEYS
+
     m = dict(base or {})
-    for key in ("model", "backend", "window", "threads", "lanes", "precision", "triton_url"):
-        if getattr(a, key, None) is not None:
-            m[key] = getattr(a, key)
+    flags = vars(a)
+    for key in ("model", "backend", "window", "threads", "precision"):
+        if flags.get(key) is not None:
+            m[key] = flags[key]
+    for flag, (table, key) in FLAT_KEYS.items():  # --lanes, --triton-url: options of one backend
+        if flags.get(flag) is not None:
+            m.pop(flag, None)  # a file's old flat key gives way to the flag
+            m[table] = {**(m.get(table) or {}), key: flags[flag]}
     if m.get("window") is not None:
         m["model"] = for_window(m.get("model", "auto"), m["window"])
     return m

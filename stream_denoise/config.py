@@ -13,14 +13,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .backends import NAMES as BACKEND_NAMES
+from .backends.onnx_cpu import OnnxRuntimeOptions
+from .backends.tensorrt_engine import TensorRTOptions
+from .backends.triton_client import TritonOptions
 from .model_files import for_window
+from .strict import Strict
 
 Window = Literal["centered", "causal"]
 Encoding = Literal["raw", "jpeg", "png"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class SourceConfig(Strict):
@@ -48,22 +48,35 @@ class SourceConfig(Strict):
 
 
 class ModelConfig(Strict):
-    """Which network runs and how."""
+    """Which network runs and how. Each backend's own options are a table named like it
+    (``[model.onnxruntime]``, ``[model.tensorrt]``, ``[model.triton]``), defined in its module; ``auto``
+    reads those of each backend it tries."""
 
     model: str = Field("auto", description="A shipped model name (lite, base, lite-causal) or a path; 'auto' picks for the machine.")
     backend: str = Field("auto", description="One of backends.NAMES; auto prefers tensorrt, then cuda, then onnxruntime.")
     window: Window | None = Field(None, description="centered (K frames around t) or causal (past only); None = the model's own.")
-    threads: int | None = Field(None, ge=1, le=256, description="CPU threads for inference; None = all cores.")
-    lanes: int | None = Field(
-        None, ge=1, le=256,
-        description="onnxruntime: frames of a batch denoised at once, each on its own one-thread session "
-                    "(consecutive frames of a file, or several cameras); None = one per thread, 1 = off.")
+    threads: int | None = Field(None, ge=1, le=256, description="CPU threads for inference (onnxruntime, torch); None = all cores.")
     precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Numeric precision of the backend.")
-    engines_dir: Path = Field(Path("engines"), description="Where TensorRT engines and their manifests are cached.")
-    triton_url: str = Field(
-        "localhost:8000",
-        description="backend = triton: the server, host:port or http://host:port (HTTP), grpc://host:port (gRPC).",
-    )
+    onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions, description="backend onnxruntime.")
+    tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions, description="backend tensorrt.")
+    triton: TritonOptions = Field(default_factory=TritonOptions, description="backend triton.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_keys(cls, data: Any) -> Any:
+        """Files written before the per-backend tables keep working: ``lanes``, ``engines_dir`` and
+        ``triton_url`` in ``[model]`` go to their backend's table."""
+        if not isinstance(data, dict) or not FLAT_KEYS.keys() & data.keys():
+            return data
+        data = dict(data)
+        for flat, (table, key) in FLAT_KEYS.items():
+            if flat in data:
+                options = dict(data.get(table) or {})
+                if key in options:
+                    raise ValueError(f"{flat} and [model.{table}] {key} both given; keep the second")
+                options[key] = data.pop(flat)
+                data[table] = options
+        return data
 
     @field_validator("backend")
     @classmethod
@@ -71,6 +84,9 @@ class ModelConfig(Strict):
         if v not in BACKEND_NAMES:
             raise ValueError(f"unknown backend {v!r}; choose one of {', '.join(map(repr, BACKEND_NAMES))}")
         return v
+
+
+FLAT_KEYS = {"lanes": ("onnxruntime", "lanes"), "engines_dir": ("tensorrt", "engines_dir"), "triton_url": ("triton", "url")}
 
 
 class CurveConfig(Strict):

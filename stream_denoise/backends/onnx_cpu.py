@@ -23,17 +23,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from pydantic import Field
 
 from ..errors import ModelError
 from ..model_files import onnx_file
 from ..onnx_session import open_session
 from ..planes import Layout
+from ..strict import Strict
 from . import Capabilities
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
 
 log = logging.getLogger(__name__)
+
+
+class OnnxRuntimeOptions(Strict):
+    """``[model.onnxruntime]``: the ``onnxruntime`` backend's own options."""
+
+    lanes: int | None = Field(
+        None, ge=1, le=256,
+        description="Frames of a batch denoised at once, each on its own one-thread session (consecutive frames "
+                    "of a file, or several cameras); None = one per thread, 1 = off.")
 
 
 TILE_PIXELS = 1280 * 720  # a lone frame at least this large is split into bands across the lanes
@@ -106,7 +117,7 @@ class OnnxRuntimeBackend:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> OnnxRuntimeBackend:
-        return cls(onnx_file(cfg.model, cfg.precision), cfg.threads, lanes=cfg.lanes)
+        return cls(onnx_file(cfg.model, cfg.precision), cfg.threads, lanes=cfg.onnxruntime.lanes)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """x: (N, K * block, H, W) float32 (``planes.Layout``) -> (N, 3, H, W) float32. The result is a reused buffer, valid

@@ -15,19 +15,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import Field
 
-from ..config import ModelConfig
 from ..errors import EngineError
 from ..planes import Layout
+from ..strict import Strict
 from . import Capabilities
 
 if TYPE_CHECKING:
+    from ..config import ModelConfig
     import torch
 
     from .tensorrt_runtime import CachedEngine, Shapes
     from .cuda_windows import GpuWindowRunner
 
 log = logging.getLogger(__name__)
+
+
+class TensorRTOptions(Strict):
+    """``[model.tensorrt]``: the ``tensorrt`` backend's own options."""
+
+    engines_dir: Path = Field(Path("engines"), description="Where TensorRT engines and their manifests are cached.")
 
 
 class TrtRunner:
@@ -134,7 +142,7 @@ class TensorRTBackend:
         from .cuda_windows import device_lock
 
         with device_lock():  # building / deserialising allocates on the GPU: not while another executor captures
-            cached, owner = tensorrt_engine(cfg.model, cfg.precision, cfg.engines_dir)
+            cached, owner = tensorrt_engine(cfg.model, cfg.precision, cfg.tensorrt.engines_dir)
         return cls(cached, owner)
 
     @classmethod

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import model_files
-from ..config import ModelConfig
 from ..errors import BackendUnavailable
 from ..planes import Layout
 from . import Capabilities
 
 if TYPE_CHECKING:
+    from ..config import ModelConfig
     import torch
 
     from .cuda_windows import GpuExecutor, GpuWindowRunner

@@ -20,16 +20,27 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+from pydantic import Field
 
-from ..config import ModelConfig
 from ..errors import BackendUnavailable, ConfigError, ModelError
 from ..planes import Layout
+from ..strict import Strict
 from . import Capabilities
 
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
 log = logging.getLogger(__name__)
+
+
+class TritonOptions(Strict):
+    """``[model.triton]``: the ``triton`` backend's own options."""
+
+    url: str = Field("localhost:8000",
+                     description="The server: host:port or http://host:port (HTTP), grpc://host:port (gRPC).")
 
 CONNECT_TIMEOUT_S = 3.0
 NETWORK_TIMEOUT_S = 30.0
@@ -85,7 +96,7 @@ class TritonBackend:
     def from_config(cls, cfg: ModelConfig) -> TritonBackend:
         from ..model_files import model_name
 
-        return cls(cfg.triton_url, model_name(cfg.model))
+        return cls(cfg.triton.url, model_name(cfg.model))
 
     # -- the client, one per thread ------------------------------------------------------------------
 

@@ -207,6 +207,26 @@ def test_camera_model_override_and_window():
     assert CameraConfig(name="x", source="x.mp4").model_config_for(base) == base
 
 
+def test_each_backend_has_its_own_table_and_old_flat_keys_still_load(tmp_path):
+    """[model.onnxruntime] / [model.tensorrt] / [model.triton]; a file from before the tables (lanes,
+    engines_dir, triton_url in [model]) loads to the same config; giving both is one clear problem."""
+    nested = ('[source]\nuri = "x.mp4"\n\n[model]\nmodel = "lite"\n\n[model.onnxruntime]\nlanes = 2\n\n'
+              '[model.tensorrt]\nengines_dir = "/engines"\n\n[model.triton]\nurl = "triton:8001"\n')
+    flat = ('[source]\nuri = "x.mp4"\n\n[model]\nmodel = "lite"\nlanes = 2\nengines_dir = "/engines"\n'
+            'triton_url = "triton:8001"\n')
+    a, b = check_config(write(tmp_path, nested)), check_config(write(tmp_path, flat))
+    assert isinstance(a, RunConfig) and a.model == b.model
+    assert (a.model.onnxruntime.lanes, str(a.model.tensorrt.engines_dir), a.model.triton.url) == (2, "/engines", "triton:8001")
+    both = nested.replace('model = "lite"\n', 'model = "lite"\nlanes = 3\n')
+    (found,) = problems(write(tmp_path, both))
+    assert "lanes and [model.onnxruntime] lanes both given" in found
+    bad = nested.replace("lanes = 2", "lanes = 0")
+    (found,) = problems(write(tmp_path, bad))
+    assert f":{line_of(bad, 'lanes = 0')}: model.onnxruntime.lanes" in found
+    with pytest.raises(ConfigError, match="onnxruntime.threads"):  # a table takes only its backend's options
+        check_config(write(tmp_path, nested.replace("lanes = 2", "threads = 2")))
+
+
 def test_ray_deployment_endpoints(tmp_path):
     """On Ray each camera publishes from its own host: its endpoint, or the deployment's port + index."""
     text = GOOD + '\n[[cameras]]\nname = "dock"\nsource = "rtsp://127.0.0.1:8554/dock"\nendpoint = "tcp://*:7000"\n' \
