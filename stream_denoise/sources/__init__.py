@@ -45,7 +45,7 @@ def open_source(cfg: SourceConfig) -> Source:
     """
     uri = cfg.uri
     if is_rtsp(uri):
-        from .pyav import PyAVOpener
+        from ..media import PyAVOpener
 
         return ThreadedSource(cfg, PyAVOpener(cfg, network=True), live=True, finite=False)
     if is_camera(uri):
@@ -56,7 +56,7 @@ def open_source(cfg: SourceConfig) -> Source:
         raise SourceError(f"unsupported source {redact(uri)!r}: use {ACCEPTED}")
     if not Path(uri).is_file():
         raise SourceError(f"no such file: {uri!r}: use {ACCEPTED}")
-    from .pyav import PyAVOpener
+    from ..media import PyAVOpener
 
     opener = PyAVOpener(cfg, network=False)
     return ThreadedSource(cfg, opener, live=cfg.realtime, finite=True, pace=cfg.realtime)

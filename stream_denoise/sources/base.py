@@ -4,7 +4,7 @@ A reader thread pulls ``(pixels, pts)`` from a :class:`Stream` (PyAV container o
 stamps them into :class:`~stream_denoise.frame.Frame` objects and hands them to the consumer through a
 bounded hand-off: a small queue that blocks the reader (files: every frame, in order) or a one-slot
 mailbox where the newest frame wins (live: drops counted). Reconnects, loops, pacing and rate limits
-live here; the third-party libraries live in ``pyav.py`` and ``camera.py``.
+live here; the third-party libraries live in ``media.py`` (PyAV) and ``camera.py`` (OpenCV).
 """
 
 from __future__ import annotations
