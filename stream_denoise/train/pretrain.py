@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ..model import create_model, load_model, save_model
+from ..model_files import MODELS_DIR
 from ..model.net import VideoDenoiser
 from . import validate
 from .corpus import Corpus
@@ -51,7 +52,6 @@ from .pool import CodecCache, Pool, PoolSpec, Sampler, build_pool
 log = logging.getLogger(__name__)
 
 REUSE = 400  # windows drawn per pool clip before the next generation replaces the pool
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 NOISE_RANGES = ("Gaussian sigma 0.5-60 (25 %); Poisson-Gaussian 30-30000 photons at white, read noise 0.5-8 e-, "
                 "Bayer demosaicing 60 %, H.264/H.265 at 0.04-0.6 bit/pixel 50 % (65 %); codec alone (10 %)")
 
