@@ -3,6 +3,11 @@
 flicker: temporal consistency, the RMSE (8-bit units) between the frame-to-frame change of the
 output and that of the clean clip, averaged over consecutive pairs. 0 = the output changes over
 time exactly as the clean video does; a per-frame denoiser that leaves noise shows high flicker.
+
+dark: the mean error (8-bit levels, output minus clean) over the pixels whose clean value (mean of
+R, G, B) is below ``DARK``: a network fitted to noisy shadows learns to darken or lift them, which
+PSNR hides when shadows are a small part of the frame. The same figure as the pre-training's
+validation (``stream_denoise.train.validate``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import math
 import numpy as np
 
 PSNR_CAP = 99.0  # identical frames
+DARK = 32  # clean values below this are "dark"
 
 
 def _check(out: np.ndarray, clean: np.ndarray) -> None:
@@ -44,13 +50,23 @@ def flicker(out: np.ndarray, clean: np.ndarray) -> float:
     return float(np.mean(np.sqrt(np.mean(d**2, axis=(1, 2, 3)))))
 
 
+def dark_bias(out: np.ndarray, clean: np.ndarray) -> float:
+    """Mean of out - clean (levels, over the three channels) where the clean pixel's mean is below DARK; nan if none is."""
+    _check(out, clean)
+    dark = clean.mean(axis=-1) < DARK
+    if not dark.any():
+        return float("nan")
+    err = out.astype(np.float32).mean(axis=-1) - clean.astype(np.float32).mean(axis=-1)
+    return float(err[dark].mean())
+
+
 def score(out: np.ndarray, clean: np.ndarray) -> dict:
-    """Per-frame PSNR/SSIM averaged over the clip, flicker, and the per-frame PSNR list."""
+    """Per-frame PSNR/SSIM averaged over the clip, flicker, the dark bias, and the per-frame PSNR list."""
     _check(out, clean)
     p = [psnr(o, c) for o, c in zip(out, clean, strict=True)]
     s = [ssim(o, c) for o, c in zip(out, clean, strict=True)]
     return {"psnr": float(np.mean(p)), "ssim": float(np.mean(s)), "flicker": flicker(out, clean),
-            "psnr_frames": [round(v, 3) for v in p]}
+            "dark": dark_bias(out, clean), "psnr_frames": [round(v, 3) for v in p]}
 
 
 def gaussian_psnr(sigma: float) -> float:

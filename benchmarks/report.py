@@ -88,6 +88,8 @@ def write(results: Path, md: Path) -> Path:
              "## Reading the numbers", "", _reading(results), ""]
     if q:
         lines += _quality(q, rel, results)
+    for extra in sorted(results.glob("quality-*.json")):  # further quality runs (e.g. zero-shot only), each its own section
+        lines += _quality(json.loads(extra.read_text()), rel, results, title=f"Quality: `{extra.name}`")
     gpu = _load(results / "speed-gpu.json")
     if s:
         lines += _speed(s, q, gpu is not None)
@@ -211,11 +213,21 @@ def _rtsp_out(r: dict) -> list[str]:
     return out + [""]
 
 
-def _quality(q: dict, rel, results: Path) -> list[str]:  # type: ignore[no-untyped-def]
+def _quality(q: dict, rel, results: Path, title: str = "Quality") -> list[str]:  # type: ignore[no-untyped-def]
     st, runs = q["settings"], q["runs"]
     untrained = any(m.get("untrained") for r in runs for m in r["methods"].values())
+    has_dark = any("dark" in m for r in runs for m in r["methods"].values())
     crop = f" cropped to {st['crop'][0]}x{st['crop'][1]}" if st["crop"] else ""
-    out = ["## Quality", "",
+    heading = [f"## {title}", ""]
+    if title != "Quality":
+        m = q.get("meta", {})
+        heading += [f"`{m.get('command', '?')}` on {m.get('date', '?')}, commit {m.get('commit', '?')}, "
+                    f"{m.get('cpu', '?')} × {m.get('cores', '?')} cores (load average at start "
+                    f"{', '.join(_f(x, '.1f') for x in m.get('load_avg', []))}).", ""]
+    if has_dark:
+        heading += ["dark = mean error in 8-bit levels (output − clean) where the clean pixel is below 32: "
+                    "negative darkens the shadows, positive lifts them.", ""]
+    out = heading + [
            f"Clips {', '.join(st['clips'])} (never used in training), first {st['frames']} frames"
            f"{crop}: the first half is the \"recorded\" footage "
            f"fine-tuning may use, the second half is \"live\" and the only part scored. One noise realisation per "
@@ -243,7 +255,7 @@ def _quality(q: dict, rel, results: Path) -> list[str]:  # type: ignore[no-untyp
     for c in conds:
         sig = ", ".join(f"{cl} {by[(cl, c)]['sigma']:.1f}" for cl in clips if (cl, c) in by)
         out += [f"### {c}", "", f"Noise std (8-bit): {sig}.", "",
-                "| method | " + " | ".join(f"{cl} PSNR / SSIM / flicker" for cl in clips)
+                "| method | " + " | ".join(f"{cl} PSNR / SSIM / flicker" + (" / dark" if has_dark else "") for cl in clips)
                 + " | mean PSNR | PSNR on subset | setting |", "|---" * (len(clips) + 4) + "|"]
         keys = list(dict.fromkeys(k for cl in clips if (cl, c) in by for k in by[(cl, c)]["methods"]))
         for k in keys:
@@ -255,7 +267,8 @@ def _quality(q: dict, rel, results: Path) -> list[str]:  # type: ignore[no-untyp
                     continue
                 labels[k] = m["label"]
                 mark = "†" if m.get("subset_only") else ""
-                cells.append(f"{_f(m['psnr'])}{mark} / {_f(m['ssim'], '.3f')} / {_f(m['flicker'], '.1f')}")
+                dark = (f" / {m['dark']:+.1f}" if m.get("dark") is not None and m["dark"] == m["dark"] else " / –") if has_dark else ""
+                cells.append(f"{_f(m['psnr'])}{mark} / {_f(m['ssim'], '.3f')} / {_f(m['flicker'], '.1f')}{dark}")
                 ps.append(m["psnr"])
                 sub.append(m["psnr_subset"])
                 if m.get("params"):
@@ -271,7 +284,7 @@ def _quality(q: dict, rel, results: Path) -> list[str]:  # type: ignore[no-untyp
             "| method | " + " | ".join(conds) + " |", "|---" * (len(conds) + 1) + "|"]
     for k, row in summary.items():
         out.append(f"| {labels.get(k, k)} | " + " | ".join(_f(row.get(c)) for c in conds) + " |")
-    return out + [""] + _literature(q)
+    return out + [""] + (_literature(q) if title == "Quality" else [])
 
 
 # Published Gaussian sigma=30 PSNR (dB) of video denoisers, on their data (Set8: 960x540 clips; DAVIS test).

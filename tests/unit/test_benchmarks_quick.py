@@ -101,3 +101,10 @@ def test_metrics_match_theory() -> None:
     assert metrics.flicker(clean, clean) == 0.0
     assert metrics.flicker(noisy, clean) == pytest.approx(10 * math.sqrt(2), rel=0.05)  # diff of two noises
     assert metrics.ssim(clean[0], clean[0]) == pytest.approx(1.0)
+    # dark: only pixels whose clean value is below 32 count; a uniform shift there is read exactly
+    scene = np.concatenate([np.full((2, 8, 8, 3), 20, np.uint8), np.full((2, 8, 8, 3), 200, np.uint8)], axis=2)
+    darker = scene.copy()
+    darker[:, :, :8] -= 3
+    darker[:, :, 8:] += 9  # bright pixels are left out
+    assert metrics.dark_bias(darker, scene) == pytest.approx(-3.0)
+    assert math.isnan(metrics.dark_bias(clean, clean))  # no dark pixel
