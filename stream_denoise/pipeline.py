@@ -39,6 +39,8 @@ from .resources import Closing
 from .sources.base import ready_frames
 
 if TYPE_CHECKING:
+    from .adapt import Adapter
+    from .adapt.trainer import Train
     from .sources import Source
     from .video_writer import Recording, StreamClock
 
@@ -67,7 +69,7 @@ def counted_frames(source: Source, m: Metrics, stop: threading.Event, poll_s: fl
 class Pipeline(Closing):
     """``with Pipeline(cfg) as p: p.run(stop_event)``; resources close in reverse order."""
 
-    def __init__(self, cfg: RunConfig, denoiser: Denoiser | None = None) -> None:
+    def __init__(self, cfg: RunConfig, denoiser: Denoiser | None = None, adapt_train: Train | None = None) -> None:
         from .backends import create_backend
         from .sources import open_source
         from .video_writer import Recording, StreamClock, check_video_path
@@ -78,6 +80,7 @@ class Pipeline(Closing):
         self.health = None
         self._recordings: dict[str, tuple[Recording, StreamClock]] = {}
         self.rtsp_out = None
+        self.adapter: Adapter | None = None
         try:
             for path in (cfg.output.path, cfg.output.input_path):
                 if path is not None:
@@ -87,6 +90,13 @@ class Pipeline(Closing):
                 self._closers.append(backend.close)  # created here, closed here
                 denoiser = Denoiser(backend, cfg.model.window)
             self.denoiser = denoiser
+            if cfg.adapt is not None:  # run --adapt (issue 26): learns the camera, swaps models between frames
+                from .adapt import Adapter
+                from .adapt.trainer import fine_tune_candidate
+
+                self.adapter = Adapter(cfg.adapt, cfg.model, cfg.source.display_name, denoiser,
+                                       train=adapt_train or fine_tune_candidate)
+                self._closers.append(self.adapter.close)
             self.source = open_source(cfg.source)
             self._closers.append(self.source.close)
             self.lossless = not getattr(self.source, "live", False)
@@ -129,6 +139,8 @@ class Pipeline(Closing):
         status = threading.Thread(target=self._status_loop, args=(stop,), name="status", daemon=True)
         pub.start()
         status.start()
+        if self.adapter is not None:
+            self.adapter.start()
         self.ready.set()
         log.info("running: %s -> %s%s (window %s, %d frame(s) look-ahead)", self.source.name,
                  self.cfg.publish.endpoint if self.cfg.publish else "-",
@@ -165,6 +177,10 @@ class Pipeline(Closing):
                 frames += extra
             for f in frames:
                 self._record("input", f)
+                if self.adapter is not None:  # --adapt: sample the input, swap in a waiting model
+                    self.adapter.observe(f)
+            if self.adapter is not None:
+                self.adapter.swap_into(self.denoiser)
             self._emit(self.denoiser.push_many(frames) if len(frames) > 1 else self.denoiser.push(frame), stop)
             if limit is not None and m.frames_in >= limit:
                 break  # the flush below publishes the look-ahead frames: exactly max_frames out
@@ -231,7 +247,8 @@ class Pipeline(Closing):
         s = self.source.stats
         pub_drops = self.publisher.dropped if self.publisher is not None else 0
         line = self.metrics.status(s.frames_dropped, s.reconnects, pub_drops, final=final)
-        return f"{line} | {self.rtsp_out.status()}" if self.rtsp_out is not None else line
+        line = f"{line} | {self.rtsp_out.status()}" if self.rtsp_out is not None else line
+        return f"{line} | {self.adapter.status()}" if self.adapter is not None else line
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for health checks and Prometheus: pipeline, source and publisher."""
@@ -244,4 +261,6 @@ class Pipeline(Closing):
             snap.update(publish_sent=self.publisher.sent, publish_dropped=self.publisher.dropped)
         if self.rtsp_out is not None:
             snap.update(self.rtsp_out.snapshot())
+        if self.adapter is not None:
+            snap.update(self.adapter.snapshot())
         return snap
