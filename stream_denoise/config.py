@@ -224,6 +224,13 @@ class AdaptConfig(Strict):
                           description="A run that has not answered this long after its budget is killed and the trainer restarted.")
     keep: int = Field(5, ge=1, le=1000, description="Adapted models kept per camera (older ones are deleted).")
 
+    @model_validator(mode="after")
+    def _fits(self) -> AdaptConfig:
+        if self.min_clips > self.slots:
+            _fail("min_clips", f"min_clips ({self.min_clips}) cannot exceed slots ({self.slots}): no run would start",
+                  ("min_clips",), self.min_clips)
+        return self
+
 
 class RunConfig(Strict):
     """One camera's pipeline."""
@@ -245,6 +252,19 @@ class RunConfig(Strict):
         if self.publish is None and self.output.path is None and self.rtsp_out is None:
             raise ValueError("nothing consumes the frames: publish them ([publish], no --no-publish), "
                              "record them (--output, [output] path) or send them over RTSP (--rtsp-out, [rtsp_out])")
+        return self
+
+    @model_validator(mode="after")
+    def _adapt_swaps_onnxruntime(self) -> RunConfig:
+        """run --adapt trains the .pt and swaps ONNX Runtime sessions of fp32 models."""
+        if self.adapt is None:
+            return self
+        if self.model.backend not in ("auto", "onnxruntime") or self.model.precision != "fp32":
+            _fail("adapt_backend", "--adapt swaps ONNX Runtime sessions of an fp32 model: use --backend onnxruntime "
+                  "(the CPU backend) and --precision fp32", ("model", "backend"), self.model.backend)
+        if self.model.model.endswith(".onnx"):
+            _fail("adapt_model", "--adapt trains the network, which needs its PyTorch file: give a .pt model or a "
+                  "shipped name", ("model", "model"), self.model.model)
         return self
 
     @model_validator(mode="after")

@@ -150,3 +150,107 @@ def test_adapt_swaps_in_a_better_model_without_losing_a_frame(tmp_path, footage)
     assert meta["parent"] == "lite.pt" and meta["source"] == "cam1" and meta["validation"]["gain"] >= 0.02
     assert (tmp_path / "adapted" / "cam1" / "gen-0001.onnx").stat().st_size > 0
     print(f"PSNR {before:.2f} -> {after:.2f} dB; {len(got)} frames; {meta['validation']}")
+
+
+@pytest.fixture()
+def trainer_dir(tmp_path, monkeypatch) -> Path:
+    d = tmp_path / "trainer-calls"
+    d.mkdir()
+    monkeypatch.setenv(adapt_trainers.MARKER_ENV, str(d))  # the spawned trainer inherits it
+    monkeypatch.setattr("stream_denoise.adapt.adapter.RETRY_S", 1.0)
+    return d
+
+
+def test_a_worse_candidate_is_never_swapped_in(tmp_path, footage):
+    _, src = footage
+    cfg = config(tmp_path, src, interval_s=0.5)
+    with Run(cfg, adapt_train=adapt_trainers.sabotaged) as run:
+        adapter = run.pipe.adapter
+        assert adapter is not None
+        assert wait_until(lambda: adapter.rejected >= 2 or run.errors, timeout=150), run.pipe._status_line()
+        time.sleep(1.0)
+        status = run.pipe._status_line()
+    assert not run.errors and adapter.swaps == 0 and adapter.last_gain < 0
+    assert set(run.gens()) == {0}
+    check_every_frame(run.got)
+    assert not (tmp_path / "adapted").exists() or not any((tmp_path / "adapted").rglob("gen-*"))
+    assert "adapt gen 0" in status and "rejected 2" in status
+
+
+def test_a_crashing_then_hanging_trainer_is_restarted_and_the_stream_goes_on(tmp_path, footage, trainer_dir, caplog):
+    _, src = footage
+    cfg = config(tmp_path, src, minutes=0.05, hang_s=15.0, margin=0.0)
+    caplog.set_level(logging.WARNING, logger="stream_denoise.adapt")
+    with Run(cfg, adapt_train=adapt_trainers.crash_then_hang) as run:
+        adapter = run.pipe.adapter
+        assert adapter is not None
+        assert wait_until(lambda: adapter.swaps >= 1 or run.errors, timeout=150), run.pipe._status_line()
+        n = len(run.got)
+        assert wait_until(lambda: len(run.got) >= n + 10, timeout=10)
+        metrics = run.metrics()
+    assert not run.errors
+    assert len(list(trainer_dir.glob("call-*"))) >= 3  # crashed, hung, then answered
+    assert adapter.failures == 2 and metrics["stream_denoise_adapt_trainer_restarts_total"] == 2
+    assert metrics["stream_denoise_adapt_failures_total"] == 2
+    check_every_frame(run.got)
+    # the stream never stopped: no pause between two frames much longer than the source's frame interval
+    gaps = np.diff([m.received_at for m in run.got])
+    assert gaps.max() < 1.0, gaps.max()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("ended (exit code 3)" in line for line in lines), lines
+    assert any("did not answer within its deadline" in line for line in lines), lines
+
+
+def test_an_unwritable_model_dir_costs_one_line_and_adaptation_goes_on(tmp_path, footage, trainer_dir, caplog):
+    unwritable = Path("/sys/fs/stream-denoise-adapt")  # sysfs: not even root may create folders there
+    try:
+        unwritable.mkdir()
+        unwritable.rmdir()
+        pytest.skip("this machine lets the test write under /sys/fs")
+    except OSError:
+        pass
+    _, src = footage
+    cfg = config(tmp_path, src, dir=unwritable, minutes=0.05, margin=0.0, interval_s=0.5)
+    caplog.set_level(logging.INFO, logger="stream_denoise.adapt")
+    with Run(cfg, adapt_train=adapt_trainers.copy_parent) as run:
+        adapter = run.pipe.adapter
+        assert adapter is not None
+        assert wait_until(lambda: adapter.swaps >= 2 or run.errors, timeout=150), run.pipe._status_line()
+        n = len(run.got)
+        assert wait_until(lambda: len(run.got) >= n + 10, timeout=10)
+    assert not run.errors
+    check_every_frame(run.got)
+    assert max(run.gens()) >= 2  # swapped in from memory, twice
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "cannot keep adapted models in /sys/fs/stream-denoise-adapt/cam1" in warnings[0], warnings
+
+
+def test_run_resumes_from_the_newest_good_model_and_skips_bad_ones(tmp_path, footage, caplog):
+    """A stored generation 1 (copied from the shipped model), a corrupt generation 2 and one made for
+    another network (3): the pipeline starts at generation 1, one log line for each skipped file."""
+    from stream_denoise.adapt.store import ModelStore
+    from stream_denoise.backends.onnxruntime import onnx_for
+    from stream_denoise import zoo
+
+    _, src = footage
+    cfg = config(tmp_path, src, sample_every_s=3600)  # one clip: no training run in this test
+    assert cfg.adapt is not None
+    store = ModelStore(cfg.adapt.dir, "cam1")
+    layout = {"frames": 5, "target": 2, "stride": 4, "noise_planes": 0,
+              "arch": '{"c1": 16, "c2": 48, "n_mid": 2, "c0": 8, "half_conv": false}'}
+    assert store.save(1, zoo.resolve("lite", ".pt"), onnx_for("lite"), {"generation": 1, "layout": layout}) is not None
+    assert store.save(2, zoo.resolve("lite", ".pt"), onnx_for("lite"), {"generation": 2, "layout": layout}) is not None
+    (store.dir / "gen-0002.onnx").write_bytes(b"not an onnx file")
+    assert store.save(3, zoo.resolve("base", ".pt"), onnx_for("base"), {"generation": 3, "layout": {**layout, "arch": "x"}})
+    (store.dir / "gen-0004.json").write_text("{truncated")
+    caplog.set_level(logging.INFO, logger="stream_denoise.adapt")
+    with Run(cfg) as run:
+        assert wait_until(lambda: len(run.got) >= 20 or run.errors, timeout=30)
+    assert not run.errors
+    assert set(run.gens()) == {1}
+    skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert len(skipped) == 3, skipped
+    assert any("gen-0004.json" in s and "unreadable" in s for s in skipped)
+    assert any("gen-0003.json" in s and "another network" in s for s in skipped)
+    assert any("gen-0002.onnx" in s for s in skipped)
+    assert run.pipe.adapter is not None and run.pipe.adapter.parent == store.dir / "gen-0001.pt"
