@@ -15,6 +15,10 @@ gaps. A file is published losslessly (XPUB, ``XPUB_NODROP``): each frame waits u
 subscriber has room; a looping file waits at most one frame interval, then drops the frame for
 every subscriber and counts it in ``publish_dropped``.
 
+With ``adapt`` (``run --adapt``) the inference stage also shows each input frame to the adapter
+and, between two frames, swaps in a better model it has trained in the background
+(:mod:`stream_denoise.adapt`).
+
 Recordings (``output.path``, ``output.input_path``) keep the stream's timing
 (:class:`~stream_denoise.video_writer.StreamClock`), are written as ``NAME.PID.part`` and renamed
 when finished, and go on in a new file when the frame size changes.

@@ -98,9 +98,9 @@ class Adapter:
     def observe(self, frame: Frame) -> None:
         """One input frame: the rolling sample and the noise drift trigger."""
         self.reservoir.offer(frame)
-        n = len(self.tracker.readings)
+        measured = self.tracker.count % self.tracker.every == 0  # this frame is one the tracker reads
         self.tracker.update(frame.pixels)
-        if len(self.tracker.readings) == n or len(self.tracker.readings) < 3:
+        if not measured or len(self.tracker.readings) < 3:
             return
         level = float(np.mean(self.tracker.sigmas))
         if self._ref_level is None:

@@ -100,12 +100,16 @@ def run_job(job: Job, train: Train) -> Outcome:
 def _serve(conn: Connection, train: Train, threads: int, nice: int, device: str, gpu_share: float) -> None:
     """The trainer process's main loop."""
     os.nice(max(0, nice - os.nice(0)))
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # before torch and OpenCV load: their pools take this many
     if device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch loads: never touch the GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # never touch the GPU
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s trainer %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    import cv2
     import torch
 
     torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    cv2.setNumThreads(threads)  # optical flow and noise readings
     if device == "cuda" and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(gpu_share)
     while True:

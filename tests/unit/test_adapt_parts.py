@@ -150,3 +150,41 @@ def test_run_adapt_refuses_a_backend_it_cannot_swap(tmp_path):
     res = run_cli("run", "--source", str(src), "--adapt", "--model", "stream_denoise/models/lite.onnx",
                   "--no-publish", "--output", str(tmp_path / "o.mkv"))
     assert_one_line_error(res, "--adapt", ".pt")
+
+
+def test_a_noise_drift_starts_a_new_sample_and_a_run(tmp_path, caplog):
+    """The adapter's trigger on a real Denoiser (no trainer process is started before a run)."""
+    from stream_denoise.adapt import Adapter
+    from stream_denoise.backends import create_backend
+    from stream_denoise.config import ModelConfig
+    from stream_denoise.denoiser import Denoiser
+    from stream_denoise.noise import NoiseSpec, add_noise
+    from tests.photo_clips import moving_clip, skimage_photos
+
+    clean = moving_clip(skimage_photos()[1], 24, 96, np.random.default_rng(0))
+    quiet = add_noise(clean, NoiseSpec("camera", photons=1000, read_noise=2.0), 1)  # ISO ~400
+    loud = add_noise(clean, NoiseSpec("camera", photons=125, read_noise=3.5), 2)  # ISO ~3200
+    model = ModelConfig(model="lite", backend="onnxruntime", threads=1)
+    backend = create_backend(model)
+    adapter = Adapter(AdaptConfig(dir=tmp_path, clip_frames=10, slots=2, held_clips=1, min_clips=1, sample_every_s=0.5),
+                      model, "cam", Denoiser(backend))
+    caplog.set_level(logging.INFO, logger="stream_denoise.adapt")
+    try:
+        i = 0
+        for clip in (quiet, quiet, quiet, quiet, quiet, quiet):
+            for px in clip:
+                adapter.observe(Frame(px, i, i / 25, 1000 + i / 25, "cam"))
+                i += 1
+        adapter._due = False  # as after the first run
+        assert adapter.reservoir.ready(1) and adapter._epoch == 0
+        for clip in (loud, loud, loud):
+            for px in clip:
+                adapter.observe(Frame(px, i, i / 25, 1000 + i / 25, "cam"))
+                i += 1
+        assert adapter._epoch == 1 and adapter._due
+        assert adapter.reservoir.samples < 3 * 10  # the sample began again after the change
+        lines = [r.getMessage() for r in caplog.records if "noise changed" in r.getMessage()]
+        assert len(lines) == 1, lines
+    finally:
+        adapter.close()
+        backend.close()
