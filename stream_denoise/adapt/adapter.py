@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY_S = 10.0  # after a failed run, a crash or a hang: wait this long before the next run
+READ_EVERY_S = 0.5  # between two noise readings (the median of the last 6 is the level)
 
 
 class Adapter:
@@ -69,7 +70,9 @@ class Adapter:
         self.parent: Path = base  # the .pt of the running model: the next run starts from it
         self.generation = 0
         self.reservoir = Reservoir(cfg.slots, cfg.held_clips, cfg.clip_frames, cfg.crop, cfg.sample_every_s)
-        self.tracker = NoiseTracker()
+        self.tracker = NoiseTracker(every=1, keep=6)  # fed every READ_EVERY_S by _watch_noise
+        self._latest: np.ndarray | None = None  # the newest input frame's pixels, for the next reading
+        self._next_reading = 0.0
         self._ref_level: float | None = None  # noise level when the sample began
         self._epoch = 0  # +1 per new sample (drift)
         self._trainer = TrainerProcess(train, cfg.threads, cfg.nice, cfg.device, cfg.gpu_share)
@@ -96,13 +99,43 @@ class Adapter:
 
     # ------------------------------------------------------------------ inference thread
     def observe(self, frame: Frame) -> None:
-        """One input frame: the rolling sample and the noise drift trigger."""
+        """One input frame: the rolling sample; the newest frame for the noise reading (taken on the
+        adapter's thread: a reading of a 640x360 frame costs 15-30 ms here, too much between two frames)."""
         self.reservoir.offer(frame)
-        measured = self.tracker.count % self.tracker.every == 0  # this frame is one the tracker reads
-        self.tracker.update(frame.pixels)
-        if not measured or len(self.tracker.readings) < 3:
+        self._latest = frame.pixels
+
+    def swap_into(self, denoiser: Denoiser) -> None:
+        """Between two frames: switch to a candidate that is loaded and waiting, if any."""
+        if self._pending is None:
             return
-        level = float(np.mean(self.tracker.sigmas))
+        with self._lock:
+            backend, gen = self._pending  # type: ignore[misc]
+            self._pending = None
+            old = denoiser.swap(backend, gen)
+            ours = old in self._ours
+            if ours:
+                self._ours.remove(old)
+        if ours:
+            old.close()  # the inference thread was its only user
+        log.info("adapt: generation %d denoises from the next frame", gen)
+
+    # ------------------------------------------------------------------ adapter thread
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="adapt", daemon=True)
+        self._thread.start()
+
+    def _watch_noise(self) -> None:
+        """Every ``READ_EVERY_S``: a noise reading of the newest frame; a drift from the reading the
+        sample began with starts a new sample and makes a run due."""
+        now = time.monotonic()
+        pixels, self._latest = self._latest, None
+        if pixels is None or now < self._next_reading:
+            return
+        self._next_reading = now + READ_EVERY_S
+        self.tracker.update(pixels)
+        if len(self.tracker.readings) < (self.tracker.readings.maxlen or 1):
+            return  # the level is the median of a full set of readings
+        level = float(np.mean(self.tracker.sigmas[0]))  # pixel scale: the coarse one rises with texture
         if self._ref_level is None:
             self._ref_level = level
             return
@@ -116,26 +149,9 @@ class Adapter:
             self._epoch += 1
             self._due = True
 
-    def swap_into(self, denoiser: Denoiser) -> None:
-        """Between two frames: switch to a candidate that is loaded and waiting, if any."""
-        if self._pending is None:
-            return
-        with self._lock:
-            backend, gen = self._pending  # type: ignore[misc]
-            self._pending = None
-        old = denoiser.swap(backend, gen)
-        if old in self._ours:
-            self._ours.remove(old)
-            old.close()  # the inference thread was its only user
-        log.info("adapt: generation %d denoises from the next frame", gen)
-
-    # ------------------------------------------------------------------ adapter thread
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="adapt", daemon=True)
-        self._thread.start()
-
     def _loop(self) -> None:
         while not self._stop.wait(0.25):
+            self._watch_noise()
             now = time.monotonic()
             interval = self.cfg.interval_s
             due = self._due or (interval is not None and self.runs > 0 and now - self._last_end >= interval)
@@ -168,6 +184,7 @@ class Adapter:
             while True:
                 if self._stop.is_set():
                     return
+                self._watch_noise()
                 outcome = self._trainer.poll(0.25)
                 if outcome is not None:
                     break

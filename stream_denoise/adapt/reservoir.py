@@ -32,9 +32,12 @@ class Reservoir:
         self._box: tuple[int, int] = (0, 0)
         self._next_start: float | None = None  # stream time (s) of the next clip start
         self.offered = 0  # clips that left the held-out set since the sample began (algorithm R's n)
+        self._restart = False
 
     def offer(self, frame: Frame) -> None:
         """Look at one input frame (cheap unless it is recorded: one crop copy)."""
+        if self._restart:  # clear() was called (from another thread): forget the clip being recorded
+            self._recording, self._next_start, self._restart = [], None, False
         t = frame.captured_at  # wall clock: a looping file's pts start again
         if self._recording:
             prev = self._last
@@ -59,6 +62,8 @@ class Reservoir:
         if len(self._recording) == self.clip_frames:
             clip, self._recording = np.stack(self._recording), []
             with self._lock:
+                if self._restart:
+                    return  # recorded before a clear()
                 if len(self._held) == self._held.maxlen:
                     self._admit(self._held[0])
                 self._held.append(clip)
@@ -73,10 +78,10 @@ class Reservoir:
                 self._train[j] = clip
 
     def clear(self) -> None:
+        """Start a new sample (any thread): the clips held go now, the one being recorded at the next offer."""
         with self._lock:
-            self._train, self._recording, self.offered = [], [], 0
+            self._train, self.offered, self._restart = [], 0, True
             self._held.clear()
-            self._next_start = None
 
     def snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """(training clips, held-out clips), each (T, h, w, 3) uint8 RGB (never written again)."""

@@ -152,8 +152,9 @@ def test_run_adapt_refuses_a_backend_it_cannot_swap(tmp_path):
     assert_one_line_error(res, "--adapt", ".pt")
 
 
-def test_a_noise_drift_starts_a_new_sample_and_a_run(tmp_path, caplog):
-    """The adapter's trigger on a real Denoiser (no trainer process is started before a run)."""
+def test_a_noise_drift_starts_a_new_sample_and_a_run(tmp_path, caplog, monkeypatch):
+    """The adapter's trigger on a real Denoiser (no trainer process is started before a run); the
+    adapter thread's noise readings are taken here, one per frame."""
     from stream_denoise.adapt import Adapter
     from stream_denoise.backends import create_backend
     from stream_denoise.config import ModelConfig
@@ -169,20 +170,24 @@ def test_a_noise_drift_starts_a_new_sample_and_a_run(tmp_path, caplog):
     adapter = Adapter(AdaptConfig(dir=tmp_path, clip_frames=10, slots=2, held_clips=1, min_clips=1, sample_every_s=0.5),
                       model, "cam", Denoiser(backend))
     caplog.set_level(logging.INFO, logger="stream_denoise.adapt")
+    monkeypatch.setattr("stream_denoise.adapt.adapter.READ_EVERY_S", 0.0)
     try:
         i = 0
         for clip in (quiet, quiet, quiet, quiet, quiet, quiet):
             for px in clip:
                 adapter.observe(Frame(px, i, i / 25, 1000 + i / 25, "cam"))
+                adapter._watch_noise()
                 i += 1
         adapter._due = False  # as after the first run
         assert adapter.reservoir.ready(1) and adapter._epoch == 0
         for clip in (loud, loud, loud):
             for px in clip:
                 adapter.observe(Frame(px, i, i / 25, 1000 + i / 25, "cam"))
+                adapter._watch_noise()
                 i += 1
         assert adapter._epoch == 1 and adapter._due
-        assert adapter.reservoir.samples < 3 * 10  # the sample began again after the change
+        train, held = adapter.reservoir.snapshot()  # the sample began again: only clips of the loud noise
+        assert held and all(any(np.array_equal(c[0], f) for f in loud) for c in train + held)
         lines = [r.getMessage() for r in caplog.records if "noise changed" in r.getMessage()]
         assert len(lines) == 1, lines
     finally:
