@@ -178,7 +178,7 @@ def _soak(s: dict) -> list[str]:
 def _adapt(a: dict, rel) -> list[str]:  # type: ignore[no-untyped-def]
     m = a["meta"]
     out = ["## Live self-adaptation (`python -m benchmarks.adapt`)", "",
-           f"`{m['command']}` on {m['date']} ({m['cpu']}, {m['cores']} cores, load average at start "
+           f"`{m['command'].strip()}` on {m['date']} ({m['cpu']}, {m['cores']} cores, load average at start "
            f"{', '.join(_f(x, '.1f') for x in m['load_avg'])}; commit {m['commit']}). The machine was also running two "
            "niced training processes of the model pre-training (nice 12) the whole time: the trainer (nice 19, one "
            "thread) got only what they and inference left.", "",
@@ -201,14 +201,27 @@ def _adapt(a: dict, rel) -> list[str]:  # type: ignore[no-untyped-def]
                    f"{r['dropped_queue']} / {r['dropped_publish']} | {r['fps_per_5s_min_median'][0]:.1f} / "
                    f"{r['fps_per_5s_min_median'][1]:.1f} | {ad.get('adapt_runs')}, {ad.get('adapt_rejected')}, "
                    f"{ad.get('adapt_steps')} |")
-    out += ["", f"![PSNR and generation against time]({rel('adapt.png')})", ""]
+    out.append("")
+    for r in a["runs"]:
+        gains = []
+        for p in r["phases"]:
+            newest = list(p["psnr_by_generation"])[-1]
+            gains.append(f"{p['phase']} {p['psnr_by_generation'][newest] - p['zero_shot_psnr']:+.2f} dB (generation {newest})")
+        slow = min(r["bins"][1:-1], key=lambda b: b["fps"])
+        out.append(f"- {r['clip']}: the newest generation of each phase against zero-shot: {', '.join(gains)}. Frame rate "
+                   f"held at a median {r['fps_per_5s_min_median'][1]:.1f} fps per 5 s; the slowest 5 s ({slow['fps']:.1f} fps) "
+                   f"began at {slow['t_s']:.0f} s; every frame the source dropped (newest wins) is counted above.")
+    out += ["", "A candidate is swapped in only when its held-out loss is at least 2 % below the running model's "
+            "(`margin`); a run that starts from a model adapted to the old noise may not clear it (see *training runs, "
+            "rejected*), and the next run then comes `interval_s` (600 s) later.", "",
+            f"![PSNR and generation against time]({rel('adapt.png')})", ""]
     return out
 
 
 def _rtsp_out(r: dict) -> list[str]:
     m = r["meta"]
     out = ["## RTSP output (`python -m benchmarks.rtsp_out`)", "",
-           f"`{m['command']}` on {m['date']} ({m['cpu']}, {m['cores']} cores, load average at start "
+           f"`{m['command'].strip()}` on {m['date']} ({m['cpu']}, {m['cores']} cores, load average at start "
            f"{', '.join(_f(x, '.1f') for x in m['load_avg'])}; commit {m['commit']}). Serve mode, H.264 at the defaults "
            "(x264 superfast, zerolatency, crf 18, 1 thread), frames of real footage (clean `bikes`, resized) handed to "
            f"the output at {r['latency'][0]['fps']:g} fps and read on the same host over RTSP/TCP; median / p99 in ms. *send → "
