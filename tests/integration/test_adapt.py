@@ -193,9 +193,9 @@ def test_a_crashing_then_hanging_trainer_is_restarted_and_the_stream_goes_on(tmp
     assert adapter.failures == 2 and metrics["stream_denoise_adapt_trainer_restarts_total"] == 2
     assert metrics["stream_denoise_adapt_failures_total"] == 2
     check_every_frame(run.got)
-    # the stream never stopped: no pause between two frames much longer than the source's frame interval
+    # the stream never stopped: no pause between two frames near the trainer's deadline (15 s after its budget)
     gaps = np.diff([m.received_at for m in run.got])
-    assert gaps.max() < 1.0, gaps.max()
+    assert gaps.max() < 2.0, gaps.max()
     lines = [r.getMessage() for r in caplog.records]
     assert any("ended (exit code 3)" in line for line in lines), lines
     assert any("did not answer within its deadline" in line for line in lines), lines

@@ -193,3 +193,27 @@ def test_a_noise_drift_starts_a_new_sample_and_a_run(tmp_path, caplog, monkeypat
     finally:
         adapter.close()
         backend.close()
+
+
+def test_a_full_disk_costs_one_line_and_leaves_no_partial_model(tmp_path, caplog):
+    """A real full file system: a 64 KiB tmpfs (needs root and the right to mount; skipped otherwise)."""
+    import subprocess
+
+    from stream_denoise import zoo
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root and CAP_SYS_ADMIN)")
+    try:
+        store = ModelStore(mnt, "cam")
+        caplog.set_level(logging.WARNING)
+        pt, onnx = zoo.resolve("lite", ".pt"), zoo.resolve("lite", ".onnx")
+        assert pt.stat().st_size > 64 * 1024
+        assert store.save(1, pt, onnx, {"generation": 1, "layout": LAYOUT}) is None
+        assert store.save(2, pt, onnx, {"generation": 2, "layout": LAYOUT}) is None
+        assert len(caplog.records) == 1 and "No space left on device" in caplog.records[0].getMessage()
+        assert list(store.dir.iterdir()) == []  # the temporary files went with the failure
+        assert list(store.newest(LAYOUT)) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
