@@ -10,7 +10,8 @@ and the sampling pace below) reads it paced at 25 fps like a camera and publishe
 subscriber on this host, which scores every frame against the clean clip. Reported: PSNR over time
 (mean per 5 s), the generation of each frame, when each swap happened, the zero-shot PSNR of the
 shipped model on each phase (the same frames denoised offline), frames published and received, seq
-gaps, frames dropped at the source and between stages, and the output frame rate per 5 s.
+gaps, frames dropped at the source and between stages, the output frame rate per 5 s, and the
+frame rate and inference time while a training run is in progress against while none is.
 Writes benchmarks/results/adapt.json and adapt.png (PSNR and generation against time) and rewrites
 BENCHMARKS.md.
 """
@@ -108,12 +109,22 @@ def run_clip(name: str, size: tuple[int, int], phase_s: float, minutes: float, w
             while (msg := sub.recv(timeout=1.0)) is not None:
                 score(msg)
 
+        def sample() -> None:  # once a second: is a run training, and the last second's inference times
+            while not done.wait(1.0):
+                infer = pipe.metrics.latency["infer"].values()[-FPS:]
+                samples.append((time.time() - t0, pipe.snapshot().get("adapt_training", 0),
+                                float(np.median(infer)) * 1000 if infer else float("nan")))
+
+        samples: list[tuple[float, int, float]] = []
         t = threading.Thread(target=receive)
         t.start()
         t0 = time.time()
+        sampler = threading.Thread(target=sample)
+        sampler.start()
         metrics = pipe.run()
         done.set()
         t.join(timeout=60)
+        sampler.join(timeout=5)
         snap = pipe.snapshot()
     rows.sort(key=lambda r: r[2])
     times = np.array([r[0] - t0 for r in rows])
@@ -138,12 +149,21 @@ def run_clip(name: str, size: tuple[int, int], phase_s: float, minutes: float, w
         summary.append({"phase": label, "zero_shot_psnr": round(zs[p], 2),
                         "psnr_by_generation": {str(g): round(float(np.mean(v)), 2) for g, v in sorted(by_gen.items())},
                         "frames_by_generation": {str(g): len(v) for g, v in sorted(by_gen.items())}})
+    for b in bins:  # the share of the bin's seconds a training run was in progress
+        inside = [tr for ts, tr, _ in samples if b["t_s"] <= ts < b["t_s"] + 5]
+        b["training"] = round(float(np.mean(inside)), 2) if inside else None
     full_bins = [b["fps"] for b in bins[1:-1]]
+    load = {}
+    for state, label in ((1, "training"), (0, "idle")):
+        fps = [b["fps"] for b in bins[1:-1] if b["training"] == state]
+        infer = [ms for _, tr, ms in samples if tr == state and np.isfinite(ms)]
+        load[label] = {"bins": len(fps), "fps_min": min(fps, default=None), "fps_median": float(np.median(fps)) if fps else None,
+                       "infer_ms_median": round(float(np.median(infer)), 1) if infer else None}
     return {"clip": name, "size": list(size), "phase_s": phase_s, "frames_per_phase": per_phase,
             "published": metrics.frames_out, "received": len(rows),
             "seq_gaps": int(sum(b - a - 1 for a, b in zip(seq, seq[1:]) if b != a + 1)),
             "dropped_source": snap.get("source_frames_dropped"), "dropped_queue": snap.get("dropped_queue"),
-            "dropped_publish": snap.get("publish_dropped"), "fps_per_5s_min_median": [min(full_bins), float(np.median(full_bins))],
+            "dropped_publish": snap.get("publish_dropped"), "fps_per_5s_min_median": [min(full_bins), float(np.median(full_bins))], "while_training": load,
             "adapt": {k: v for k, v in snap.items() if k.startswith("adapt_")}, "swaps": swaps, "phases": summary,
             "bins": bins}
 

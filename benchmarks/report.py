@@ -211,6 +211,13 @@ def _adapt(a: dict, rel) -> list[str]:  # type: ignore[no-untyped-def]
         out.append(f"- {r['clip']}: the newest generation of each phase against zero-shot: {', '.join(gains)}. Frame rate "
                    f"held at a median {r['fps_per_5s_min_median'][1]:.1f} fps per 5 s; the slowest 5 s ({slow['fps']:.1f} fps) "
                    f"began at {slow['t_s']:.0f} s; every frame the source dropped (newest wins) is counted above.")
+        wt = r.get("while_training")
+        if wt and wt["training"]["bins"] and wt["idle"]["bins"]:
+            tr, idle = wt["training"], wt["idle"]
+            out.append(f"  While a run trained (5-s windows wholly inside one: {tr['bins']}): {tr['fps_median']:.1f} fps median, "
+                       f"{tr['fps_min']:.1f} at worst, inference {tr['infer_ms_median']} ms per frame (median); with no "
+                       f"run ({idle['bins']} windows): {idle['fps_median']:.1f} / {idle['fps_min']:.1f} fps, "
+                       f"{idle['infer_ms_median']} ms.")
     out += ["", "A candidate is swapped in only when its held-out loss is at least 2 % below the running model's "
             "(`margin`); a run that starts from a model adapted to the old noise may not clear it (see *training runs, "
             "rejected*), and the next run then comes `interval_s` (600 s) later.", "",
