@@ -47,13 +47,15 @@ def counted_frames(source: Source, m: Metrics, stop: threading.Event, poll_s: fl
 
 def denoise_stream(source: Source, denoiser: Denoiser, m: Metrics, stop: threading.Event, output: Output, *,
                    max_frames: int | None = None, poll_s: float = 0.5, record_input: Output | None = None,
-                   busy: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext) -> None:
+                   busy: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+                   between_frames: Callable[[], None] | None = None) -> None:
     """Denoise ``source`` until it ends, ``max_frames`` frames came in, or ``stop`` is set, then flush the
     look-ahead: exactly ``max_frames`` frames go out.
 
     Frames already decoded go to the denoiser together, one per backend lane (files; live sources only
     when the loop is behind). ``busy``: held around each denoiser call (a shared batching backend waits
     for the windows of busy cameras). ``record_input``: each noisy frame, before it is denoised.
+    ``between_frames``: called before each denoiser call (``run --adapt`` swaps a new model in there).
     """
     lanes = denoiser.lanes
     for frame in counted_frames(source, m, stop, poll_s):
@@ -66,6 +68,8 @@ def denoise_stream(source: Source, denoiser: Denoiser, m: Metrics, stop: threadi
         if record_input is not None:
             for f in frames:
                 record_input(f)
+        if between_frames is not None:
+            between_frames()
         with busy():
             out = denoiser.push_many(frames) if len(frames) > 1 else denoiser.push(frame)
         _emit(out, denoiser, m, output)

@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--status-interval", type=float, help="seconds between status lines (default 5)")
     r.add_argument("--metrics-port", type=int, help="serve /healthz and Prometheus /metrics on this port")
     r.add_argument("--metrics-host", help="address of the metrics server (default 127.0.0.1; 0.0.0.0 in containers)")
+    r.add_argument("--adapt", action="store_true",
+                   help="learn the camera while streaming: fine-tune in the background, swap in better models "
+                        "(kept per camera under [adapt] dir, default adapted/)")
     _rtsp_args(r)
     _model_args(r)
 
@@ -270,7 +273,7 @@ def _run_overrides(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any
 
     if "cameras" in data:  # many cameras: only the flags that apply to all of them
         per_camera = {"--source": a.source, "--output": a.output, "--record-input": a.record_input,
-                      "--loop": a.loop, "--realtime": a.realtime, "--no-publish": a.no_publish,
+                      "--loop": a.loop, "--realtime": a.realtime, "--no-publish": a.no_publish, "--adapt": a.adapt,
                       "--rtsp-out/--rtsp-*": a.rtsp_out or a.rtsp_listen or a.rtsp_codec or a.rtsp_encoder
                       or a.rtsp_bitrate or a.rtsp_crf}
         given = [flag for flag, value in per_camera.items() if value]
@@ -299,6 +302,8 @@ def _run_overrides(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any
         out["input_path"] = str(a.record_input)
     data["output"] = out
     _rtsp_overrides(a, data)
+    if a.adapt:
+        data["adapt"] = dict(data.get("adapt") or {})
     return _common_overrides(a, data)
 
 

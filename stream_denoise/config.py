@@ -216,6 +216,44 @@ def rtsp_path_for(name: str | None) -> str:
     return path[:128] or "stream"
 
 
+class AdaptConfig(Strict):
+    """Live self-adaptation (``run --adapt``, :mod:`stream_denoise.adapt`): a background process
+    fine-tunes the model on a rolling sample of the stream and the pipeline swaps to each candidate
+    that beats the running model on held-out recent frames."""
+
+    dir: Path = Field(Path("adapted"), description="Adapted models are kept in DIR/<camera name>/ (gen-NNNN.onnx/.pt/.json).")
+    clip_frames: int = Field(16, ge=10, le=64, description="Consecutive frames in one sampled clip.")
+    crop: int = Field(256, ge=32, le=4096, multiple_of=4,
+                      description="Side of the square region each clip keeps (a random place per clip; whole frames when smaller).")
+    slots: int = Field(12, ge=2, le=256, description="Training clips the rolling sample holds (reservoir: spread over time).")
+    held_clips: int = Field(2, ge=1, le=16, description="Newest clips kept out of training: candidates are scored on them.")
+    sample_every_s: float = Field(2.0, gt=0, le=3600, description="Seconds between the starts of two sampled clips.")
+    min_clips: int = Field(4, ge=1, le=256, description="Training clips needed before a training run starts.")
+    minutes: float = Field(1.0, gt=0, le=120, description="Training budget of one run (minutes).")
+    steps: int = Field(3000, ge=1, le=1_000_000, description="Step cap of one run.")
+    batch: int = Field(4, ge=1, le=256, description="Windows per training step.")
+    patch: int = Field(64, ge=16, le=512, multiple_of=4, description="Side of the training patches.")
+    interval_s: float | None = Field(600.0, gt=0, description="Start a run this long after the previous one ended; None: only on drift.")
+    drift: float = Field(0.5, gt=0, le=100,
+                         description="A noise reading this much above or below (relative) the sample's start begins a new sample and a run.")
+    margin: float = Field(0.02, ge=0, le=1,
+                          description="A candidate must lower the held-out loss by this fraction of the running model's to be swapped in.")
+    threads: int = Field(1, ge=1, le=256, description="Torch threads of the trainer process.")
+    nice: int = Field(19, ge=0, le=19, description="Niceness of the trainer process (19: only idle CPU).")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Where the trainer runs.")
+    gpu_share: float = Field(0.25, gt=0, le=1, description="device = cuda: the share of the GPU's memory the trainer may use.")
+    hang_s: float = Field(120.0, gt=0, le=86400,
+                          description="A run that has not answered this long after its budget is killed and the trainer restarted.")
+    keep: int = Field(5, ge=1, le=1000, description="Adapted models kept per camera (older ones are deleted).")
+
+    @model_validator(mode="after")
+    def _fits(self) -> AdaptConfig:
+        if self.min_clips > self.slots:
+            _fail("min_clips", f"min_clips ({self.min_clips}) cannot exceed slots ({self.slots}): no run would start",
+                  ("min_clips",), self.min_clips)
+        return self
+
+
 class RunConfig(Strict):
     """One camera's pipeline."""
 
@@ -229,12 +267,26 @@ class RunConfig(Strict):
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve /metrics and /healthz on this port.")
     metrics_host: str = Field("127.0.0.1", min_length=1, description="Address of the metrics server (0.0.0.0 in containers).")
     rtsp_out: RtspOutConfig | None = Field(None, description="Also serve or push the cleaned stream over RTSP.")
+    adapt: AdaptConfig | None = Field(None, description="Adapt the model to the camera while streaming (run --adapt).")
 
     @model_validator(mode="after")
     def _something_to_do(self) -> RunConfig:
         if self.publish is None and self.output.path is None and self.rtsp_out is None:
             raise ValueError("nothing consumes the frames: publish them ([publish], no --no-publish), "
                              "record them (--output, [output] path) or send them over RTSP (--rtsp-out, [rtsp_out])")
+        return self
+
+    @model_validator(mode="after")
+    def _adapt_swaps_onnxruntime(self) -> RunConfig:
+        """run --adapt trains the .pt and swaps ONNX Runtime sessions of fp32 models."""
+        if self.adapt is None:
+            return self
+        if self.model.backend not in ("auto", "onnxruntime") or self.model.precision != "fp32":
+            _fail("adapt_backend", "--adapt swaps ONNX Runtime sessions of an fp32 model: use --backend onnxruntime "
+                  "(the CPU backend) and --precision fp32", ("model", "backend"), self.model.backend)
+        if self.model.model.endswith(".onnx"):
+            _fail("adapt_model", "--adapt trains the network, which needs its PyTorch file: give a .pt model or a "
+                  "shipped name", ("model", "model"), self.model.model)
         return self
 
     @model_validator(mode="after")

@@ -17,6 +17,7 @@ gather and post-processing, post = 0.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -80,6 +81,17 @@ class Denoiser:
         self._gpu = cast(DeviceBackend, backend).window_runner() if caps.device_windows else None
         self._epoch = next(_EPOCHS)  # in the GPU runner's keys: a new one per stream (flush), per Denoiser
         self.assembled = 0  # windows copied into the assembly buffer (not a view of the slab)
+        self.generation = 0  # stamped on every frame out (Frame.generation); `run --adapt` raises it
+
+    def swap(self, backend: Backend, generation: int) -> Backend:
+        """Run the next windows on ``backend`` (same window layout, a CPU backend), stamping their
+        frames with ``generation``; returns the backend replaced. Frames waiting for look-ahead stay:
+        no frame is lost or repeated (``run --adapt`` calls this between two frames)."""
+        new = Layout(backend.frames, backend.target, backend.stride, backend.noise_planes)
+        if new != self.layout or self._gpu is not None:
+            raise ValueError(f"cannot swap to a network of another layout ({new} vs {self.layout})")
+        old, self.backend, self.generation = self.backend, backend, generation
+        return old
 
     @property
     def lanes(self) -> int:
@@ -148,7 +160,8 @@ class Denoiser:
             else:
                 x = self._window_input([w for _, w in group])
                 images = self._infer_post(x, shape[:2], t0)
-            done += [o.with_pixels(img) for (o, _), img in zip(group, images)]
+            done += [dataclasses.replace(o, pixels=img, generation=self.generation)
+                     for (o, _), img in zip(group, images)]
         return done
 
     def _on_gpu(self, windows: list[list[Frame]], t0: float) -> list[np.ndarray]:

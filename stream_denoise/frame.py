@@ -18,6 +18,8 @@ class Frame:
     source:      name of the source (camera name or URI).
     segment:     increments on every discontinuity (reconnect, loop restart, resolution change);
                  the temporal buffer resets when it changes.
+    generation:  the model generation that made the pixels: 0 for the configured model (and for
+                 frames no model touched), +1 each time ``run --adapt`` swaps in an adapted model.
     """
 
     pixels: np.ndarray
@@ -26,6 +28,7 @@ class Frame:
     captured_at: float
     source: str
     segment: int = 0
+    generation: int = 0
 
     @property
     def height(self) -> int:

@@ -64,6 +64,20 @@ METRICS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "rtsp_connected": ("rtsp_connected", "gauge", "1 while the push target (or the server helper) is up.", ()),
     "rtsp_encode_p50_ms": ("rtsp_encode_p50_ms", "gauge", "Median encode time of the RTSP output (ms).", ()),
     "rtsp_encode_p99_ms": ("rtsp_encode_p99_ms", "gauge", "99th percentile encode time of the RTSP output (ms).", ()),
+    # run --adapt (stream_denoise.adapt)
+    "adapt_generation": ("adapt_generation", "gauge",
+                         "Generation of the running model (0: the configured one; +1 per adapted model swapped in).", ()),
+    "adapt_samples": ("adapt_samples", "gauge", "Input frames held in the rolling sample adaptation trains on.", ()),
+    "adapt_steps": ("adapt_steps", "counter", "Training steps the trainer process has done.", ()),
+    "adapt_last_gain": ("adapt_last_gain", "gauge",
+                        "Relative drop of the held-out loss of the last candidate against the running model "
+                        "(0.05: 5 % lower; negative: worse; NaN before the first).", ()),
+    "adapt_runs": ("adapt_runs", "counter", "Training runs that finished with a candidate or an error.", ()),
+    "adapt_swaps": ("adapt_swaps", "counter", "Adapted models swapped in.", ()),
+    "adapt_rejected": ("adapt_rejected", "counter", "Candidates not better than the running model by the margin.", ()),
+    "adapt_failures": ("adapt_failures", "counter", "Training runs that failed, crashed or hung.", ()),
+    "adapt_trainer_restarts": ("adapt_trainer_restarts", "counter", "Trainer processes replaced after a crash or a hang.", ()),
+    "adapt_training": ("adapt_training", "gauge", "1 while a training run is in progress.", ()),
 }
 GROUPS = {"camera": "camera"}  # snapshot key -> label: a nested snapshot per label value
 

@@ -15,6 +15,10 @@ gaps. A file is published losslessly (XPUB, ``XPUB_NODROP``): each frame waits u
 subscriber has room; a looping file waits at most one frame interval, then drops the frame for
 every subscriber and counts it in ``publish_dropped``.
 
+With ``adapt`` (``run --adapt``) the inference stage also shows each input frame to the adapter
+and, between two frames, swaps in a better model it has trained in the background
+(:mod:`stream_denoise.adapt`).
+
 Recordings (``output.path``, ``output.input_path``) keep the stream's timing
 (:class:`~stream_denoise.video_writer.StreamClock`), are written as ``NAME.PID.part`` and renamed
 when finished, and go on in a new file when the frame size changes.
@@ -38,6 +42,8 @@ from .metrics import Metrics
 from .resources import Closing
 
 if TYPE_CHECKING:
+    from .adapt import Adapter
+    from .adapt.trainer import Train
     from .video_writer import Recording, StreamClock
 
 log = logging.getLogger(__name__)
@@ -48,7 +54,7 @@ _END = None
 class Pipeline(Closing):
     """``with Pipeline(cfg) as p: p.run(stop_event)``; resources close in reverse order."""
 
-    def __init__(self, cfg: RunConfig, denoiser: Denoiser | None = None) -> None:
+    def __init__(self, cfg: RunConfig, denoiser: Denoiser | None = None, adapt_train: Train | None = None) -> None:
         from .backends import create_backend
         from .sources import open_source
         from .video_writer import Recording, StreamClock, check_video_path
@@ -59,6 +65,7 @@ class Pipeline(Closing):
         self.health = None
         self._recordings: dict[str, tuple[Recording, StreamClock]] = {}
         self.rtsp_out = None
+        self.adapter: Adapter | None = None
         try:
             for path in (cfg.output.path, cfg.output.input_path):
                 if path is not None:
@@ -68,6 +75,13 @@ class Pipeline(Closing):
                 self._closers.append(backend.close)  # created here, closed here
                 denoiser = Denoiser(backend, cfg.model.window)
             self.denoiser = denoiser
+            if cfg.adapt is not None:  # run --adapt (issue 26): learns the camera, swaps models between frames
+                from .adapt import Adapter
+                from .adapt.trainer import fine_tune_candidate
+
+                self.adapter = Adapter(cfg.adapt, cfg.model, cfg.source.display_name, denoiser,
+                                       train=adapt_train or fine_tune_candidate)
+                self._closers.append(self.adapter.close)
             self.source = open_source(cfg.source)
             self._closers.append(self.source.close)
             self.lossless = not self.source.live
@@ -110,6 +124,8 @@ class Pipeline(Closing):
         status = threading.Thread(target=self._status_loop, args=(stop,), name="status", daemon=True)
         pub.start()
         status.start()
+        if self.adapter is not None:
+            self.adapter.start()
         self.ready.set()
         log.info("running: %s -> %s%s (window %s, %d frame(s) look-ahead)", self.source.name,
                  self.cfg.publish.endpoint if self.cfg.publish else "-",
@@ -136,9 +152,18 @@ class Pipeline(Closing):
         return self.metrics
 
     def _infer_loop(self, stop: threading.Event) -> None:
+        adapter, recording = self.adapter, "input" in self._recordings
+
+        def noisy(f: Frame) -> None:  # each frame before it is denoised
+            if recording:
+                self._record("input", f)
+            if adapter is not None:  # --adapt: sample the input
+                adapter.observe(f)
+
         denoise_stream(self.source, self.denoiser, self.metrics, stop, lambda f: self._put(f, stop),
                        max_frames=self.cfg.max_frames, poll_s=0.5,
-                       record_input=(lambda f: self._record("input", f)) if "input" in self._recordings else None)
+                       record_input=noisy if recording or adapter is not None else None,
+                       between_frames=(lambda: adapter.swap_into(self.denoiser)) if adapter is not None else None)
 
     def _put(self, item: Frame | None, stop: threading.Event, force: bool = False) -> None:
         while True:
@@ -194,7 +219,8 @@ class Pipeline(Closing):
         s = self.source.stats
         pub_drops = self.publisher.dropped if self.publisher is not None else 0
         line = self.metrics.status(s.frames_dropped, s.reconnects, pub_drops, final=final)
-        return f"{line} | {self.rtsp_out.status()}" if self.rtsp_out is not None else line
+        line = f"{line} | {self.rtsp_out.status()}" if self.rtsp_out is not None else line
+        return f"{line} | {self.adapter.status()}" if self.adapter is not None else line
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for health checks and Prometheus: pipeline, source and publisher."""
@@ -204,4 +230,6 @@ class Pipeline(Closing):
             snap.update(publish_sent=self.publisher.sent, publish_dropped=self.publisher.dropped)
         if self.rtsp_out is not None:
             snap.update(self.rtsp_out.snapshot())
+        if self.adapter is not None:
+            snap.update(self.adapter.snapshot())
         return snap

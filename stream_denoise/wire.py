@@ -25,6 +25,10 @@ key             type                      meaning
 ``dtype``       str                       ``"uint8"``
 ``color``       str                       ``"BGR"`` (channel order of the decoded image)
 ``encoding``    str                       ``"raw"`` | ``"jpeg"`` | ``"png"``
+``generation``  int >= 0                  the model generation that denoised the frame: 0 for the
+                                          configured model; ``run --adapt`` adds 1 at each swap to
+                                          an adapted model (optional for decoders: older
+                                          publishers omit it)
 =============== ========================= =====================================================
 
 ``pixels`` is, for ``raw``, exactly ``width * height * 3`` bytes of row-major BGR24 (what
@@ -160,6 +164,7 @@ def _header_and_payload(
         "dtype": "uint8",
         "color": "BGR",
         "encoding": encoding,
+        "generation": int(frame.generation),
     }
     return header, payload
 
@@ -239,6 +244,8 @@ def decode_header(parts: Sequence[Any], max_pixels: int = DEFAULT_MAX_PIXELS) ->
     _str(h, "dtype", ("uint8",))
     _str(h, "color", ("BGR",))
     _str(h, "encoding", ENCODINGS)
+    if "generation" in h:
+        _int(h, "generation")
     return topic, h
 
 

@@ -89,35 +89,27 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     if objective == "temporal":
         objective, pool, vpool, targets = _temporal_pools(model, train, held, stats, sigmas)
     vrng = np.random.default_rng(seed + 1)
-    val_losses: list[Callable[[], torch.Tensor]] = []  # the objective on fixed held-out batches
+    # the objective on fixed held-out batches: the validation score (and run --adapt's candidate check)
+    val_losses = _held_out_batches(objective, vpool if objective == "temporal" else [], held, to_input, mask,
+                                   stats.shadow_ratio, model.frames, model.target, batch, patch, vrng, device)
     if objective == "temporal":
         linear = temporal.linear_for(stats.shadow_ratio)
         log.info("values without a valid target: pulled towards the starting model's output with weight %.1f; "
                  "errors in %s", anchor, "linear light (a sensor's noise)" if linear else "8-bit sRGB")
         if targets is not None:
             targets["loss"] = "linear light" if linear else "sRGB"
-        for _ in range(4 if vpool else 0):
-            b = _tensors(to_input, *temporal.sample(vpool, batch, model.frames, model.target, patch, vrng), device)
-            # aligned targets only (anchor weight 0: it is no evidence; it fixes the linear-light weights)
-            val_losses.append(functools.partial(temporal.loss, model, *b, anchor_weight=0.0, linear=linear))
 
         def step_loss(r: np.random.Generator) -> torch.Tensor:
             b = _tensors(to_input, *temporal.sample(pool, batch, model.frames, model.target, patch, r), device)
             return temporal.loss(model, *b, anchor_weight=anchor, linear=linear)
     else:
-        vpool_m = [Pair(h, None) for h in held]
-        for _ in range(4 if held else 0):
-            x, _, _ = sample_windows(vpool_m, batch, model.frames, model.target, patch, vrng)
-            xt, sd = torch.from_numpy(to_input(x)).to(device), int(vrng.integers(1 << 31))
-            val_losses.append(functools.partial(_masked_held, model, xt, mask, sd))
-
         def step_loss(r: np.random.Generator) -> torch.Tensor:
             x, _, _ = sample_windows(train, batch, model.frames, model.target, patch, r)
             return masked_loss(model, torch.from_numpy(to_input(x)).to(device), mask, r)
 
     def validate() -> float:
         with torch.no_grad():
-            return float(np.mean([loss().item() for loss in val_losses]))
+            return float(np.mean([loss(model).item() for loss in val_losses]))
 
     out = Path(out)
     summary = fit(model, step_loss, steps=steps, minutes=minutes, lr=lr, seed=seed,
@@ -132,6 +124,71 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     log.info("wrote %s: %d steps in %.0f s, held-out %s loss %s", out, summary["steps"], summary["seconds"], objective,
              f"{summary['best_val']:.6f}" if summary["best_val"] is not None else "n/a")
     return summary | {"objective": objective}
+
+
+HeldOutLoss = Callable[[VideoDenoiser], torch.Tensor]
+
+
+def _held_out_batches(objective: str, vpool: list[temporal.TemporalClip], held: list[np.ndarray],
+                      to_input: Callable[[np.ndarray], np.ndarray], mask: MaskSpec, shadow_ratio: float, frames: int,
+                      target: int, batch: int, patch: int, rng: np.random.Generator,
+                      device: torch.device) -> list[HeldOutLoss]:
+    """Four fixed held-out batches of the objective, each a loss of any model of this layout (lower
+    is better): ``temporal``, aligned targets only (anchor weight 0: it is no evidence); ``masked``,
+    the blind-spot loss with fixed masks."""
+    out: list[HeldOutLoss] = []
+    if objective == "temporal":
+        linear = temporal.linear_for(shadow_ratio)
+        for _ in range(4 if vpool else 0):
+            b = _tensors(to_input, *temporal.sample(vpool, batch, frames, target, patch, rng), device)
+            out.append(_temporal_held(b, linear))
+        return out
+    vpool_m = [Pair(h, None) for h in held]
+    for _ in range(4 if held else 0):
+        x, _, _ = sample_windows(vpool_m, batch, frames, target, patch, rng)
+        xt, sd = torch.from_numpy(to_input(x)).to(device), int(rng.integers(1 << 31))
+        out.append(functools.partial(_masked_held, x=xt, mask=mask, seed=sd))
+    return out
+
+
+def _temporal_held(b: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], linear: bool) -> HeldOutLoss:
+    def loss(model: VideoDenoiser) -> torch.Tensor:
+        return temporal.loss(model, *b, anchor_weight=0.0, linear=linear)
+
+    return loss
+
+
+def held_out_losses(reference: VideoDenoiser, others: Sequence[VideoDenoiser], clips: Sequence[np.ndarray],
+                    objective: str = "temporal", seed: int = 0, batch: int = 8, patch: int = 96) -> tuple[str, list[float]]:
+    """The fine-tuning criterion on held-out clips ((T, H, W, 3) uint8 RGB, never trained on) for
+    ``reference`` and each of ``others`` (same layout), on the same fixed batches: the temporal
+    objective's targets are aligned on ``reference``'s output, as ``fine_tune`` aligns them on its
+    starting model's; ``masked`` (or too few aligned pixels): the blind-spot loss. Returns the
+    objective used and the losses, reference first (lower is better)."""
+    device = next(reference.parameters()).device
+    data = list(clips)
+    stats = measure_noise(data[0])
+    sigmas = np.median(np.stack([noise_level.estimate_clip(c, n=8) for c in data]), axis=0).astype(np.float32)
+
+    def to_input(windows: np.ndarray) -> np.ndarray:
+        return window_input(windows, reference.layout, sigmas)
+
+    vpool: list[temporal.TemporalClip] = []
+    if objective == "temporal":  # (the first clip stands in for the training pool it also builds)
+        objective, _, vpool, _ = _temporal_pools(reference, [Pair(data[0], None)], data, stats, sigmas)
+        if not vpool:
+            objective = "masked"
+    patch = min(patch, *(min(c.shape[1:3]) // 4 * 4 for c in data))
+    losses = _held_out_batches(objective, vpool, data, to_input, stats.mask_spec(), stats.shadow_ratio,
+                               reference.frames, reference.target, batch, patch, np.random.default_rng(seed), device)
+    if not losses:
+        raise ValueError("no held-out batch could be drawn from these clips")
+    scores = []
+    with torch.no_grad():
+        for m in (reference, *others):
+            m.eval()
+            scores.append(float(np.mean([loss(m).item() for loss in losses])))
+    return objective, scores
 
 
 def _temporal_pools(model: VideoDenoiser, train: list[Pair], held: list[np.ndarray], stats: NoiseStats,
