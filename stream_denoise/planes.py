@@ -100,6 +100,14 @@ def to_uint8_rgb(chw: np.ndarray) -> np.ndarray:
     return cv2.merge([u8[0], u8[1], u8[2]]) if len(u8) == 3 else np.ascontiguousarray(u8.transpose(1, 2, 0))
 
 
+def to_unit_torch(u8: Any) -> Any:
+    """(..., H, W, 3) uint8 tensor -> (..., 3, H, W) float32 in [0, 1] on its device: training's
+    windows and targets. It divides by 255, as training always has; ``frame_block(_torch)``
+    multiply by 1/255 in float32, which differs by one ulp on 126 of the 256 levels (kept apart so
+    neither shipped inference nor a resumed training run changes)."""
+    return u8.movedim(-1, -3).float().div_(255)
+
+
 def reflect_index(size: int, i: int) -> int:
     """Index of the i-th padded row/col after ``size``, mirrored without repeating the edge."""
     return min(max(size - 2 - (i % max(size - 1, 1)), 0), size - 1)

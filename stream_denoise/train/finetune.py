@@ -35,7 +35,7 @@ import torch
 from .. import model_files
 from ..model import VideoDenoiser, create_model, load_model, save_model
 from .. import noise_level
-from ..planes import window_input
+from ..planes import to_unit_torch, window_input
 from ..media import read_clip
 from .data import Pair, sample_windows
 from .loop import fit, use_bf16
@@ -232,6 +232,5 @@ def _masked_held(model: VideoDenoiser, x: torch.Tensor, mask: MaskSpec, seed: in
 
 def _tensors(to_input: Callable[[np.ndarray], np.ndarray], x: np.ndarray, tg: np.ndarray, v: np.ndarray,
              a: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    t = torch.from_numpy(tg).to(device).permute(0, 1, 4, 2, 3).float() / 255
-    an = torch.from_numpy(a).to(device).permute(0, 3, 1, 2).float() / 255
+    t, an = to_unit_torch(torch.from_numpy(tg).to(device)), to_unit_torch(torch.from_numpy(a).to(device))
     return torch.from_numpy(to_input(x)).to(device), t, torch.from_numpy(v).to(device).permute(0, 1, 4, 2, 3), an

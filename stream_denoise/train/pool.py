@@ -25,6 +25,7 @@ import torch
 from .. import noise_level
 from ..buffer import reflect_indices
 from ..noise import NoiseSpec, add_noise, decode, encode, random_spec
+from ..planes import to_unit_torch
 from .corpus import Corpus
 from .corpus import load as load_corpus
 from .synth import clip_crop, moving_clip
@@ -255,5 +256,5 @@ class Sampler:
         k, planes = frames, self.luts.shape[1]
         maps = noise_level.level_map_torch(w.flatten(0, 1), self.luts[jt].repeat_interleave(k, 0))  # (B*K, P, p, p)
         maps = maps.view(batch, k, planes, patch, patch) * torch.from_numpy(gain).to(dev)[:, None, None, None, None]
-        x = torch.cat([w.permute(0, 1, 4, 2, 3).float().div_(255), maps], dim=2)  # (B, K, 3 + P, p, p)
-        return x.reshape(batch, k * (3 + planes), patch, patch), c.permute(0, 3, 1, 2).float().div_(255)
+        x = torch.cat([to_unit_torch(w), maps], dim=2)  # (B, K, 3 + P, p, p)
+        return x.reshape(batch, k * (3 + planes), patch, patch), to_unit_torch(c)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..buffer import reflect_indices
-from ..planes import window_input
+from ..planes import to_uint8_rgb, window_input
 from .data import augment
 
 if TYPE_CHECKING:
@@ -145,8 +145,9 @@ def denoise_clip(model: VideoDenoiser, clip: np.ndarray, sigmas: np.ndarray | No
             ts = range(s, min(s + batch, t_len))
             win = np.stack([clip[window(t, model.frames, model.target, t_len)] for t in ts])
             x = torch.from_numpy(window_input(win, model.layout, sigmas)).to(dev)
-            y = model(x)[:, :, :h, :w].clamp(0, 1) * 255 + 0.5
-            out[s : s + len(ts)] = y.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
+            y = model(x)[:, :, :h, :w].float().cpu().numpy()
+            for i, chw in enumerate(y):
+                out[s + i] = to_uint8_rgb(chw)
     return out
 
 

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from ..model.net import VideoDenoiser
+from .. import noise_level
 from ..noise import NoiseSpec, add_noise
+from ..planes import to_uint8_rgb, window_input
 from .corpus import Corpus
 from .pool import PoolSpec, clean_clip, has_codecs
 
@@ -71,18 +73,12 @@ def build(corpus: Corpus) -> ValidationSet:
 
 def _windows(noisy: np.ndarray, model: VideoDenoiser) -> np.ndarray:
     """(N, K * (3 + P), S, S) float32: the window centred on (causal: ending at) each clip's middle
-    frame, each frame followed by its noise maps for the clip's reading (``net``'s layout)."""
-    from .. import noise_level
-
-    k, t, planes = model.frames, model.target, model.arch.noise_planes
+    frame, each frame followed by its noise maps for the clip's reading (``planes.window_input``)."""
+    layout = model.layout
     mid = noisy.shape[1] // 2
-    frames = noisy[:, mid - t : mid - t + k]  # (N, K, S, S, 3)
-    x = frames.transpose(0, 1, 4, 2, 3).astype(np.float32) / 255  # (N, K, 3, S, S)
-    if planes:
-        maps = np.stack([np.stack([noise_level.level_map(f, sig)[:planes] for f in clip])
-                         for clip, sig in zip(frames, (noise_level.estimate_clip(n) for n in noisy))])
-        x = np.concatenate([x, maps], axis=2)
-    return np.ascontiguousarray(x.reshape(len(noisy), -1, *noisy.shape[2:4]))
+    frames = noisy[:, mid - layout.target : mid - layout.target + layout.frames]  # (N, K, S, S, 3)
+    sigmas = np.stack([noise_level.estimate_clip(n) for n in noisy]) if layout.noise_planes else None
+    return window_input(frames, layout, sigmas)
 
 
 def score(model: VideoDenoiser, vset: ValidationSet, batch: int = 8) -> dict[str, dict[str, float]]:
@@ -95,12 +91,12 @@ def score(model: VideoDenoiser, vset: ValidationSet, batch: int = 8) -> dict[str
     for name in vset.names:
         noisy = vset.noisy[name]
         x = _windows(noisy, model)
-        ys = []
+        ys: list[np.ndarray] = []
         with torch.no_grad():
             for i in range(0, len(x), batch):
                 y = model(torch.from_numpy(x[i : i + batch]).to(device)).float().cpu().numpy()
-                ys.append(y)
-        y = np.clip(np.round(np.concatenate(ys).transpose(0, 2, 3, 1) * 255), 0, 255)
+                ys.extend(to_uint8_rgb(chw) for chw in y)
+        y = np.stack(ys).astype(np.float32)
         centre = noisy[:, noisy.shape[1] // 2].astype(np.float32)
         err = y - clean
         out[name] = {"psnr": _psnr(y, clean), "noisy_psnr": _psnr(centre, clean),
