@@ -115,11 +115,11 @@ def denoise_clip(path: Path, clip: np.ndarray, backend: str = "onnxruntime", thr
 
 def fine_tune(init: Path, noisy: np.ndarray, out: Path, minutes: float, steps: int, threads: int, seed: int = 0) -> dict:
     """Self-supervised fine-tuning on the recorded noisy frames (no clean data)."""
-    from stream_denoise.train.finetune import fine_tune as ft
+    from stream_denoise.train.finetune import FineTune, fine_tune as ft
 
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # fresh checkpoint: never resume
-        summary = ft([], Path(tmp) / "model.pt", init=str(init), minutes=minutes, steps=steps, seed=seed,
-                     threads=threads, frames=[noisy], progress=False)
+        summary = ft([noisy], Path(tmp) / "model.pt", FineTune(init=str(init), minutes=minutes, steps=steps, seed=seed,
+                                                             threads=threads, progress=False))
         shutil.move(Path(tmp) / "model.pt", out)
     return summary
 

@@ -392,11 +392,11 @@ def _model_out(out: Path, suffix: str, inputs: list[tuple[str, Any]]) -> None:
 def cmd_fine_tune(a: argparse.Namespace) -> int:
     _model_out(a.out, ".pt", [*(("clip", c) for c in a.clips),
                               ("--from", a.init if a.init and Path(a.init).is_file() else None)])
-    from .train.finetune import fine_tune
+    from .train.finetune import FineTune, fine_tune
 
-    fine_tune(a.clips, a.out, init=None if a.scratch else (a.init or for_window("lite", a.window)),
-              arch=a.arch, window=a.window, minutes=a.minutes, steps=a.steps, seed=a.seed, max_frames=a.max_frames,
-              objective=a.objective, precision=a.precision)
+    fine_tune(a.clips, a.out, FineTune(init=None if a.scratch else (a.init or for_window("lite", a.window)),
+                                       arch=a.arch, window=a.window, minutes=a.minutes, steps=a.steps, seed=a.seed,
+                                       max_frames=a.max_frames, objective=a.objective, precision=a.precision))
     return 0
 
 

@@ -71,11 +71,11 @@ Train = Callable[[Job], tuple[Path, dict[str, Any]]]  # job -> (candidate .pt, s
 
 def fine_tune_candidate(job: Job) -> tuple[Path, dict[str, Any]]:
     """The default ``train``: ``fine_tune`` from the running model (same objective as the command)."""
-    from ..train.finetune import fine_tune
+    from ..train.finetune import FineTune, fine_tune
 
     out = job.workdir / "candidate.pt"
-    summary = fine_tune([], out, init=str(job.parent), minutes=job.minutes, steps=job.steps, frames=job.train,
-                        progress=False, batch=job.batch, patch=job.patch, seed=job.seed)
+    summary = fine_tune(job.train, out, FineTune(init=str(job.parent), minutes=job.minutes, steps=job.steps,
+                                                 progress=False, batch=job.batch, patch=job.patch, seed=job.seed))
     return out, summary
 
 

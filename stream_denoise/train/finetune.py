@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,20 +46,42 @@ from .masking import MaskSpec, NoiseStats, masked_loss, measure_noise
 log = logging.getLogger(__name__)
 
 
-def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "lite", arch: str = "lite",
-              window: str = "centered", minutes: float = 10.0, steps: int = 3000, seed: int = 0,
-              max_frames: int = 300, batch: int = 8, patch: int = 96, lr: float = 3e-4,
-              mask: MaskSpec | None = None, threads: int | None = None, frames: Sequence[np.ndarray] | None = None,
-              progress: bool = True, objective: str = "temporal", precision: str = "auto",
-              average: float = 0.998) -> dict:
-    """Fit a model to recordings; ``frames`` may pass decoded clips ((T,H,W,3) uint8 RGB) directly."""
-    if threads:
-        torch.set_num_threads(threads)
-    data = list(frames) if frames is not None else [read_clip(c, max_frames=max_frames) for c in clips]
+@dataclass(frozen=True)
+class FineTune:
+    """How ``fine_tune`` trains: where it starts, the objective, the schedule and the machine."""
+
+    init: str | None = "lite"  # the model to start from (a name or a .pt); None: a new ``arch``/``window`` network
+    arch: str = "lite"
+    window: str = "centered"
+    objective: str = "temporal"  # or "masked" (the fallback when too few pixels align)
+    minutes: float = 10.0
+    steps: int = 3000
+    batch: int = 8
+    patch: int = 96
+    lr: float = 3e-4
+    seed: int = 0
+    average: float = 0.998  # decay of the weights' moving average (0: none)
+    precision: str = "auto"
+    mask: MaskSpec | None = None  # the blind spot; None: sized from the measured noise
+    max_frames: int = 300  # per recording read from a file
+    threads: int | None = None
+    progress: bool = True
+
+
+def fine_tune(clips: Sequence[str | Path | np.ndarray], out: str | Path, opts: FineTune = FineTune()) -> dict:
+    """Fit a model to recordings: each clip a video file or a decoded (T, H, W, 3) uint8 RGB clip.
+    Writes ``out`` (and resumes from its ``.ckpt``); returns the training summary and the objective used."""
+    init, arch, window, objective = opts.init, opts.arch, opts.window, opts.objective
+    minutes, steps, batch, patch, lr, seed = opts.minutes, opts.steps, opts.batch, opts.patch, opts.lr, opts.seed
+    average, mask = opts.average, opts.mask
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    data = [c if isinstance(c, np.ndarray) else read_clip(c, max_frames=opts.max_frames) for c in clips]
+    files = [str(c) for c in clips if not isinstance(c, np.ndarray)]
     model = load_model(model_files.resolve(init, ".pt")) if init else create_model(arch, window=window)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    bf16 = use_bf16(precision, device)
+    bf16 = use_bf16(opts.precision, device)
     log.info("fine-tuning on %s (%s)", device, "bfloat16 autocast" if bf16 else "float32")
     stats = measure_noise(data[0])
     # the camera's noise reading for a noise-aware network's maps, as a live stream's tracker makes it
@@ -114,9 +137,9 @@ def fine_tune(clips: Sequence[str | Path], out: str | Path, init: str | None = "
     out = Path(out)
     summary = fit(model, step_loss, steps=steps, minutes=minutes, lr=lr, seed=seed,
                   checkpoint=out.with_suffix(".ckpt"), validate=validate if val_losses else None,
-                  validate_every=100, progress=progress, bf16=bf16, average=average)
+                  validate_every=100, progress=opts.progress, bf16=bf16, average=average)
     save_model(model, out, trained="self-supervised fine-tune", init=init or f"scratch:{arch}",
-               clips=[str(c) for c in clips], objective=objective, mask_radius=mask.radius, mask_tube=mask.tube,
+               clips=files, objective=objective, mask_radius=mask.radius, mask_tube=mask.tube,
                noise_sigma=stats.sigma, noise_shadow_ratio=round(stats.shadow_ratio, 3),
                noise_reading=sigmas.round(2).tolist() if model.arch.noise_planes else None, anchor_weight=anchor if objective == "temporal" else None,
                temporal_targets=targets, average=average or None, seed=seed,

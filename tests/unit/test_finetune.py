@@ -10,7 +10,7 @@ from stream_denoise.backends import create_backend  # noqa: E402
 from stream_denoise.denoiser import Denoiser  # noqa: E402
 from stream_denoise.noise import CONDITIONS, add_noise  # noqa: E402
 from tests.photo_clips import moving_clip, skimage_photos  # noqa: E402
-from stream_denoise.train.finetune import fine_tune  # noqa: E402
+from stream_denoise.train.finetune import FineTune, fine_tune  # noqa: E402
 from stream_denoise.train.masking import measure_noise  # noqa: E402
 from tests.cli_helpers import denoise_cli, run_cli  # noqa: E402
 
@@ -29,8 +29,8 @@ def clip():
 def test_from_scratch_without_clean_data_beats_the_noisy_input(tmp_path, clip):
     clean, noisy = clip
     out = tmp_path / "cam.pt"
-    summary = fine_tune([], out, init=None, arch="lite", minutes=3, steps=400, seed=0, batch=8, patch=48,
-                        lr=5e-3, frames=[noisy], progress=False)
+    summary = fine_tune([noisy], out, FineTune(init=None, arch="lite", minutes=3, steps=400, seed=0, batch=8, patch=48,
+                                               lr=5e-3, progress=False))
     assert out.exists() and summary["steps"] > 0 and summary["best_val"] is not None
     den = Denoiser(create_backend(ModelConfig(model=str(out), backend="torch")))
     outs = [den.denoise_window(list(noisy[i - 2 : i + 3])) for i in range(2, len(noisy) - 2)]
@@ -42,8 +42,8 @@ def test_from_scratch_without_clean_data_beats_the_noisy_input(tmp_path, clip):
 def test_checkpoint_resume_continues(tmp_path, clip):
     _, noisy = clip
     out = tmp_path / "cam.pt"
-    fine_tune([], out, init=None, minutes=1, steps=10, frames=[noisy], progress=False, patch=32, batch=2)
-    again = fine_tune([], out, init=None, minutes=1, steps=20, frames=[noisy], progress=False, patch=32, batch=2)
+    fine_tune([noisy], out, FineTune(init=None, minutes=1, steps=10, progress=False, patch=32, batch=2))
+    again = fine_tune([noisy], out, FineTune(init=None, minutes=1, steps=20, progress=False, patch=32, batch=2))
     assert again["steps"] == 20  # resumed at step 10 from cam.ckpt, not restarted
 
 
@@ -130,6 +130,9 @@ def test_cli_fine_tune_writes_a_model_that_run_denoise_and_export_accept(tmp_pat
     res = run_cli("fine-tune", str(sample), "--out", str(model), "--steps", "6", "--max-frames", "30", "--seed", "1")
     assert res.returncode == 0, res.stderr
     assert "blind spot" in res.stderr and model.exists()
+    from stream_denoise.model.checkpoint import model_meta
+
+    assert model_meta(model)["clips"] == [str(sample)]  # the recordings it was read from
     assert denoise_cli(sample, tmp_path / "o.mkv", "--model", str(model)).shape[0] == 75
     res = run_cli("-q", "export", str(model), "--out", str(tmp_path / "cam.onnx"))
     assert res.returncode == 0 and (tmp_path / "cam.onnx").exists(), res.stderr
@@ -277,14 +280,15 @@ def pan():
 def test_temporal_fine_tune_improves_its_start_and_records_the_objective(tmp_path, pan):
     clean, noisy = pan
     out = tmp_path / "cam.pt"
-    summary = fine_tune([], out, init="lite", minutes=2, steps=300, seed=0, batch=8, patch=80,
-                        frames=[noisy], progress=False)
+    summary = fine_tune([noisy], out, FineTune(init="lite", minutes=2, steps=300, seed=0, batch=8, patch=80,
+                                               progress=False))
     assert summary["objective"] == "temporal"
     from stream_denoise import model_files
     from stream_denoise.model.checkpoint import model_meta
 
     meta = model_meta(out)
     assert meta["objective"] == "temporal" and meta["init"] == "lite"
+    assert meta["clips"] == []  # decoded clips have no file to record
     targets = meta["temporal_targets"]  # how the targets were chosen for this noise (sigma 30: strong)
     assert targets["frames"] == "outside" and targets["per_side"] == 2 and targets["gap"] == 0
     assert 0.05 < targets["aligned_fraction"] <= 1
