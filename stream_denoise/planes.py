@@ -6,7 +6,7 @@ networks that are not noise-aware), padded by reflection at the bottom/right to 
 stride: (N, K * (3 + P), Hp, Wp). Its output is (N, 3, Hp, Wp) float32, cropped back to (H, W),
 scaled, rounded and clipped to (H, W, 3) uint8 RGB. The host path (numpy) is used by inference on
 the CPU, training, calibration and Ray; ``frame_block_torch`` is its twin on a GPU (the same
-arithmetic: x/255 in float32, the same reflection, the same maps).
+arithmetic: x * float32(1/255), the same reflection, the same maps).
 """
 
 from __future__ import annotations

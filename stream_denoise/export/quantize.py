@@ -322,7 +322,7 @@ def compare_int8(fp32_onnx: str | Path, int8_onnx: str | Path, clips: Sequence[s
     rng = np.random.default_rng(seed)
     for w, h in sizes:
         hp, wp = -(-h // fp32.stride) * fp32.stride, -(-w // fp32.stride) * fp32.stride
-        x = rng.random((1, 3 * k, hp, wp), dtype=np.float32)
+        x = rng.random((1, k * (3 + fp32.noise_planes), hp, wp), dtype=np.float32)
         times: dict[str, list[float]] = {"fp32": [], "int8": []}
         for i in range(warmup + runs):
             for key, be in ((("fp32", fp32), ("int8", int8)) if i % 2 else (("int8", int8), ("fp32", fp32))):

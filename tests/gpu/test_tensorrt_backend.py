@@ -104,6 +104,6 @@ def test_int8_engine_from_calibration(trt, tiny_model, ort_fp32, tmp_path):
     cached, owner = find_or_build(tiny_model, "int8", Shapes(**SMALL), tmp_path / "engines", calib)
     assert cached.manifest["precision_check"]["by_precision"].get("int8", 0) > 0
     backend = TensorRTBackend(cached, owner)
-    x = calibrate.to_network_input(windows[:1])
+    x = calibrate.to_network_input(windows[:1], ort_fp32.noise_planes)
     err = np.abs(backend.infer(x) - ort_fp32.infer(x))
     assert err.mean() < 1e-2 and err.max() < 8e-2

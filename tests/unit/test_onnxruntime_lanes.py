@@ -8,10 +8,15 @@ from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend
 from stream_denoise.model_files import onnx_file
 
 
-def frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+def frames(n: int, h: int, w: int, c: int, seed: int = 0) -> np.ndarray:
+    """n windows of c channels (the network's input width: K * (3 + noise maps))."""
     rng = np.random.default_rng(seed)
-    base = rng.uniform(0, 1, (1, 15, h, w)).astype(np.float32)
-    return np.clip(base + rng.normal(0, 0.05, (n, 15, h, w)), 0, 1).astype(np.float32)
+    base = rng.uniform(0, 1, (1, c, h, w)).astype(np.float32)
+    return np.clip(base + rng.normal(0, 0.05, (n, c, h, w)), 0, 1).astype(np.float32)
+
+
+def width(b: OnnxRuntimeBackend) -> int:
+    return b.frames * (3 + b.noise_planes)
 
 
 @pytest.mark.parametrize("model", ["lite", "base"])
@@ -21,10 +26,10 @@ def test_lanes_and_bands_equal_one_session(model):
     lanes = OnnxRuntimeBackend(path, threads=2, lanes=3, tile_pixels=1)  # every lone frame in bands
     assert lanes.lanes == 3 and len(lanes._lanes) == 3
     try:
-        x = frames(4, 200, 96)  # a batch of 4 windows over 3 lanes
+        x = frames(4, 200, 96, width(one))  # a batch of 4 windows over 3 lanes
         ref = np.concatenate([one.infer(x[i : i + 1]).copy() for i in range(4)])
         assert np.abs(lanes.infer(x) - ref).max() < 1e-4
-        big = frames(1, 412, 120, seed=1)  # 3 bands of ~137 rows, cut on the stride grid
+        big = frames(1, 412, 120, width(one), seed=1)  # 3 bands of ~137 rows, cut on the stride grid
         whole = one.infer(big).copy()
         banded = lanes.infer(big)
         assert np.abs(banded - whole).max() < 1e-4, "seams: the bands' margins are narrower than the receptive field"
@@ -40,7 +45,7 @@ def test_band_margin_covers_the_receptive_field():
     for model in ("lite", "base"):
         b = OnnxRuntimeBackend(onnx_file(model), threads=2, lanes=1)
         try:
-            x = frames(1, 256, 64)
+            x = frames(1, 256, 64, width(b))
             y0 = b.infer(x).copy()
             x[:, :, 128, 32] += 0.5
             rows = np.nonzero(np.abs(b.infer(x) - y0).max(axis=(0, 1, 3)) > 0)[0]
