@@ -237,8 +237,12 @@ def test_run_resumes_from_the_newest_good_model_and_skips_bad_ones(tmp_path, foo
     cfg = config(tmp_path, src, sample_every_s=3600)  # one clip: no training run in this test
     assert cfg.adapt is not None
     store = ModelStore(cfg.adapt.dir, "cam1")
-    layout = {"frames": 5, "target": 2, "stride": 4, "noise_planes": 0,
-              "arch": '{"c1": 16, "c2": 48, "n_mid": 2, "c0": 8, "half_conv": false}'}
+    from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend
+
+    b = OnnxRuntimeBackend(onnx_file("lite"), threads=1)  # the running model's layout, as the adapter reads it
+    layout = {"frames": b.frames, "target": b.target, "stride": b.stride, "noise_planes": b.noise_planes,
+              "arch": b.meta.get("arch")}
+    b.close()
     assert store.save(1, model_files.resolve("lite", ".pt"), onnx_file("lite"), {"generation": 1, "layout": layout}) is not None
     assert store.save(2, model_files.resolve("lite", ".pt"), onnx_file("lite"), {"generation": 2, "layout": layout}) is not None
     (store.dir / "gen-0002.onnx").write_bytes(b"not an onnx file")
