@@ -54,7 +54,7 @@ def test_torch_backend_takes_read_only_windows_quietly():
     from stream_denoise.model_files import resolve
 
     backend = TorchBackend(str(resolve("lite", ".pt")), threads=1)
-    x = np.random.default_rng(0).random((1, 15, 32, 48), dtype=np.float32)
+    x = np.random.default_rng(0).random((1, backend.frames * (3 + backend.noise_planes), 32, 48), dtype=np.float32)
     x.flags.writeable = False
     with warnings.catch_warnings():
         warnings.simplefilter("error")
