@@ -70,7 +70,7 @@ class Denoiser:
                               f"use a {window} model (e.g. lite-causal)")
         self.backend = backend
         self.window = model_window
-        self.layout = Layout(backend.frames, backend.target, backend.stride, backend.noise_planes)
+        self.layout = Layout.of(backend)
         self.noise = NoiseTracker() if self.layout.noise_planes else None
         self._readings: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()  # by frame key
         self.buffer = TemporalBuffer(backend.frames, backend.target)
@@ -87,7 +87,7 @@ class Denoiser:
         """Run the next windows on ``backend`` (same window layout, a CPU backend), stamping their
         frames with ``generation``; returns the backend replaced. Frames waiting for look-ahead stay:
         no frame is lost or repeated (``run --adapt`` calls this between two frames)."""
-        new = Layout(backend.frames, backend.target, backend.stride, backend.noise_planes)
+        new = Layout.of(backend)
         if new != self.layout or self._gpu is not None:
             raise ValueError(f"cannot swap to a network of another layout ({new} vs {self.layout})")
         old, self.backend, self.generation = self.backend, backend, generation

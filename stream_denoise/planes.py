@@ -13,12 +13,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from . import noise_level
 from .frame import check_pixels
+
+
+class WindowFacts(Protocol):
+    """What a backend declares about its window (``backends.Backend``)."""
+
+    @property
+    def frames(self) -> int: ...
+    @property
+    def target(self) -> int: ...
+    @property
+    def stride(self) -> int: ...
+    @property
+    def noise_planes(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,11 @@ class Layout:
     def padded(self, h: int, w: int) -> tuple[int, int]:
         s = self.stride
         return -(-h // s) * s, -(-w // s) * s
+
+    @classmethod
+    def of(cls, net: WindowFacts) -> Layout:
+        """The layout a backend (or anything that declares the window's facts) takes."""
+        return cls(net.frames, net.target, net.stride, net.noise_planes)
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Layout:

@@ -170,7 +170,7 @@ class TensorRTBackend:
         """Frames in, denoised frames out, with the window kept on the GPU (see cuda_windows.GpuWindowRunner)."""
         from .cuda_windows import GpuWindowRunner
 
-        return GpuWindowRunner(self._executor, Layout(self.frames, self.target, self.stride, self.noise_planes))
+        return GpuWindowRunner(self._executor, Layout.of(self))
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """x (N, 3K, H, W) float32 -> (N, 3, H, W) float32 (a reused buffer, valid until the next call)."""

@@ -299,6 +299,7 @@ def compare_int8(fp32_onnx: str | Path, int8_onnx: str | Path, clips: Sequence[s
     from ..backends.onnx_cpu import OnnxRuntimeBackend
     from ..buffer import reflect_indices
     from ..noise import CONDITIONS, add_noise
+    from ..planes import Layout
 
     fp32 = OnnxRuntimeBackend(fp32_onnx, threads)
     int8 = OnnxRuntimeBackend(int8_onnx, threads)
@@ -322,7 +323,7 @@ def compare_int8(fp32_onnx: str | Path, int8_onnx: str | Path, clips: Sequence[s
     rng = np.random.default_rng(seed)
     for w, h in sizes:
         hp, wp = -(-h // fp32.stride) * fp32.stride, -(-w // fp32.stride) * fp32.stride
-        x = rng.random((1, k * (3 + fp32.noise_planes), hp, wp), dtype=np.float32)
+        x = rng.random((1, Layout.of(fp32).channels, hp, wp), dtype=np.float32)
         times: dict[str, list[float]] = {"fp32": [], "int8": []}
         for i in range(warmup + runs):
             for key, be in ((("fp32", fp32), ("int8", int8)) if i % 2 else (("int8", int8), ("fp32", fp32))):

@@ -9,6 +9,7 @@ onnx = pytest.importorskip("onnx")
 from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend  # noqa: E402
 from stream_denoise.export.to_onnx import export_onnx  # noqa: E402
 from stream_denoise.model import create_model, load_model, save_model  # noqa: E402
+from stream_denoise.planes import Layout  # noqa: E402
 
 NATIVE = {"Conv", "ConvTranspose", "Relu", "Add", "Concat", "Slice", "Constant"}
 
@@ -54,7 +55,7 @@ def test_torch_backend_takes_read_only_windows_quietly():
     from stream_denoise.model_files import resolve
 
     backend = TorchBackend(str(resolve("lite", ".pt")), threads=1)
-    x = np.random.default_rng(0).random((1, backend.frames * (3 + backend.noise_planes), 32, 48), dtype=np.float32)
+    x = np.random.default_rng(0).random((1, Layout.of(backend).channels, 32, 48), dtype=np.float32)
     x.flags.writeable = False
     with warnings.catch_warnings():
         warnings.simplefilter("error")

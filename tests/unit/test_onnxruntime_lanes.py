@@ -6,6 +6,7 @@ import pytest
 
 from stream_denoise.backends.onnx_cpu import OnnxRuntimeBackend
 from stream_denoise.model_files import onnx_file
+from stream_denoise.planes import Layout
 
 
 def frames(n: int, h: int, w: int, c: int, seed: int = 0) -> np.ndarray:
@@ -16,7 +17,7 @@ def frames(n: int, h: int, w: int, c: int, seed: int = 0) -> np.ndarray:
 
 
 def width(b: OnnxRuntimeBackend) -> int:
-    return b.frames * (3 + b.noise_planes)
+    return Layout.of(b).channels
 
 
 @pytest.mark.parametrize("model", ["lite", "base"])

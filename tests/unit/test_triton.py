@@ -35,6 +35,7 @@ from stream_denoise.errors import (
     ModelError,
 )
 from stream_denoise.model_files import MODELS_DIR
+from stream_denoise.planes import Layout
 from tests.cli_helpers import run_cli
 
 onnx = pytest.importorskip("onnx")
@@ -97,8 +98,7 @@ def test_config_matches_the_onnx(repo: Path) -> None:
     assert inp.type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis, as max_batch_size > 0 needs
     assert cfg["input"][0]["name"] == inp.name == "frames" and cfg["output"][0]["name"] == out.name == "clean"
     assert cfg["input"][0]["data_type"] == cfg["output"][0]["data_type"] == "TYPE_FP32"
-    width = int(meta["frames"]) * (3 + int(meta.get("noise_planes", 0)))  # each frame's RGB and noise maps
-    assert [int(d) for d in cfg["input"][0]["dims"]] == [width, -1, -1]
+    assert [int(d) for d in cfg["input"][0]["dims"]] == [Layout.from_meta(meta).channels, -1, -1]
     assert [int(d) for d in cfg["output"][0]["dims"]] == [3, -1, -1]
     assert cfg["instance_group"][0]["kind"] == "KIND_CPU"
     params = {k: v["string_value"] for k, v in cfg["parameters"].items()}
@@ -113,7 +113,7 @@ def test_exported_onnx_runs_batched_like_the_shipped_model(repo: Path) -> None:
 
     sess = ort.InferenceSession(str(repo / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     ref = OnnxRuntimeBackend(LITE, threads=1)
-    x = np.random.default_rng(0).random((3, ref.frames * (3 + ref.noise_planes), 32, 48), dtype=np.float32)
+    x = np.random.default_rng(0).random((3, Layout.of(ref).channels, 32, 48), dtype=np.float32)
     (y,) = sess.run(["clean"], {"frames": x})
     expected = np.concatenate([ref.infer(x[i : i + 1]).copy() for i in range(3)])
     ref.close()
@@ -360,7 +360,7 @@ def test_backend_against_a_stand_in_server(fake_triton: tuple[str, list[int]]) -
     backend = create_backend(ModelConfig(model="lite", backend="triton", triton_url=url))
     try:
         assert (backend.name, backend.frames, backend.target, backend.stride) == ("triton", 5, 2, 4)
-        x = np.random.default_rng(1).random((3, backend.frames * (3 + backend.noise_planes), 32, 48), dtype=np.float32)
+        x = np.random.default_rng(1).random((3, Layout.of(backend).channels, 32, 48), dtype=np.float32)
         y = backend.infer(x)
         assert batches == [2, 1]  # split at the model's max_batch_size
         ref = OnnxRuntimeBackend(LITE, threads=1)
