@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("skvideo")
 
+from stream_denoise.adapt import Adapter  # noqa: E402
 from stream_denoise.config import AdaptConfig, ModelConfig, PublishConfig, RunConfig, SourceConfig  # noqa: E402
 from stream_denoise.noise import NoiseSpec, add_noise  # noqa: E402
 from stream_denoise.pipeline import Pipeline  # noqa: E402
@@ -178,16 +179,22 @@ def test_a_worse_candidate_is_never_swapped_in(tmp_path, footage):
     assert "adapt gen 0" in status and "rejected 2" in status
 
 
+def swapped_and_streaming(run: Run, swaps: int) -> Adapter:
+    """Wait for ``swaps`` swaps, then for 10 more frames (the stream goes on); the run's adapter."""
+    adapter = run.pipe.adapter
+    assert adapter is not None
+    assert wait_until(lambda: adapter.swaps >= swaps or run.errors, timeout=150), run.pipe._status_line()
+    n = len(run.got)
+    assert wait_until(lambda: len(run.got) >= n + 10, timeout=10)
+    return adapter
+
+
 def test_a_crashing_then_hanging_trainer_is_restarted_and_the_stream_goes_on(tmp_path, footage, trainer_dir, caplog):
     _, src = footage
     cfg = config(tmp_path, src, minutes=0.05, hang_s=15.0, margin=0.0)
     caplog.set_level(logging.WARNING, logger="stream_denoise.adapt")
     with Run(cfg, adapt_train=adapt_trainers.crash_then_hang) as run:
-        adapter = run.pipe.adapter
-        assert adapter is not None
-        assert wait_until(lambda: adapter.swaps >= 1 or run.errors, timeout=150), run.pipe._status_line()
-        n = len(run.got)
-        assert wait_until(lambda: len(run.got) >= n + 10, timeout=10)
+        adapter = swapped_and_streaming(run, 1)
         metrics = run.metrics()
     assert not run.errors
     assert len(list(trainer_dir.glob("call-*"))) >= 3  # crashed, hung, then answered
@@ -214,11 +221,7 @@ def test_an_unwritable_model_dir_costs_one_line_and_adaptation_goes_on(tmp_path,
     cfg = config(tmp_path, src, dir=unwritable, minutes=0.05, margin=0.0, interval_s=0.5)
     caplog.set_level(logging.INFO, logger="stream_denoise.adapt")
     with Run(cfg, adapt_train=adapt_trainers.copy_parent) as run:
-        adapter = run.pipe.adapter
-        assert adapter is not None
-        assert wait_until(lambda: adapter.swaps >= 2 or run.errors, timeout=150), run.pipe._status_line()
-        n = len(run.got)
-        assert wait_until(lambda: len(run.got) >= n + 10, timeout=10)
+        adapter = swapped_and_streaming(run, 2)
     assert not run.errors
     check_every_frame(run.got)
     assert max(run.gens()) >= 2  # swapped in from memory, twice
