@@ -1,13 +1,22 @@
 """Many streams on one host: total throughput for 1, 4 and 16 cameras (lite, ONNX Runtime, small frames).
 
 Each stream is the same noisy clip looped (file sources are lossless, so every frame is denoised
-and published); the clock runs from ``run()`` to the last published frame. Arrangements:
+and published). ``fps_total``: frames out per second from the first published frame to the last
+(start-up, which for ``processes`` includes starting the decode processes, is reported apart as
+``startup_s``); ``cores``: CPU seconds of the process and its children per second of wall time;
+``e2e_p50_ms``/``e2e_p99_ms``: decode -> publish latency; ``rss_mb``: the largest resident size of
+the process and of a child. ``--realtime S``: the sources are paced at their frame rate (25 fps)
+for S seconds and the figure is the share of frames dropped (the most cameras held with < 1 %
+drops). Arrangements:
 
 - ``separate``: one :class:`Pipeline` per camera, each with its own ONNX Runtime session (all in one
   process, threads; the cores are split between the sessions);
 - ``multicam``: one :class:`MultiCamera`, one shared session, windows of same-size cameras batched
   (``[batch] max_size`` = the number of streams, ``max_wait_ms`` 4);
 - ``multicam-unbatched``: the same with ``max_size = 1`` (shows what batching itself adds);
+- ``processes``: the multi-process runtime (:mod:`stream_denoise.fleet`, the default of ``run
+  --config``): decode worker processes write frames into shared-memory rings, inference lanes (one
+  one-thread session per core) take the newest frame of each camera in turn;
 - ``ray`` (``--ray``): the cameras as Ray actors and 2 Ray Serve replicas of 1 CPU each on a local
   cluster (the per-host figure of a scale-out; set-up time excluded).
 
@@ -21,11 +30,14 @@ import argparse
 import json
 import logging
 import os
+import resource
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+import numpy as np
 
 from .speed import source_clip
 
@@ -34,15 +46,18 @@ log = logging.getLogger("benchmarks.streams")
 
 
 MODEL, BACKEND = "lite", "onnxruntime"  # set by --model / --backend
+REALTIME = 0.0  # --realtime: seconds of paced sources (0: as fast as they decode)
 
 
 def _deployment(clip: Path, n: int, per_stream: int, tmp: str, mode: str, threads: int):  # type: ignore[no-untyped-def]
     from stream_denoise.config import DeploymentConfig
 
-    data = {"cameras": [{"name": f"cam{i:02d}", "source": {"uri": str(clip), "loop": True}} for i in range(n)],
+    data = {"cameras": [{"name": f"cam{i:03d}", "source": {"uri": str(clip), "loop": True, "realtime": REALTIME > 0}}
+                        for i in range(n)],
             "model": {"model": MODEL, "backend": BACKEND, "threads": threads},
             "publish": {"endpoint": f"ipc://{tmp}/{mode}-{n}", "sndhwm": 4},
             "batch": {"max_size": 1 if mode == "multicam-unbatched" else min(n, 16), "max_wait_ms": 4},
+            "runtime": {"decode_workers": None if mode == "processes" else 0},
             "max_frames": per_stream, "status_interval_s": 3600, "log_level": "warning"}
     if mode == "ray":
         data["ray"] = {"replicas": 2, "replica_cpus": 1, "camera_cpus": 0.25, "local_cpus": max(4, n)}
@@ -54,7 +69,7 @@ def measure(clip: Path, n: int, mode: str, frames: int, threads: int) -> dict:
     from stream_denoise.multicam import MultiCamera
     from stream_denoise.pipeline import Pipeline
 
-    per_stream = max(frames // n, 20)
+    per_stream = int(REALTIME * 25) if REALTIME else max(frames // n, 20)
     with tempfile.TemporaryDirectory() as tmp:
         if mode == "separate":
             each = max(1, threads // n)
@@ -93,13 +108,39 @@ def measure(clip: Path, n: int, mode: str, frames: int, threads: int) -> dict:
             return {"mode": mode, "streams": n, "frames": total, "wall_s": wall, "fps_total": total / wall,
                     "replicas": 2}
         with MultiCamera(cfg) as mc:
+            first: list[tuple[float, int]] = []
+            done = threading.Event()
+
+            def watch() -> None:  # when the first frame came out, and how many by then
+                while not done.wait(0.005):
+                    out = sum(c.metrics.frames_out for c in mc.cameras)
+                    if out:
+                        first.append((time.perf_counter(), out))
+                        return
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            r0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
+            watcher.start()
             metrics = mc.run()
-            wall = time.perf_counter() - t0
-            stats = next(iter(mc.batchers.values())).stats
+            end = time.perf_counter()
+            done.set()
+            r1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            stats = next(iter(mc.batchers.values())).stats if mc.batchers else None
+            snaps = [c.snapshot() for c in mc.cameras]
         total = sum(m.frames_out for m in metrics.values())
-        return {"mode": mode, "streams": n, "frames": total, "wall_s": wall, "fps_total": total / wall,
-                "mean_batch": stats.mean_size, "largest_batch": stats.largest}
+        t_first, n_first = first[0] if first else (t0, 0)
+        cpu = sum(r1[i] - r0[i] + c1[i] - c0[i] for i in (0, 1))  # ru_utime, ru_stime
+        e2e = [x for m in metrics.values() for x in m.latency["e2e"].values()]
+        decoded = sum(int(s["source_frames_decoded"]) for s in snaps)
+        dropped = sum(int(s["source_frames_dropped"]) for s in snaps)
+        return {"mode": mode, "streams": n, "frames": total, "wall_s": end - t0, "startup_s": t_first - t0,
+                "fps_total": (total - n_first) / max(end - t_first, 1e-9), "cores": cpu / (end - t0),
+                "e2e_p50_ms": 1000 * float(np.percentile(e2e, 50)) if e2e else None,
+                "e2e_p99_ms": 1000 * float(np.percentile(e2e, 99)) if e2e else None,
+                "rss_mb": r1.ru_maxrss / 1024, "child_rss_mb": c1.ru_maxrss / 1024,
+                "decoded": decoded, "dropped": dropped, "drop_pct": 100 * dropped / max(decoded, 1),
+                "mean_batch": stats.mean_size if stats else 1.0, "largest_batch": stats.largest if stats else 1}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,18 +151,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=480, help="frames in all per measurement (at least 20 per stream)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--ray", action="store_true", help="also through a local Ray cluster (ray[serve])")
+    p.add_argument("--modes", default="separate,multicam-unbatched,multicam,processes",
+                   help="arrangements to measure (separate, multicam-unbatched, multicam, processes)")
+    p.add_argument("--realtime", type=float, default=0.0,
+                   help="pace the sources at 25 fps for this many seconds and report drops (0: flat out)")
     p.add_argument("--model", default="lite")
     p.add_argument("--backend", default="onnxruntime", help="onnxruntime, or cuda / tensorrt on a GPU")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "streams.json")
     a = p.parse_args(argv)
-    global MODEL, BACKEND
-    MODEL, BACKEND = a.model, a.backend
+    global MODEL, BACKEND, REALTIME
+    MODEL, BACKEND, REALTIME = a.model, a.backend, a.realtime
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .report import machine_info
 
     w, h = (int(v) for v in a.size.lower().split("x"))
     encoded, _ = source_clip(w, h, 48)
-    modes = ["separate", "multicam-unbatched", "multicam"] + (["ray"] if a.ray else [])
+    modes = a.modes.split(",") + (["ray"] if a.ray else [])
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.mkv"
@@ -130,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         for n in (int(v) for v in a.streams.split(",")):
             for mode in modes:
                 r = measure(clip, n, mode, a.frames, a.threads)
-                log.info("%2d streams %-18s %6.1f fps in all (%d frames in %.1f s, mean batch %s)", n, mode, r["fps_total"],
-                         r["frames"], r["wall_s"], r.get("mean_batch", "-"))
+                log.info("%2d streams %-18s %6.1f fps in all (%d frames in %.1f s, start-up %.1f s, %.2f cores, "
+                         "e2e p50 %s ms, drops %.2f %%)", n, mode, r["fps_total"], r["frames"], r["wall_s"],
+                         r.get("startup_s", 0.0), r.get("cores", 0.0), f"{r['e2e_p50_ms']:.0f}" if r.get("e2e_p50_ms") else "-",
+                         r.get("drop_pct", 0.0))
                 runs.append(r)
     meta = machine_info()
     meta["command"] = "python -m benchmarks.streams " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -65,16 +65,33 @@ def denoise_stream(source: Source, denoiser: Denoiser, m: Metrics, stop: threadi
             extra = ready_frames(source, room)
             m.frames_in += len(extra)
             frames += extra
-        if record_input is not None:
-            for f in frames:
-                record_input(f)
-        if between_frames is not None:
-            between_frames()
-        with busy():
-            out = denoiser.push_many(frames) if len(frames) > 1 else denoiser.push(frame)
-        _emit(out, denoiser, m, output)
+        denoise_frames(frames, denoiser, m, output, record_input=record_input, busy=busy,
+                       between_frames=between_frames)
         if max_frames is not None and m.frames_in >= max_frames:
             break
+    finish_stream(denoiser, m, output, busy=busy)
+
+
+def denoise_frames(frames: list[Frame], denoiser: Denoiser, m: Metrics, output: Output, *,
+                   record_input: Output | None = None,
+                   busy: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+                   between_frames: Callable[[], None] | None = None) -> None:
+    """One step of a camera: frames that came in (already counted) through the denoiser; what
+    came out goes to ``output``. Also the step of the multi-process runtime's inference lanes
+    (:mod:`stream_denoise.fleet`), which take the frames from a shared-memory ring instead."""
+    if record_input is not None:
+        for f in frames:
+            record_input(f)
+    if between_frames is not None:
+        between_frames()
+    with busy():
+        out = denoiser.push_many(frames) if len(frames) > 1 else denoiser.push(frames[0])
+    _emit(out, denoiser, m, output)
+
+
+def finish_stream(denoiser: Denoiser, m: Metrics, output: Output, *,
+                  busy: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext) -> None:
+    """The end of a camera's stream: the frames still waiting for look-ahead go out."""
     with busy():
         out = denoiser.flush()
     _emit(out, denoiser, m, output)

@@ -321,6 +321,31 @@ class BatchConfig(Strict):
     )
 
 
+class RuntimeConfig(Strict):
+    """How a deployment spreads its per-frame work over processes (stream_denoise.fleet)."""
+
+    decode_workers: int | None = Field(
+        None, ge=0, le=256,
+        description="Decode processes, each serving several cameras and writing their frames into shared-memory "
+                    "rings; None = one per core (at most one per camera); 0 = decode in this process, a thread "
+                    "per camera (the one-process runtime).")
+    lanes: int | None = Field(
+        None, ge=1, le=256,
+        description="Inference lanes (threads, each with its own one-thread CPU session); None = one per core, "
+                    "or on a GPU one per camera (at most 64).")
+    max_frame: tuple[int, int] = Field(
+        (1920, 1080),
+        description="Largest frame (width, height) a ring slot holds; a larger frame is dropped, counted and "
+                    "logged. Shared memory is touched only as far as the frames reach.")
+
+    @field_validator("max_frame")
+    @classmethod
+    def _frame(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not (16 <= v[0] <= 8192 and 16 <= v[1] <= 8192):
+            raise ValueError("max_frame must be [width, height], each 16..8192")
+        return v
+
+
 class CameraConfig(Strict):
     """One camera of a deployment: its source, topic, window and (optionally) its own model."""
 
@@ -399,6 +424,7 @@ class DeploymentConfig(Strict):
     model: ModelConfig = ModelConfig()
     publish: PublishConfig = PublishConfig()
     batch: BatchConfig = BatchConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     log_level: LogLevel = Field("info", description="Logging level of the process.")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve /metrics and /healthz on this port.")
     metrics_host: str = Field("127.0.0.1", min_length=1, description="Address of the metrics server (0.0.0.0 in containers).")

@@ -52,6 +52,11 @@ METRICS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "batches": ("batches", "counter", "Inference calls of the shared backends.", ()),
     "batch_windows": ("batch_windows", "counter", "Windows denoised by the shared backends.", ()),
     "up": ("up", "gauge", "1 while the camera is connected.", ()),
+    "ring_skipped": ("ring_skipped", "counter",
+                     "Frames of a live camera passed over for a newer one in its shared-memory ring (newest wins: "
+                     "inference was behind).", ()),
+    "ring_full": ("ring_full", "counter", "Frames a decode worker dropped because the camera's ring had no free slot.", ()),
+    "lag_seconds": ("lag_seconds", "gauge", "Age of the camera's newest frame when an inference lane took it.", ()),
     "failed": ("failed", "gauge", "1 when the camera stopped with an error.", ()),
     "published": ("published", "counter", "Frames of the camera the publishing socket accepted.", ()),
     "rtsp_sent": ("rtsp_sent", "counter", "Frames the RTSP output encoded and sent.", ()),

@@ -27,13 +27,16 @@ opened at construction and a bad path raises there. ``run`` raises only when *ev
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -46,6 +49,9 @@ from .metrics import Metrics
 from .camera_loop import denoise_stream, source_counters
 from .resources import Closing
 from .sources import Source, is_live
+
+if TYPE_CHECKING:
+    from .fleet import DecodeWorkers, Lanes, RingCamera
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +361,11 @@ class Camera:
     def connected(self) -> bool:
         return self.source is not None and self.source.stats.connected
 
+    @property
+    def fps(self) -> float | None:
+        """The source's nominal frame rate when known."""
+        return self.source.fps if self.source is not None else None
+
     def status_line(self) -> str:
         s = self.source.stats if self.source is not None else None
         line = f"{self.name} [{self.state}] " + self.metrics.status(
@@ -397,12 +408,16 @@ class MultiCamera(Closing):
         self._lock = threading.Lock()  # the PUB socket is used by one thread at a time
         self.health = None
         self.batchers: dict[ModelConfig, BatchingBackend] = {}
-        self.cameras: list[Camera] = []
+        self.cameras: list[Camera | RingCamera] = []
+        self.workers: DecodeWorkers | None = None  # the multi-process runtime (stream_denoise.fleet)
+        self.lanes: Lanes | None = None
         try:
             # bind first: subscribers connect while the models load
             self.publisher = Publisher(cfg.publish)
             self._closers.append(self.publisher.close)
-            for cam_cfg in cfg.cameras:
+            if cfg.runtime.decode_workers != 0:
+                self._build_fleet(factory)
+            for cam_cfg in cfg.cameras if self.workers is None else ():
                 model = cam_cfg.model_config_for(cfg.model)
                 key = model.model_copy(update={"window": None})  # the window is checked per camera, not built
                 if key not in self.batchers:
@@ -423,6 +438,59 @@ class MultiCamera(Closing):
             raise
         self.ready = threading.Event()
 
+    def _build_fleet(self, factory: Callable[[ModelConfig], Backend]) -> None:
+        """Decode workers and their rings, inference lanes with a backend each (a CPU model) or a
+        batching backend (a GPU model), a RingCamera per camera."""
+        from .fleet import DecodeWorkers, LaneRouted, Lanes, RingCamera, default_workers
+        from .sources import SourceError
+
+        cfg, rt = self.cfg, self.cfg.runtime
+        for cam_cfg in cfg.cameras:  # a bad path is a config error: say so now, before any process starts
+            uri = cam_cfg.source_config().uri
+            if not is_live(uri) and "://" not in uri and not Path(uri).is_file():
+                raise SourceError(f"{cam_cfg.name}: no such file: {uri!r}")
+        cores = len(os.sched_getaffinity(0))
+        firsts: dict[ModelConfig, Backend] = {}
+        for cam_cfg in cfg.cameras:
+            key = _model_key(cam_cfg.model_config_for(cfg.model))
+            if key not in firsts:
+                firsts[key] = factory(_lane_config(key))
+                self._closers.append(firsts[key].close)
+        gpu = any(b.capabilities.device_windows for b in firsts.values())
+        lanes = rt.lanes or (min(64, len(cfg.cameras)) if gpu else cores)
+        shared: dict[ModelConfig, tuple[Backend, Callable[[], Any]]] = {}
+        routes: list[tuple[LaneRouted, list[Backend]]] = []
+        for key, first in firsts.items():
+            if first.capabilities.device_windows:
+                batcher = BatchingBackend(first, cfg.batch.max_size, cfg.batch.max_wait_ms / 1000)
+                self.batchers[key] = batcher
+                self._closers.append(batcher.close)
+                shared[key] = (batcher.backend, batcher.client)
+            else:
+                backends = [first]
+                for _ in range(lanes - 1):
+                    backends.append(factory(_lane_config(key)))
+                    self._closers.append(backends[-1].close)
+                router = LaneRouted(first)
+                routes.append((router, backends))
+                shared[key] = (first, lambda router=router: router)  # type: ignore[misc]
+        windows = max(b.frames for b in firsts.values())
+        self.workers = DecodeWorkers([(c.name, c.source_config()) for c in cfg.cameras],
+                                     rt.decode_workers or default_workers(len(cfg.cameras)),
+                                     slots=2 * windows + 6, max_frame=rt.max_frame, max_frames=cfg.max_frames)
+        self._closers.append(self.workers.close)
+        cams: list[RingCamera] = []
+        for cam_cfg in cfg.cameras:
+            model = cam_cfg.model_config_for(cfg.model)
+            _, make = shared[_model_key(model)]
+            backend = make()
+            busy = backend.busy if isinstance(backend, BatchClient) else contextlib.nullcontext
+            src = cam_cfg.source_config()
+            cams.append(RingCamera(cam_cfg, self.workers.rings[cam_cfg.name], Denoiser(backend, model.window),
+                                   live=is_live(src.uri) or src.realtime, busy=busy))
+        self.cameras = list(cams)
+        self.lanes = Lanes(cams, lanes, routes)
+
     def _open_rtsp_outputs(self) -> None:
         """Cameras with [rtsp_out] also stream over RTSP (those serving on one host:port share a server)."""
         cams = [c for c in self.cameras if c.cfg.rtsp_out is not None]
@@ -430,15 +498,15 @@ class MultiCamera(Closing):
             return
         from .rtsp_out import open_outputs
 
-        def fps_of(cam: Camera) -> Callable[[], float | None]:
-            return lambda: cam.source.fps if cam.source is not None else None
+        def fps_of(cam: Camera | RingCamera) -> Callable[[], float | None]:
+            return lambda: cam.fps
 
         requests = [(c.cfg.rtsp_out, c.name, fps_of(c)) for c in cams if c.cfg.rtsp_out is not None]
         for cam, out in zip(cams, open_outputs(requests)):
             cam.rtsp_out = out
             self._closers.append(out.close)
 
-    def camera(self, name: str) -> Camera:
+    def camera(self, name: str) -> Camera | RingCamera:
         for cam in self.cameras:
             if cam.name == name:
                 return cam
@@ -450,16 +518,23 @@ class MultiCamera(Closing):
         Raises the first camera's error when every camera failed.
         """
         stop = stop or threading.Event()
-        workers = [threading.Thread(target=cam.run, args=(stop, self._publish), name=f"camera:{cam.name}", daemon=True)
-                   for cam in self.cameras]
+        if self.lanes is not None and self.workers is not None:
+            self.workers.start()
+            lanes = self.lanes
+            workers = [threading.Thread(target=lanes.run, args=(stop, self._publish), name="lanes", daemon=True)]
+        else:
+            workers = [threading.Thread(target=cam.run, args=(stop, self._publish), name=f"camera:{cam.name}",
+                                        daemon=True) for cam in self.cameras if isinstance(cam, Camera)]
         status_stop = threading.Event()
         status = threading.Thread(target=self._status_loop, args=(status_stop,), name="status", daemon=True)
         for w in workers:
             w.start()
         status.start()
         self.ready.set()
-        log.info("running %d camera(s) -> %s, %d model(s), batches of up to %d", len(self.cameras),
-                 self.publisher.endpoint, len(self.batchers), self.cfg.batch.max_size)
+        log.info("running %d camera(s) -> %s, %s", len(self.cameras), self.publisher.endpoint,
+                 f"{self.lanes.lanes} inference lane(s), {self.workers.workers} decode process(es)"
+                 if self.lanes is not None and self.workers is not None
+                 else f"{len(self.batchers)} model(s), batches of up to {self.cfg.batch.max_size}")
         try:
             while any(w.is_alive() for w in workers) and not stop.is_set():
                 for w in workers:
@@ -477,7 +552,7 @@ class MultiCamera(Closing):
             raise failed[0].error
         return {c.name: c.metrics for c in self.cameras}
 
-    def _publish(self, cam: Camera, frame: Frame) -> None:
+    def _publish(self, cam: Camera | RingCamera, frame: Frame) -> None:
         t0 = time.perf_counter()
         with self._lock:
             sent = self.publisher.send(frame, cam.topic)
@@ -502,6 +577,9 @@ class MultiCamera(Closing):
     def status_lines(self) -> list[str]:
         """One line per camera and one per shared model (batch sizes)."""
         lines = [cam.status_line() for cam in self.cameras]
+        if self.lanes is not None and self.workers is not None:
+            lines.append(f"runtime: {self.workers.workers} decode process(es), {self.workers.restarts} restarted; "
+                         f"{self.lanes.lanes} lane(s), frames per lane {self.lanes.turns}")
         for model, b in self.batchers.items():
             s = b.stats
             lines.append(f"model {model.model} ({b.backend.name}): {s.batches} batches, mean size {s.mean_size:.2f}, "
@@ -525,3 +603,13 @@ class MultiCamera(Closing):
             "batch_windows": sum(b.stats.windows for b in self.batchers.values()),
             "camera": cams,
         }
+
+
+def _model_key(model: ModelConfig) -> ModelConfig:
+    """Cameras whose models differ only in the window share a backend (the window is checked per camera)."""
+    return model.model_copy(update={"window": None})
+
+
+def _lane_config(key: ModelConfig) -> ModelConfig:
+    """A lane's backend: one thread, no lanes of its own (the lanes run side by side)."""
+    return key.model_copy(update={"threads": 1, "onnxruntime": key.onnxruntime.model_copy(update={"lanes": 1})})

@@ -137,7 +137,8 @@ def test_four_cameras_each_topic_gets_its_own_frames_in_order(make_clip, rtsp_se
     cameras.append({"name": "rtsp", "topic": "cam-rtsp", "source": {"uri": rtsp_server.url, "read_timeout_s": 5}})
     col = Collector(endpoint)
     try:
-        with MultiCamera(deployment(cameras, endpoint)) as mc:
+        # the one-process runtime, whose shared backend batches CPU windows (the multi-process one: test_fleet)
+        with MultiCamera(deployment(cameras, endpoint, runtime={"decode_workers": 0})) as mc:
             time.sleep(0.3)  # the subscriber joins before the first frame (file sources wait for us)
             stop, runner, result = start(mc)
             done = col.wait(lambda: all(col.count(f"cam-{c}") >= n for c in TINTS) and col.count("cam-rtsp") >= 20, 60)
