@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -194,7 +195,10 @@ class DecodeWorkers:
                 if p.exitcode == 0 and all(self.rings[name].writer_done for name, _ in self._groups[w]):
                     continue  # finished its cameras
                 names = ", ".join(name for name, _ in self._groups[w])
-                log.error("decode worker %d (cameras %s) died (exit code %s); starting it again", w, names, p.exitcode)
+                hint = (" (SIGBUS: /dev/shm is full; give the container more --shm-size or lower [runtime] max_frame)"
+                        if p.exitcode == -signal.SIGBUS else "")
+                log.error("decode worker %d (cameras %s) died (exit code %s)%s; starting it again", w, names,
+                          p.exitcode, hint)
                 time.sleep(self.RESTART_S)
                 if self._stop.is_set():
                     return

@@ -74,7 +74,7 @@ class RingCamera:
         self.done = False  # every frame out (its writer ended and the window was flushed)
         self.claimed = False  # a lane is working on it (the scheduler's lock)
         self.lag_s = 0.0  # how old the newest frame taken was when taken (decode -> inference)
-        self._keep = 2 * denoiser.backend.frames + 2  # frames a temporal window may still refer to
+        self._keep = denoiser.backend.frames + 1  # a window reads at most its last K frames taken (buffer.py)
         self._failure: str | None = None
 
     # -- the lane's step ---------------------------------------------------------------------------

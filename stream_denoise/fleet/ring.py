@@ -2,9 +2,12 @@
 
 One :class:`multiprocessing.shared_memory.SharedMemory` block per camera holds a small control
 area, each slot's metadata and ``slots`` pixel slots of ``max_frame`` (H * W * 3 bytes). The writer
-copies each decoded frame into the next free slot (the one copy); the reader hands out
-:class:`~stream_denoise.frame.Frame` objects whose pixels are *views* of the slot, valid until it
-releases them. The counters ``written`` and ``released`` are read and written under one
+copies each decoded frame into a free slot (the one copy) and appends the slot to the positions
+written; the reader hands out :class:`~stream_denoise.frame.Frame` objects whose pixels are
+*views* of their slot, held until it releases them (a temporal window needs its last K frames).
+A slot is free when no unread position and no held frame uses it, so frames the reader skips
+free their slots at once and a window's frames stay put however far apart they were taken. The
+counters, the position -> slot table and the held flags are read and written under one
 cross-process lock (its acquire and release order the pixel writes before the counter on every
 CPU, ARM included); pixels are copied outside it.
 
@@ -24,7 +27,6 @@ import dataclasses
 import math
 import multiprocessing as mp
 import threading
-import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,8 +38,8 @@ import numpy as np
 from ..frame import Frame
 
 # control words (int64)
-_WRITTEN, _RELEASED, _ENDED, _RING_FULL, _SKIPPED, _DECODED, _SRC_DROPPED, _RECONNECTS, _DECODE_ERRORS, \
-    _CONNECTED, _STATE, _TIMEOUTS, _TOO_LARGE, _TAKEN = range(14)
+_WRITTEN, _NEXT, _ENDED, _RING_FULL, _SKIPPED, _DECODED, _SRC_DROPPED, _RECONNECTS, _DECODE_ERRORS, \
+    _CONNECTED, _STATE, _TIMEOUTS, _TOO_LARGE, _TAKEN, _WAITING = range(15)
 _CTRL_INTS = 16
 _FPS, _LAST_AT = 0, 1  # control floats
 _CTRL_FLOATS = 4
@@ -56,6 +58,7 @@ class RingSpec:
     slots: int
     max_frame: tuple[int, int]  # (width, height) of the largest frame a slot holds
     lock: Any  # a multiprocessing.Lock
+    room: Any  # a multiprocessing.Semaphore: the reader wakes a writer waiting for a free slot
 
     @property
     def slot_bytes(self) -> int:
@@ -64,7 +67,7 @@ class RingSpec:
 
     @property
     def size(self) -> int:
-        return 8 * (_CTRL_INTS + _CTRL_FLOATS + self.slots * _META) + _ERROR_BYTES + self.slots * self.slot_bytes
+        return 8 * (_CTRL_INTS + _CTRL_FLOATS + self.slots * (_META + 1)) + _ERROR_BYTES + self.slots * (1 + self.slot_bytes)
 
 
 @dataclass
@@ -96,22 +99,30 @@ class FrameRing:
         self._ctrl = np.ndarray((_CTRL_INTS,), np.int64, buf, 0)
         self._floats = np.ndarray((_CTRL_FLOATS,), np.float64, buf, n_ctrl)
         self._meta = np.ndarray((spec.slots, _META), np.float64, buf, n_ctrl + n_float)
-        self._error = np.ndarray((_ERROR_BYTES,), np.uint8, buf, n_ctrl + n_float + n_meta)
-        self._pixels = np.ndarray((spec.slots, spec.slot_bytes), np.uint8, buf, n_ctrl + n_float + n_meta + _ERROR_BYTES)
+        at = n_ctrl + n_float + n_meta
+        self._slot_of = np.ndarray((spec.slots,), np.int64, buf, at)  # position % slots -> its slot (unread ones)
+        self._held_flags = np.ndarray((spec.slots,), np.uint8, buf, at + 8 * spec.slots)  # 1: the reader holds it
+        at += 9 * spec.slots
+        self._error = np.ndarray((_ERROR_BYTES,), np.uint8, buf, at)
+        self._pixels = np.ndarray((spec.slots, spec.slot_bytes), np.uint8, buf, at + _ERROR_BYTES)
         self._lock = spec.lock
         self._next = 0  # reader: the next position to read
-        self._held: deque[int] = deque()  # reader: positions handed out and maybe still referenced
+        self._held: deque[int] = deque()  # reader: slots handed out and maybe still referenced, oldest first
+        self._cursor = 0  # writer: where the search for a free slot starts
 
     @classmethod
     def create(cls, camera: str, slots: int, max_frame: tuple[int, int], ctx: Any = None) -> FrameRing:
-        lock = (ctx or mp.get_context("spawn")).Lock()
-        probe = RingSpec("", camera, slots, max_frame, lock)
+        ctx = ctx or mp.get_context("spawn")
+        lock, room = ctx.Lock(), ctx.Semaphore(0)
+        probe = RingSpec("", camera, slots, max_frame, lock, room)
         shm = shared_memory.SharedMemory(create=True, size=probe.size)
-        spec = RingSpec(shm.name, camera, slots, max_frame, lock)
+        spec = RingSpec(shm.name, camera, slots, max_frame, lock, room)
         ring = cls(spec, shm)
         ring._ctrl[:] = 0
         ring._floats[:] = math.nan
         ring._error[:] = 0
+        ring._slot_of[:] = 0
+        ring._held_flags[:] = 0
         return ring
 
     # -- the writer (decode worker) -----------------------------------------------------------------
@@ -127,23 +138,39 @@ class FrameRing:
             return False
         while True:
             with self._lock:
-                pos, free = int(self._ctrl[_WRITTEN]), self.spec.slots - int(self._ctrl[_WRITTEN] - self._ctrl[_RELEASED])
-                if free <= 0 and not lossless:
+                pos, slot = int(self._ctrl[_WRITTEN]), self._free_slot()
+                if slot is None and not lossless:
                     self._ctrl[_RING_FULL] += 1
                     return False
-            if free > 0:
+                self._ctrl[_WAITING] = int(slot is None)  # the reader's next release wakes us
+            if slot is not None:
                 break
             if stop is not None and stop.is_set():
                 return False
-            time.sleep(0.005)  # a file waits for the reader: every frame goes through
-        slot = pos % self.spec.slots
-        n = h * w * 3
+            self.spec.room.acquire(timeout=0.1)  # a file waits for the reader: every frame goes through
+        n = h * w * 3  # the slot is neither unread nor held: the reader does not touch it
         self._pixels[slot, :n] = frame.pixels.reshape(-1)
         self._meta[slot] = (frame.index, segment, h, w, math.nan if frame.pts is None else frame.pts,
                             frame.captured_at, frame.generation)
         with self._lock:
+            self._slot_of[pos % self.spec.slots] = slot
             self._ctrl[_WRITTEN] = pos + 1
+        self._cursor = slot + 1
         return True
+
+    def _free_slot(self) -> int | None:
+        """(Writer, under the lock.) A slot no unread frame and no held frame uses, or None."""
+        slots, written, nxt = self.spec.slots, int(self._ctrl[_WRITTEN]), int(self._ctrl[_NEXT])
+        if written - nxt >= slots:
+            return None
+        busy = self._held_flags.astype(bool)
+        for p in range(nxt, written):
+            busy[self._slot_of[p % slots]] = True
+        for k in range(slots):
+            slot = (self._cursor + k) % slots
+            if not busy[slot]:
+                return slot
+        return None
 
     def end(self) -> None:
         """No more frames (the source ended, ``max_frames``, or the camera failed)."""
@@ -153,8 +180,9 @@ class FrameRing:
     def restart(self, ctx: Any = None) -> RingSpec:
         """(Owner.) A new worker takes over the camera: frames come again. A new lock, since a
         killed worker may have died holding the old one; returns the spec to hand the worker."""
-        self._lock = (ctx or mp.get_context("spawn")).Lock()
-        self.spec = dataclasses.replace(self.spec, lock=self._lock)
+        ctx = ctx or mp.get_context("spawn")
+        self._lock = ctx.Lock()
+        self.spec = dataclasses.replace(self.spec, lock=self._lock, room=ctx.Semaphore(0))
         self._ctrl[_ENDED] = 0
         self._ctrl[_CONNECTED] = 0
         return self.spec
@@ -207,29 +235,36 @@ class FrameRing:
             written = int(self._ctrl[_WRITTEN])
             if not ok or written == self._next:
                 return None
-            if newest and written - self._next > 1:
+            if newest and written - self._next > 1:  # the older unread frames' slots become free
                 self._ctrl[_SKIPPED] += written - 1 - self._next
                 self._next = written - 1
+            slot = int(self._slot_of[self._next % self.spec.slots])
+            self._held_flags[slot] = 1
+            self._next += 1
+            self._ctrl[_NEXT] = self._next
             self._ctrl[_TAKEN] += 1
-        pos = self._next
-        self._next += 1
-        slot = pos % self.spec.slots
         index, segment, h, w, pts, at, gen = self._meta[slot]
         hi, wi = int(h), int(w)
         pixels = self._pixels[slot, : hi * wi * 3].reshape(hi, wi, 3)
-        self._held.append(pos)
+        self._held.append(slot)
         return Frame(pixels, int(index), None if math.isnan(pts) else float(pts), float(at), self.spec.camera,
                      int(segment), int(gen))
 
     def release(self, keep: int) -> None:
         """Let the writer reuse every slot but those of the last ``keep`` frames taken (a temporal
         window still refers to them) and the unread ones."""
-        while len(self._held) > keep:
-            self._held.popleft()
-        first = self._held[0] if self._held else self._next
+        if len(self._held) <= keep:
+            return
+        wake = False
         with self._locked() as ok:
-            if ok:
-                self._ctrl[_RELEASED] = first
+            if not ok:
+                return
+            while len(self._held) > keep:
+                self._held_flags[self._held.popleft()] = 0
+            wake = bool(self._ctrl[_WAITING])
+            self._ctrl[_WAITING] = 0
+        if wake:
+            self.spec.room.release()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[bool]:
@@ -244,7 +279,6 @@ class FrameRing:
                 lock.release()
 
     def release_all(self) -> None:
-        self._held.clear()
         self.release(0)
 
     def source_view(self) -> SourceView:
@@ -273,7 +307,7 @@ class FrameRing:
         # the counters stay readable after the close (a final status line, a test), as private copies
         self._ctrl, self._floats, self._error = self._ctrl.copy(), self._floats.copy(), self._error.copy()
         self._lock = threading.Lock()  # nothing to order against any more
-        for name in ("_meta", "_pixels"):
+        for name in ("_meta", "_pixels", "_slot_of", "_held_flags"):
             setattr(self, name, None)
         self._held.clear()
         if self._owner:  # the name goes now; the memory when the last mapping does

@@ -57,6 +57,23 @@ def test_a_full_ring_drops_new_live_frames_and_counts_them(ring):
     assert (held[2].pixels[1:] == 2).all() and (held[3].pixels[1:] == 3).all()  # kept slots untouched
 
 
+def test_a_live_reader_that_is_behind_never_stalls_the_ring(ring):
+    """Frames passed over free their slots at once; the window's frames stay put however far
+    apart they were taken (with a plain released-up-to counter this stalled for good)."""
+    taken, i = [], 0
+    for _ in range(60):
+        for _ in range(3):  # the camera delivers three frames per frame the lanes manage
+            ring.write(frame(i), 0, lossless=False)
+            i += 1
+        got = ring.take(newest=True)
+        assert got is not None, f"stalled after {len(taken)} frames"
+        taken.append(got)
+        ring.release(keep=2)  # the temporal window still reads the last two taken
+        assert (taken[-2].pixels[1:] == taken[-2].index % 256).all() if len(taken) > 1 else True
+    assert [f.index for f in taken] == sorted({f.index for f in taken})
+    assert taken[-1].index >= 150 and ring.skipped + ring.ring_full + len(taken) == i
+
+
 def test_a_file_writer_waits_for_room_and_loses_nothing(ring):
     got: list[int] = []
 
