@@ -112,6 +112,10 @@ def write(results: Path, md: Path) -> Path:
     streams = _load(results / "streams.json")
     if streams:
         lines += _streams(streams)
+    for name, paced in (("streams-cpu.json", False), ("streams-realtime.json", True)):
+        runtime_runs = _load(results / name)
+        if runtime_runs:
+            lines += _streams_runtime(runtime_runs, paced)
     soak = _load(results / "soak.json")
     if soak:
         lines += _soak(soak)
@@ -153,6 +157,32 @@ def _streams(s: dict) -> list[str]:
             extra = f" (mean batch {r['mean_batch']:.1f})" if r and r.get("mean_batch") else ""
             cells.append(f"{r['fps_total']:.0f} fps{extra}" if r else "–")
         out.append(f"| {n} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def _streams_runtime(s: dict, paced: bool) -> list[str]:
+    """The multi-process runtime against the one-process one, side by side in one run."""
+    m = s["meta"]
+    w, h = s["size"]
+    what = ("sources paced at 25 fps (live cameras): drops are frames decoded and never denoised (newest wins); "
+            "a camera count is held when drops stay under 1 %" if paced else
+            "file sources flat out (lossless: every frame denoised and published)")
+    out = [f"### The multi-process runtime against one process ({'paced' if paced else 'flat out'})", "",
+           f"`{m.get('command')}` on {m.get('date')} ({m.get('cpu')}, {m.get('cores')} cores; commit {m.get('commit')}). "
+           f"{s['model']} on ONNX Runtime, every stream {w}x{h}, {what}. `multicam`: the one-process runtime "
+           "(`[runtime] decode_workers = 0`: a thread per camera, one shared session); `processes`: decode worker "
+           "processes + shared-memory rings + inference lanes (the default). fps: frames out per second from the "
+           "first published frame to the last (start-up apart); cores: busy CPU of the machine per second; "
+           "e2e: decode -> publish (a flat-out file run queues frames, so its latency is only a backlog).", "",
+           "| streams | runtime | fps in all | vs one process | cores | start-up s | e2e p50 / p99 ms | drops | RSS MB (main / workers) | main RSS growth MB |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in s["runs"]:
+        base = next((b for b in s["runs"] if b["streams"] == r["streams"] and b["mode"] == "multicam"), None)
+        ratio = f"{r['fps_total'] / base['fps_total']:.2f}x" if base and base["fps_total"] else "–"
+        e2e = f"{_f(r.get('e2e_p50_ms'), '.0f')} / {_f(r.get('e2e_p99_ms'), '.0f')}"
+        out.append(f"| {r['streams']} | {r['mode']} | {r['fps_total']:.1f} | {ratio} | {_f(r.get('cores'), '.2f')} | "
+                   f"{_f(r.get('startup_s'), '.1f')} | {e2e} | {_f(r.get('drop_pct'), '.2f')} % | "
+                   f"{_f(r.get('rss_mb'), '.0f')} / {_f(r.get('workers_rss_mb'), '.0f')} | {_f(r.get('rss_growth_mb'), '.1f')} |")
     return out + [""]
 
 

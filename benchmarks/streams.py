@@ -3,9 +3,10 @@
 Each stream is the same noisy clip looped (file sources are lossless, so every frame is denoised
 and published). ``fps_total``: frames out per second from the first published frame to the last
 (start-up, which for ``processes`` includes starting the decode processes, is reported apart as
-``startup_s``); ``cores``: CPU seconds of the process and its children per second of wall time;
-``e2e_p50_ms``/``e2e_p99_ms``: decode -> publish latency; ``rss_mb``: the largest resident size of
-the process and of a child. ``--realtime S``: the sources are paced at their frame rate (25 fps)
+``startup_s``); ``cores``: busy CPU seconds of the machine (``/proc/stat``) per second of wall time;
+``e2e_p50_ms``/``e2e_p99_ms``: decode -> publish latency; ``rss_mb`` / ``workers_rss_mb``: the largest
+resident size of this process and of the decode workers together during the run, sampled every
+0.5 s, and ``rss_growth_mb`` this process's from the first sample to the last. ``--realtime S``: the sources are paced at their frame rate (25 fps)
 for S seconds and the figure is the share of frames dropped (the most cameras held with < 1 %
 drops). Arrangements:
 
@@ -30,7 +31,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import sys
 import tempfile
 import threading
@@ -111,36 +111,60 @@ def measure(clip: Path, n: int, mode: str, frames: int, threads: int) -> dict:
             first: list[tuple[float, int]] = []
             done = threading.Event()
 
-            def watch() -> None:  # when the first frame came out, and how many by then
-                while not done.wait(0.005):
+            rss: list[tuple[float, float]] = []  # (this process, the decode workers together) MB, every 0.5 s
+
+            def watch() -> None:  # when the first frame came out, and how many by then; then memory
+                while not first and not done.wait(0.005):
                     out = sum(c.metrics.frames_out for c in mc.cameras)
                     if out:
                         first.append((time.perf_counter(), out))
-                        return
+                while not done.wait(0.5):
+                    workers = mc.workers
+                    pids = [workers.pid(w) for w in range(workers.workers)] if workers is not None else []
+                    rss.append((_rss_mb(os.getpid()), sum(_rss_mb(p) for p in pids if p is not None)))
 
             watcher = threading.Thread(target=watch, daemon=True)
-            r0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            busy0 = _busy_seconds()
             t0 = time.perf_counter()
             watcher.start()
             metrics = mc.run()
             end = time.perf_counter()
             done.set()
-            r1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            busy1 = _busy_seconds()
             stats = next(iter(mc.batchers.values())).stats if mc.batchers else None
             snaps = [c.snapshot() for c in mc.cameras]
         total = sum(m.frames_out for m in metrics.values())
         t_first, n_first = first[0] if first else (t0, 0)
-        cpu = sum(r1[i] - r0[i] + c1[i] - c0[i] for i in (0, 1))  # ru_utime, ru_stime
         e2e = [x for m in metrics.values() for x in m.latency["e2e"].values()]
         decoded = sum(int(s["source_frames_decoded"]) for s in snaps)
         dropped = sum(int(s["source_frames_dropped"]) for s in snaps)
         return {"mode": mode, "streams": n, "frames": total, "wall_s": end - t0, "startup_s": t_first - t0,
-                "fps_total": (total - n_first) / max(end - t_first, 1e-9), "cores": cpu / (end - t0),
+                "fps_total": (total - n_first) / max(end - t_first, 1e-9), "cores": (busy1 - busy0) / (end - t0),
                 "e2e_p50_ms": 1000 * float(np.percentile(e2e, 50)) if e2e else None,
                 "e2e_p99_ms": 1000 * float(np.percentile(e2e, 99)) if e2e else None,
-                "rss_mb": r1.ru_maxrss / 1024, "child_rss_mb": c1.ru_maxrss / 1024,
+                "rss_mb": max((r for r, _ in rss), default=None), "workers_rss_mb": max((w for _, w in rss), default=None),
+                "rss_growth_mb": rss[-1][0] - rss[0][0] if len(rss) > 1 else None,
                 "decoded": decoded, "dropped": dropped, "drop_pct": 100 * dropped / max(decoded, 1),
                 "mean_batch": stats.mean_size if stats else 1.0, "largest_batch": stats.largest if stats else 1}
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a process (MB; shared-memory rings count in each process that touched them)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (``/proc/stat``): the decode workers' threads, the
+    lanes and everything else; on a machine that runs nothing else, the run's own use."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str] | None = None) -> int:
