@@ -20,3 +20,7 @@ echo "== benchmarks speed (cuda)"
 timeout 120 python3 -m benchmarks speed --backends '' --models base,lite --resolutions 640x360,1920x1080 \
   --speed-frames 40 --results "$out/r" --md "$out/r/B.md" >"$out/speed.log" 2>&1
 echo "speed exit $?"; grep "cuda" "$out/r/B.md" 2>/dev/null | head -8
+echo "== benchmarks.streams (issue 25: the multi-process runtime at 1280x720, paced at the clip's 25 fps; drops show how many are held)"
+timeout 200 python3 -m benchmarks.streams --streams ${STREAMS:-30,100} --size 1280x720 --realtime 10 \
+  --model lite --backend cuda --modes processes --out "$out/streams-gpu-runtime.json" 2>&1 \
+  | tee "$out/streams-runtime.log" | grep "streams \|rror" | tail -8

@@ -103,6 +103,10 @@ BAD = {
                          "replicas", "ray.replicas", "greater than or equal to 1"),
     "unknown ray key": ('endpoint = "tcp://*:5555"', 'endpoint = "tcp://*:5555"\n[ray]\nadress = "auto"',
                         "adress", "ray.adress", "Extra inputs"),
+    "ring slot too small": ('endpoint = "tcp://*:5555"', 'endpoint = "tcp://*:5555"\n[runtime]\nmax_frame = [8, 8]',
+                            "max_frame", "runtime.max_frame", "each 16..8192"),
+    "negative decode workers": ('endpoint = "tcp://*:5555"', 'endpoint = "tcp://*:5555"\n[runtime]\ndecode_workers = -1',
+                                "decode_workers", "runtime.decode_workers", "greater than or equal to 0"),
     "fps cap given twice": ("read_timeout_s = 2", "max_fps = 10", "max_fps = 10", "cameras[1].source.max_fps",
                             "set the cap once"),
 }
