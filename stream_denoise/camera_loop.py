@@ -1,7 +1,10 @@
 """The one camera loop: read frames, denoise them through their temporal window, hand each result
 to an output, and count. ``Pipeline`` (``run``, and each Ray camera actor, which runs a Pipeline) and
-``multicam.Camera`` (each camera of a multi-camera deployment) drive it; opening a live source with
-retries is ``sources.open_retrying`` (one :class:`~stream_denoise.backoff.Backoff`).
+``multicam.Camera`` (each camera of the one-process multi-camera runtime) drive it; the multi-process
+runtime (:mod:`stream_denoise.fleet`) splits it: its decode workers read through :func:`counted_frames`
+and its inference lanes run :func:`denoise_frames` / :func:`finish_stream` on frames from shared
+memory. Opening a live source with retries is ``sources.open_retrying`` (one
+:class:`~stream_denoise.backoff.Backoff`).
 
 Counted in the :class:`~stream_denoise.metrics.Metrics` given: ``frames_in``, ``source_timeouts``,
 the latency of waiting for a frame (``wait``) and of the denoiser's stages (``pre``, ``infer``,
