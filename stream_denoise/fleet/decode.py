@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..backoff import Backoff
 from ..config import SourceConfig
 from .ring import FrameRing, RingSpec
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.2  # a camera thread re-checks the stop flag at least this often
 WATCH_S = 0.2  # the supervisor looks at its workers this often
+STEADY_S = 30.0  # a worker that ran this long before dying is restarted without delay
 SEGMENTS_PER_START = 1 << 20  # a restarted worker's segments start this far above the previous one's
 
 
@@ -159,6 +161,8 @@ class DecodeWorkers:
         self._max_frames = max_frames
         self._procs: list[Any] = [None] * n
         self._starts = [0] * n
+        self._started_at = [0.0] * n
+        self._backoff = [Backoff(self.RESTART_S, 10.0) for _ in range(n)]
         self.restarts = 0
         self._watch_stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="decode-watch", daemon=True)
@@ -185,6 +189,7 @@ class DecodeWorkers:
                               name=f"decode-{w}", daemon=True)
         p.start()
         self._procs[w] = p
+        self._started_at[w] = time.monotonic()
         self._starts[w] += 1
 
     def _watch(self) -> None:
@@ -197,9 +202,13 @@ class DecodeWorkers:
                 names = ", ".join(name for name, _ in self._groups[w])
                 hint = (" (SIGBUS: /dev/shm is full; give the container more --shm-size or lower [runtime] max_frame)"
                         if p.exitcode == -signal.SIGBUS else "")
-                log.error("decode worker %d (cameras %s) died (exit code %s)%s; starting it again", w, names,
-                          p.exitcode, hint)
-                time.sleep(self.RESTART_S)
+                if time.monotonic() - self._started_at[w] > STEADY_S:
+                    self._backoff[w].reset()  # it had been running fine: come back at once
+                delay = self._backoff[w].next()  # one that dies at start-up again and again: less and less often
+                log.error("decode worker %d (cameras %s) died (exit code %s)%s; starting it again in %.1f s", w, names,
+                          p.exitcode, hint, delay)
+                if self._watch_stop.wait(delay):
+                    return
                 if self._stop.is_set():
                     return
                 p.join(0)
