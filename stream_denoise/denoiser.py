@@ -63,7 +63,10 @@ class StageTimes:
 
 
 class Denoiser:
-    def __init__(self, backend: Backend, window: str | None = None) -> None:
+    def __init__(self, backend: Backend, window: str | None = None, slab_frames: int | None = None) -> None:
+        """``slab_frames``: frame blocks the slab holds (default 3K + 2: room for a batch of K frames
+        between compactions); a caller that pushes one frame at a time with many cameras (the
+        multi-process runtime's lanes) gives K + 3, a third of the memory for a few plane copies."""
         model_window = "causal" if backend.target == backend.frames - 1 else "centered"
         if window is not None and window != model_window:
             raise ConfigError(f"the model has a {model_window} window but {window} was asked for; "
@@ -75,7 +78,7 @@ class Denoiser:
         self._readings: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()  # by frame key
         self.buffer = TemporalBuffer(backend.frames, backend.target)
         self.times = StageTimes()
-        self._slab = PlaneSlab(3 * backend.frames + 2)
+        self._slab = PlaneSlab(max(slab_frames or 3 * backend.frames + 2, backend.frames + 1))
         self._input: np.ndarray | None = None
         caps = backend.capabilities
         self._gpu = cast(DeviceBackend, backend).window_runner() if caps.device_windows else None

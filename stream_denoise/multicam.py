@@ -486,7 +486,8 @@ class MultiCamera(Closing):
             backend = make()
             busy = backend.busy if isinstance(backend, BatchClient) else contextlib.nullcontext
             src = cam_cfg.source_config()
-            cams.append(RingCamera(cam_cfg, self.workers.rings[cam_cfg.name], Denoiser(backend, model.window),
+            denoiser = Denoiser(backend, model.window, slab_frames=backend.frames + 3)  # lanes push one frame at a time
+            cams.append(RingCamera(cam_cfg, self.workers.rings[cam_cfg.name], denoiser,
                                    live=is_live(src.uri) or src.realtime, busy=busy))
         self.cameras = list(cams)
         self.lanes = Lanes(cams, lanes, routes)

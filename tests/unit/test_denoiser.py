@@ -74,6 +74,20 @@ def test_pushed_frames_equal_windows_copied_together(plain):
     assert steady == 3 * 4, steady
 
 
+def test_a_small_slab_gives_the_same_frames(plain):
+    """The multi-process runtime's lanes use a slab of K + 3 blocks (memory per camera): same output,
+    still views of the slab away from the stream's edges."""
+    frames = stream(np.random.default_rng(2))
+    big = Denoiser(plain)
+    want = [f for fr in frames for f in big.push(fr)] + big.flush()
+    small = Denoiser(plain, slab_frames=plain.frames + 3)
+    got = [f for fr in frames for f in small.push(fr)] + small.flush()
+    assert small._slab.capacity == plain.frames + 3
+    assert [(g.segment, g.index) for g in got] == [(w.segment, w.index) for w in want]
+    assert all(np.array_equal(g.pixels, w.pixels) for g, w in zip(got, want))
+    assert small.assembled == big.assembled == 3 * 4  # only the edge windows are copied together
+
+
 def test_batches_of_views_equal_one_by_one(backend):
     frames = stream(np.random.default_rng(1))
     one = Denoiser(backend)
