@@ -458,14 +458,14 @@ class MultiCamera(Closing):
                 self._closers.append(firsts[key].close)
         gpu = any(b.capabilities.device_windows for b in firsts.values())
         lanes = rt.lanes or (min(64, len(cfg.cameras)) if gpu else cores)
-        shared: dict[ModelConfig, tuple[Backend, Callable[[], Any]]] = {}
+        clients: dict[ModelConfig, Callable[[], Any]] = {}  # a camera's backend: a batch client or the lanes' router
         routes: list[tuple[LaneRouted, list[Backend]]] = []
         for key, first in firsts.items():
             if first.capabilities.device_windows:
                 batcher = BatchingBackend(first, cfg.batch.max_size, cfg.batch.max_wait_ms / 1000)
                 self.batchers[key] = batcher
                 self._closers.append(batcher.close)
-                shared[key] = (batcher.backend, batcher.client)
+                clients[key] = batcher.client
             else:
                 backends = [first]
                 for _ in range(lanes - 1):
@@ -473,7 +473,7 @@ class MultiCamera(Closing):
                     self._closers.append(backends[-1].close)
                 router = LaneRouted(first)
                 routes.append((router, backends))
-                shared[key] = (first, lambda router=router: router)  # type: ignore[misc]
+                clients[key] = lambda router=router: router  # type: ignore[misc]
         windows = max(b.frames for b in firsts.values())
         self.workers = DecodeWorkers([(c.name, c.source_config()) for c in cfg.cameras],
                                      rt.decode_workers or default_workers(len(cfg.cameras)),
@@ -482,8 +482,7 @@ class MultiCamera(Closing):
         cams: list[RingCamera] = []
         for cam_cfg in cfg.cameras:
             model = cam_cfg.model_config_for(cfg.model)
-            _, make = shared[_model_key(model)]
-            backend = make()
+            backend = clients[_model_key(model)]()
             busy = backend.busy if isinstance(backend, BatchClient) else contextlib.nullcontext
             src = cam_cfg.source_config()
             denoiser = Denoiser(backend, model.window, slab_frames=backend.frames + 3)  # lanes push one frame at a time
