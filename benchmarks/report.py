@@ -116,6 +116,9 @@ def write(results: Path, md: Path) -> Path:
         runtime_runs = _load(results / name)
         if runtime_runs:
             lines += _streams_runtime(runtime_runs, paced)
+    ray_runs = _load(results / "streams-ray.json")
+    if ray_runs:
+        lines += _streams_ray(ray_runs)
     soak = _load(results / "soak.json")
     if soak:
         lines += _soak(soak)
@@ -183,6 +186,28 @@ def _streams_runtime(s: dict, paced: bool) -> list[str]:
         out.append(f"| {r['streams']} | {r['mode']} | {r['fps_total']:.1f} | {ratio} | {_f(r.get('cores'), '.2f')} | "
                    f"{_f(r.get('startup_s'), '.1f')} | {e2e} | {_f(r.get('drop_pct'), '.2f')} % | "
                    f"{_f(r.get('rss_mb'), '.0f')} / {_f(r.get('workers_rss_mb'), '.0f')} | {_f(r.get('rss_growth_mb'), '.1f')} |")
+    return out + [""]
+
+
+def _streams_ray(s: dict) -> list[str]:
+    """Ray's two transports (shared memory, arrays through the object store) beside the local runtimes."""
+    m = s["meta"]
+    w, h = s["size"]
+    modes = list(dict.fromkeys(r["mode"] for r in s["runs"]))
+    out = ["### Ray on one host: shared memory against the object store", "",
+           f"`{m.get('command')}` on {m.get('date')} ({m.get('cpu')}, {m.get('cores')} cores; commit {m.get('commit')}). "
+           f"{s['model']} on ONNX Runtime, every stream {w}x{h}, file sources flat out; fps of all streams together. "
+           "`ray`: camera actors + 2 Ray Serve replicas (1 CPU each) on a local cluster, windows and results through "
+           "the cameras' shared-memory blocks (`[ray] shared_memory`, the default); `ray-arrays`: the same with the "
+           "arrays in the requests (Ray's object store; what a camera whose replica is on another host does). "
+           "`multicam` / `processes`: the one-process and multi-process runtimes of `run --config`, same run.", "",
+           "| streams | " + " | ".join(modes) + " | ray / ray-arrays |", "|---|" + "---|" * (len(modes) + 1)]
+    for n in dict.fromkeys(r["streams"] for r in s["runs"]):
+        by = {r["mode"]: r for r in s["runs"] if r["streams"] == n}
+        cells = [f"{by[mode]['fps_total']:.1f}" if mode in by else "–" for mode in modes]
+        ratio = (f"{by['ray']['fps_total'] / by['ray-arrays']['fps_total']:.2f}x"
+                 if "ray" in by and "ray-arrays" in by and by["ray-arrays"]["fps_total"] else "–")
+        out.append(f"| {n} | " + " | ".join(cells) + f" | {ratio} |")
     return out + [""]
 
 

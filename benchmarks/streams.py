@@ -19,7 +19,10 @@ drops). Arrangements:
   --config``): decode worker processes write frames into shared-memory rings, inference lanes (one
   one-thread session per core) take the newest frame of each camera in turn;
 - ``ray`` (``--ray``): the cameras as Ray actors and 2 Ray Serve replicas of 1 CPU each on a local
-  cluster (the per-host figure of a scale-out; set-up time excluded).
+  cluster (the per-host figure of a scale-out; set-up time excluded); windows and results through
+  shared memory (``[ray] shared_memory``, the default);
+- ``ray-arrays`` (``--ray``): the same with windows and results as arrays in Ray's requests (its
+  object store: ``shared_memory = false``, what a camera on another host than its replica does).
 
     python -m benchmarks.streams [--streams 1,4,16] [--size 320x180] [--frames 480] [--ray]
                                  [--model lite --backend onnxruntime]   (e.g. base / cuda on a GPU)
@@ -59,8 +62,9 @@ def _deployment(clip: Path, n: int, per_stream: int, tmp: str, mode: str, thread
             "batch": {"max_size": 1 if mode == "multicam-unbatched" else min(n, 16), "max_wait_ms": 4},
             "runtime": {"decode_workers": None if mode == "processes" else 0},
             "max_frames": per_stream, "status_interval_s": 3600, "log_level": "warning"}
-    if mode == "ray":
-        data["ray"] = {"replicas": 2, "replica_cpus": 1, "camera_cpus": 0.25, "local_cpus": max(4, n)}
+    if mode.startswith("ray"):
+        data["ray"] = {"replicas": 2, "replica_cpus": 1, "camera_cpus": 0.25, "local_cpus": max(4, n),
+                       "shared_memory": mode == "ray"}
     return DeploymentConfig.model_validate(data)
 
 
@@ -97,16 +101,22 @@ def measure(clip: Path, n: int, mode: str, frames: int, threads: int) -> dict:
             return {"mode": mode, "streams": n, "frames": sum(outs), "wall_s": wall, "fps_total": sum(outs) / wall,
                     "threads_per_session": each}
         cfg = _deployment(clip, n, per_stream, tmp, mode, threads)
-        if mode == "ray":
+        if mode.startswith("ray"):
             from stream_denoise.ray_serve import RayDeployment
 
             with RayDeployment(cfg) as dep:
+                busy0 = _busy_seconds()
                 t0 = time.perf_counter()
                 res = dep.run()
                 wall = time.perf_counter() - t0
+                busy = _busy_seconds() - busy0
             total = sum(r.get("frames_out", 0) for r in res.values())
+            transport: dict[str, int] = {}
+            for r in res.values():
+                for k, v in r.get("transport", {}).items():
+                    transport[k] = transport.get(k, 0) + v
             return {"mode": mode, "streams": n, "frames": total, "wall_s": wall, "fps_total": total / wall,
-                    "replicas": 2}
+                    "cores": busy / wall, "replicas": 2, "requests": transport}
         with MultiCamera(cfg) as mc:
             first: list[tuple[float, int]] = []
             done = threading.Event()
@@ -190,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     w, h = (int(v) for v in a.size.lower().split("x"))
     encoded, _ = source_clip(w, h, 48)
-    modes = a.modes.split(",") + (["ray"] if a.ray else [])
+    modes = a.modes.split(",") + (["ray", "ray-arrays"] if a.ray else [])
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.mkv"

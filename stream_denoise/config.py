@@ -415,6 +415,8 @@ class RayConfig(Strict):
                                    description="Local cluster only: CPUs Ray may schedule; default: enough for all actors.")
     retries: int = Field(5, ge=0, le=100, description="Times a window is resent when its replica dies.")
     request_timeout_s: float = Field(30.0, gt=0, le=600, description="Limit for one inference request.")
+    shared_memory: bool = Field(True, description="Windows of a camera and a replica on one host travel through "
+                                                  "shared memory instead of Ray's object store.")
 
 
 class DeploymentConfig(Strict):

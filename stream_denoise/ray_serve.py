@@ -16,7 +16,12 @@ replica loses no frame. One slow or dead camera is only its own actor: nothing w
 Windows travel as uint8: the pre-processed window is exactly ``pixel / 255`` in float32, so the
 replica rebuilds it bit for bit from a 4x smaller message; the result comes back rounded to uint8
 the way :class:`Denoiser` rounds, so a camera publishes the pixels it would compute locally (to
-within one level where a batched call rounds differently from a single one).
+within one level where a batched call rounds differently from a single one). Between a camera and
+a replica on one host (``ray.shared_memory``, the default) neither goes through Ray's object store:
+the camera copies the window into its own shared-memory block and the request carries only the
+block's name (:mod:`stream_denoise.fleet.exchange`); the replica writes the result back into it.
+A request that lands on a replica of another host is answered "not read" and resent with the
+arrays, and that camera sends arrays for its next ``REMOTE_RUN`` requests before it tries again.
 
 Ray is optional: ``pip install "stream-denoise[ray]"`` (``ray[serve]``), imported only here.
 """
@@ -37,6 +42,7 @@ import numpy as np
 from .backends import Capabilities
 from .config import BatchConfig, DeploymentConfig, ModelConfig, PublishConfig, RayConfig, RunConfig
 from .errors import BackendUnavailable, SourceError, StreamDenoiseError
+from .fleet.exchange import AttachedWindows, ShmWindow, Wire, WindowExchange
 from .resources import Closing
 from .sources import is_live, open_retrying
 
@@ -44,6 +50,7 @@ log = logging.getLogger(__name__)
 
 APP = "stream_denoise"
 _SCALE = np.float32(1 / 255)
+REMOTE_RUN = 50  # requests sent as arrays after one landed on a replica of another host
 
 
 def import_ray() -> tuple[Any, Any]:
@@ -81,7 +88,11 @@ def last_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-Wire = np.ndarray | tuple[np.ndarray, np.ndarray]
+def node_id() -> str:
+    """This process's Ray node (host) id."""
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())
 
 
 def to_wire(x: np.ndarray, noise_planes: int = 0) -> Wire:
@@ -136,41 +147,61 @@ def deployment(model: ModelConfig, batch: BatchConfig, rc: RayConfig) -> Any:
 
             logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
             self.backend = create_backend(ModelConfig.model_validate_json(model_json))
-            self.windows = self.batches = 0
+            self.windows = self.batches = self.shared = 0
+            self.attached = AttachedWindows(node_id())
 
         def meta(self) -> dict[str, Any]:
             b = self.backend
             return {"name": b.name, "frames": b.frames, "target": b.target, "stride": b.stride,
                     "noise_planes": b.noise_planes,
-                    "pid": os.getpid(), "windows": self.windows, "batches": self.batches}
+                    "pid": os.getpid(), "node": self.attached.node, "windows": self.windows,
+                    "batches": self.batches, "shared": self.shared, "attached": len(self.attached)}
 
         @serve.batch(max_batch_size=batch.max_size, batch_wait_timeout_s=batch.max_wait_ms / 1000)
-        async def infer(self, windows: list[Wire]) -> list[np.ndarray]:
-            out: list[np.ndarray | None] = [None] * len(windows)
+        async def infer(self, requests: list[Wire | ShmWindow]) -> list[np.ndarray | bool]:
+            """Each request: a window as arrays (answered with the result), or a :class:`ShmWindow`
+            (the result written into its block: True; False where the block is not visible here)."""
+            out: list[np.ndarray | bool] = [False] * len(requests)
+            windows: dict[int, Wire] = {}
+            for i, r in enumerate(requests):
+                w = self.attached.read(r) if isinstance(r, ShmWindow) else r
+                if w is not None:
+                    windows[i] = w
             by_shape: dict[tuple[int, ...], list[int]] = {}
-            for i, w in enumerate(windows):
+            for i, w in windows.items():
                 by_shape.setdefault((w if isinstance(w, np.ndarray) else w[0]).shape[1:], []).append(i)
             for rows in by_shape.values():  # cameras of another frame size: another backend call
                 x = from_wire(_cat([windows[i] for i in rows]))
                 y = quantise_output(await asyncio.to_thread(self.backend.infer, x))
                 at = 0
                 for i in rows:  # a request holds one window, or a few of one camera (its flush)
-                    n = _rows(windows[i])
-                    out[i], at = y[at : at + n], at + n
+                    n, r = _rows(windows[i]), requests[i]
+                    if isinstance(r, ShmWindow):
+                        self.attached.write(r, y[at : at + n])
+                        out[i] = True
+                        self.shared += 1
+                    else:
+                        out[i] = y[at : at + n]
+                    at += n
                 self.batches += 1
                 self.windows += len(x)
-            return out  # type: ignore[return-value]
+            return out
 
     return Denoise
 
 
 class ServeBackend:
-    """A Backend whose ``infer`` is a request to the Serve deployment (retried when a replica dies)."""
+    """A Backend whose ``infer`` is a request to the Serve deployment (retried when a replica dies);
+    with an ``exchange`` the window and result travel through this host's shared memory."""
 
-    def __init__(self, handle: Any, retries: int = 5, timeout_s: float = 30.0) -> None:
+    def __init__(self, handle: Any, retries: int = 5, timeout_s: float = 30.0,
+                 exchange: WindowExchange | None = None) -> None:
         self._handle = handle
         self.retries, self.timeout_s = retries, timeout_s
         self.resent = 0
+        self._exchange = exchange
+        self.transport = {"shared_memory": 0, "arrays": 0, "remote": 0}  # requests by how they travelled
+        self._arrays_for = 0  # requests left to send as arrays after one landed on another host
         meta = self._call(lambda: handle.meta.remote())
         self.name = f"ray-serve:{meta['name']}"
         self.frames, self.target, self.stride = meta["frames"], meta["target"], meta["stride"]
@@ -179,6 +210,19 @@ class ServeBackend:
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         wire = to_wire(x, self.noise_planes)
+        ex = self._exchange
+        if ex is not None and self._arrays_for <= 0:
+            n, _, h, w = x.shape
+            ref = ex.put(wire, (n, 3, h, w))
+            if self._call(lambda: self._handle.infer.remote(ref)):
+                self.transport["shared_memory"] += 1
+                return from_wire(ex.result(ref))
+            self.transport["remote"] += 1
+            self._arrays_for = REMOTE_RUN
+            if self.transport["remote"] == 1:
+                log.info("ray: a replica on another host served this camera: its windows travel as arrays there")
+        self._arrays_for -= 1
+        self.transport["arrays"] += 1
         return from_wire(self._call(lambda: self._handle.infer.remote(wire)))
 
     def _call(self, request: Any) -> Any:
@@ -201,7 +245,9 @@ class ServeBackend:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        """Nothing to close: the deployment belongs to the cluster."""
+        """Frees this camera's shared-memory block (the deployment belongs to the cluster)."""
+        if self._exchange is not None:
+            self._exchange.close()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,7 +276,8 @@ class CameraWorker:
 
         try:
             self._backend = ServeBackend(serve.get_deployment_handle("denoise", app_name=self.app),
-                                         self.rc.retries, self.rc.request_timeout_s)
+                                         self.rc.retries, self.rc.request_timeout_s,
+                                         WindowExchange(node_id()) if self.rc.shared_memory else None)
             self._denoiser = Denoiser(self._backend, self.cfg.model.window)
             if not is_live(self.cfg.source.uri):
                 self._pipeline = self._make()
@@ -254,12 +301,16 @@ class CameraWorker:
             with pipeline:
                 self._pipeline = pipeline
                 m = pipeline.run(self._stop)
-            resent = self._backend.resent if self._backend is not None else 0
+            b = self._backend
             return {"camera": name, "state": "ended", "frames_in": m.frames_in, "frames_out": m.frames_out,
-                    "resent": resent, "snapshot": pipeline.snapshot()}
+                    "resent": b.resent if b else 0, "transport": dict(b.transport) if b else {},
+                    "snapshot": pipeline.snapshot()}
         except Exception as exc:  # one camera's failure is reported, never a traceback
             log.error("%s: camera stopped: %s", name, last_line(exc))
             return {"camera": name, "state": "failed", "error": last_line(exc)}
+        finally:
+            if self._backend is not None:
+                self._backend.close()  # its shared-memory block
 
     def stop(self) -> None:
         self._stop.set()

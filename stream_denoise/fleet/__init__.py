@@ -10,7 +10,8 @@
 Decoding scales with processes instead of sharing one interpreter with inference; frames cross
 once, by the copy into the ring; a worker that dies is started again and its cameras go on; every
 drop (newest wins, ring full) is counted per camera. ``[runtime] decode_workers = 0`` keeps the
-one-process runtime (:mod:`stream_denoise.multicam`'s camera threads).
+one-process runtime (:mod:`stream_denoise.multicam`'s camera threads). :mod:`.exchange` carries a
+window and its result through shared memory between a Ray camera actor and a replica on one host.
 """
 
 from .decode import DecodeWorkers, default_workers

@@ -95,14 +95,18 @@ def test_cameras_through_a_local_ray_cluster_survive_a_lost_replica(make_clip, t
             os.kill(victim, signal.SIGKILL)
             runner.join(150)
             assert not runner.is_alive(), "the deployment did not finish"
-            after = {dep.replica_meta(app)["pid"] for _ in range(8)}
-            assert victim not in after
+            metas = [dep.replica_meta(app) for _ in range(8)]
+            assert victim not in {m["pid"] for m in metas}
+            shared_after = max(m["shared"] for m in metas)
     finally:
         for c in collectors:
             c.close()
     assert not ray.is_initialized()  # the local cluster this deployment started is gone
 
     assert {r["state"] for r in result.values()} == {"ended"}, result
+    for r in result.values():  # one host: every window went through shared memory, none as arrays
+        assert r["transport"]["shared_memory"] >= n // 2 and r["transport"]["arrays"] == 0, r["transport"]
+    assert shared_after > 0  # the surviving replica read windows from the cameras' blocks
     for (name, (_, (width, _h))), col in zip(CAMERAS.items(), collectors):
         got = col.by_topic[f"cam-{name}"]
         assert set(col.by_topic) == {f"cam-{name}"}
