@@ -128,3 +128,43 @@ def test_bad_address_and_missing_file_are_one_line(tmp_path):
     assert_one_line_error(cli("run", "--config", str(cfg)), "cannot reach the Ray cluster at 127.0.0.1:1")
     cfg.write_text('[[cameras]]\nname = "a"\nsource = "/nonexistent/a.mp4"\n\n[ray]\nlocal_cpus = 4\n')
     assert_one_line_error(cli("run", "--config", str(cfg)), "a: ", "/nonexistent/a.mp4")
+
+
+@pytest.mark.timeout(180)
+def test_a_camera_on_another_host_falls_back_to_arrays():
+    """A real Serve replica answers a shared-memory request from 'another host' (a block it must not
+    read) with "not read"; the camera resends the arrays, sends arrays for a while, then tries shared
+    memory again. Every answer equals the local computation."""
+    import ray
+    from ray import serve
+
+    from stream_denoise.config import BatchConfig, RayConfig
+    from stream_denoise.fleet.exchange import WindowExchange
+    from stream_denoise.ray_serve import REMOTE_RUN, ServeBackend, deployment, node_id
+
+    model = ModelConfig.model_validate(MODEL)
+    local = create_backend(model)
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (1, local.frames, 3, 32, 48), dtype=np.uint8)
+    maps = rng.uniform(0.5, 3.0, (1, local.frames, local.noise_planes, 32, 48)).astype(np.float32)
+    x = from_wire((pixels, maps))
+    expected = from_wire(quantise_output(local.infer(x)))
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    try:
+        serve.start(proxy_location="Disabled")
+        handle = serve.run(deployment(model, BatchConfig(max_size=2, max_wait_ms=1), RayConfig(replicas=1))
+                           .bind(model.model_dump_json()), name="fallback", route_prefix=None)
+        here = ServeBackend(handle, exchange=WindowExchange(node_id()))
+        assert np.array_equal(here.infer(x), expected)
+        assert here.transport == {"shared_memory": 1, "arrays": 0, "remote": 0}
+        away = ServeBackend(handle, exchange=WindowExchange("a-node-of-another-host"))
+        for _ in range(REMOTE_RUN + 1):
+            assert np.array_equal(away.infer(x), expected)
+        # one refused request, then REMOTE_RUN requests as arrays (the first is the refused one's resend)
+        assert away.transport == {"shared_memory": 0, "arrays": REMOTE_RUN + 1, "remote": 2}, away.transport
+        assert handle.meta.remote().result(timeout_s=30)["shared"] == 1
+        here.close()
+        away.close()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
