@@ -21,7 +21,8 @@ a replica on one host (``ray.shared_memory``, the default) neither goes through 
 the camera copies the window into its own shared-memory block and the request carries only the
 block's name (:mod:`stream_denoise.fleet.exchange`); the replica writes the result back into it.
 A request that lands on a replica of another host is answered "not read" and resent with the
-arrays, and that camera sends arrays for its next ``REMOTE_RUN`` requests before it tries again.
+arrays, and that camera sends arrays for ``REMOTE_RUN`` requests (the resend included) before it
+tries again; so does a camera whose /dev/shm has no room for its block.
 
 Ray is optional: ``pip install "stream-denoise[ray]"`` (``ray[serve]``), imported only here.
 """
@@ -177,9 +178,8 @@ def deployment(model: ModelConfig, batch: BatchConfig, rc: RayConfig) -> Any:
                 for i in rows:  # a request holds one window, or a few of one camera (its flush)
                     n, r = _rows(windows[i]), requests[i]
                     if isinstance(r, ShmWindow):
-                        self.attached.write(r, y[at : at + n])
-                        out[i] = True
-                        self.shared += 1
+                        done = self.attached.write(r, y[at : at + n])
+                        out[i], self.shared = done, self.shared + int(done)
                     else:
                         out[i] = y[at : at + n]
                     at += n
@@ -213,14 +213,24 @@ class ServeBackend:
         ex = self._exchange
         if ex is not None and self._arrays_for <= 0:
             n, _, h, w = x.shape
-            ref = ex.put(wire, (n, 3, h, w))
-            if self._call(lambda: self._handle.infer.remote(ref)):
+            refs: list[ShmWindow] = []
+
+            def send() -> Any:  # a resend goes into a new block: a replica thought lost may still write the old
+                ref = ex.put(wire, (n, 3, h, w), fresh=bool(refs))
+                if ref is None:
+                    return None
+                refs.append(ref)
+                return self._handle.infer.remote(ref)
+
+            if self._call(send) is True:
                 self.transport["shared_memory"] += 1
-                return from_wire(ex.result(ref))
-            self.transport["remote"] += 1
+                return from_wire(ex.result(refs[-1]))
+            if refs:  # not read: a replica of another host, or the block was gone
+                self.transport["remote"] += 1
+                if self.transport["remote"] == 1:
+                    log.info("ray: a replica did not read this camera's shared memory (another host?): "
+                             "its windows travel as arrays for the next %d requests, then it tries again", REMOTE_RUN)
             self._arrays_for = REMOTE_RUN
-            if self.transport["remote"] == 1:
-                log.info("ray: a replica on another host served this camera: its windows travel as arrays there")
         self._arrays_for -= 1
         self.transport["arrays"] += 1
         return from_wire(self._call(lambda: self._handle.infer.remote(wire)))
@@ -232,7 +242,8 @@ class ServeBackend:
         lost = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
         for attempt in range(self.retries + 1):
             try:
-                return request().result(timeout_s=self.timeout_s)
+                response = request()
+                return None if response is None else response.result(timeout_s=self.timeout_s)
             except (GetTimeoutError, TimeoutError) as exc:  # TimeoutError: still waiting for a replica
                 raise BackendUnavailable(f"ray serve: no answer within {self.timeout_s:g} s") from exc
             except lost as exc:
@@ -310,7 +321,10 @@ class CameraWorker:
             return {"camera": name, "state": "failed", "error": last_line(exc)}
         finally:
             if self._backend is not None:
-                self._backend.close()  # its shared-memory block
+                try:
+                    self._backend.close()  # its shared-memory block
+                except Exception as exc:  # noqa: BLE001 -- the summary matters more than the clean-up
+                    log.warning("%s: closing the camera's shared memory: %s", name, last_line(exc))
 
     def stop(self) -> None:
         self._stop.set()

@@ -7,13 +7,18 @@ inference process wrote into the same block (:class:`AttachedWindows`). Nothing 
 object store or a pickle. A process on another host (another ``node``) cannot see the block: it
 answers that it did not read it and the camera sends the arrays themselves.
 
-The block grows (a new one under a new name) when a larger window comes; the reader keeps a
-bounded number of attachments (least recently used first out), so neither side grows without bound.
+The block grows (a new one under a new name) when a larger window comes. The reader keeps a
+bounded number of attachments (least recently used first out) and lets go of those whose block
+its owner has freed, so neither side grows without bound. A camera whose /dev/shm has no room for
+its block sends arrays instead (one log line), rather than dying of SIGBUS on the first write.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,7 +26,9 @@ from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 _ALIGN = 64
+_SHM_DIR = "/dev/shm"  # where POSIX shared memory lives on Linux (a container may give it 64 MB)
 Wire = np.ndarray | tuple[np.ndarray, np.ndarray]  # uint8 RGB windows, or (RGB, float32 noise maps)
 
 
@@ -59,19 +66,40 @@ def _views(shm: shared_memory.SharedMemory, ref: ShmWindow) -> tuple[Wire, np.nd
     return wire, np.ndarray(ref.out, np.uint8, buf, ref.out_at)
 
 
+def _room(size: int) -> bool:
+    try:
+        st = os.statvfs(_SHM_DIR)
+    except OSError:
+        return True  # not Linux's /dev/shm: let the system say
+    return st.f_bavail * st.f_frsize >= size
+
+
 class WindowExchange:
     """The camera's side: ``ref = ex.put(wire, out_shape)``, send ``ref``, then ``ex.result(ref)``."""
 
     def __init__(self, node: str) -> None:
         self.node = node
         self._shm: shared_memory.SharedMemory | None = None
+        self._no_room_logged = False
 
-    def put(self, wire: Wire, out: tuple[int, ...]) -> ShmWindow:
+    def put(self, wire: Wire, out: tuple[int, ...], fresh: bool = False) -> ShmWindow | None:
+        """Copy ``wire`` into the block; None when shared memory has no room for it (send arrays).
+        ``fresh``: into a new block (a retry: whoever had the old one may still write into it)."""
         rgb, maps = (wire, None) if isinstance(wire, np.ndarray) else wire
         probe = ShmWindow(self.node, "", rgb.shape, None if maps is None else maps.shape, out)
-        if self._shm is None or self._shm.size < probe.size:
+        if fresh or self._shm is None or self._shm.size < probe.size:
             self._drop()
-            self._shm = shared_memory.SharedMemory(create=True, size=probe.size)
+            if not _room(probe.size):
+                if not self._no_room_logged:
+                    self._no_room_logged = True
+                    log.warning("shared memory (%s) has no room for a %.1f MB window: this camera sends arrays "
+                                "(give the container more: shm_size)", _SHM_DIR, probe.size / 1e6)
+                return None
+            try:
+                self._shm = shared_memory.SharedMemory(create=True, size=probe.size)
+            except OSError as exc:
+                log.warning("no shared-memory block for this camera (%s): it sends arrays", exc)
+                return None
         ref = ShmWindow(self.node, self._shm.name, probe.rgb, probe.maps, out)
         dst, _ = _views(self._shm, ref)
         if isinstance(dst, np.ndarray):
@@ -87,10 +115,14 @@ class WindowExchange:
         return _views(self._shm, ref)[1].copy()
 
     def _drop(self) -> None:
-        if self._shm is not None:
-            self._shm.close()
-            self._shm.unlink()
-            self._shm = None
+        shm, self._shm = self._shm, None
+        if shm is None:
+            return
+        try:
+            shm.unlink()  # the name goes now (a replica lets go of it), the memory with the last mapping
+        except FileNotFoundError:
+            pass
+        _close(shm)
 
     def close(self) -> None:
         self._drop()
@@ -111,21 +143,24 @@ class AttachedWindows:
             if shm is not None:
                 self._open.move_to_end(name)
                 return shm
+            self._let_go_of_freed()
             try:
-                shm = shared_memory.SharedMemory(name=name)
+                shm = _attach(name)
             except (FileNotFoundError, ValueError, OSError):
                 return None
-            # Python < 3.13 registers an attached block with this process's resource tracker, which
-            # would unlink the camera's block when this process dies; the camera owns it
-            try:
-                resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-            except Exception:  # noqa: BLE001 -- nothing registered (3.13+ with track=False semantics)
-                pass
             self._open[name] = shm
             while len(self._open) > self.capacity:
                 _, old = self._open.popitem(last=False)
                 _close(old)
             return shm
+
+    def _let_go_of_freed(self) -> None:
+        """Close the attachments whose block its owner has unlinked (a camera that ended, or moved
+        to a larger block): their memory goes when the last mapping does."""
+        if not os.path.isdir(_SHM_DIR):
+            return
+        for name in [n for n in self._open if not os.path.exists(os.path.join(_SHM_DIR, n.lstrip("/")))]:
+            _close(self._open.pop(name))
 
     def read(self, ref: ShmWindow) -> Wire | None:
         if ref.node != self.node:
@@ -135,10 +170,13 @@ class AttachedWindows:
             return None
         return _views(shm, ref)[0]
 
-    def write(self, ref: ShmWindow, y: np.ndarray) -> None:
+    def write(self, ref: ShmWindow, y: np.ndarray) -> bool:
+        """Put the result in the block; False when it is no longer there (the camera sends arrays)."""
         shm = self._block(ref.name)
-        assert shm is not None, "write follows a successful read"
+        if shm is None or shm.size < ref.size:
+            return False
         _views(shm, ref)[1][...] = y
+        return True
 
     def __len__(self) -> int:
         return len(self._open)
@@ -148,6 +186,19 @@ class AttachedWindows:
             for shm in self._open.values():
                 _close(shm)
             self._open.clear()
+
+
+def _attach(name: str) -> shared_memory.SharedMemory:
+    """Attach a block another process owns without handing it to this process's resource tracker
+    (which would unlink the owner's block when this process dies)."""
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg,unused-ignore]
+    register = resource_tracker.register
+    resource_tracker.register = lambda *_a, **_k: None  # type: ignore[assignment]
+    try:
+        return shared_memory.SharedMemory(name=name)
+    finally:
+        resource_tracker.register = register  # type: ignore[assignment]
 
 
 def _close(shm: shared_memory.SharedMemory) -> None:

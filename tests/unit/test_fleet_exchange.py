@@ -97,21 +97,35 @@ def test_another_host_is_answered_not_read_and_blocks_stay_bounded(reader):
         assert ok and total == 15 * 16 * i and attached <= 2
         names.append(r.name)
         e.close()
-    gone = ex.put(np.zeros((1, 15, 4, 4), np.uint8), (1, 3, 4, 4))  # a block unlinked since: not read
-    ex.close()
-    assert ask(gone)[0] is False
+    last = WindowExchange("node-a")  # on the reader's node, but its block unlinked since: not read
+    gone = last.put(np.zeros((1, 15, 4, 4), np.uint8), (1, 3, 4, 4))
+    last.close()
+    assert ask(gone) == (False, 0.0, 0)  # and the reader let go of the four freed blocks it held
 
 
 def test_a_larger_window_gets_a_new_block_and_the_old_one_is_freed(reader):
     ask, _ = reader
     ex = WindowExchange("node-a")
     small = ex.put(np.ones((1, 15, 4, 4), np.uint8), (1, 3, 4, 4))
+    assert ask(small)[0]
     big = ex.put(np.ones((1, 15, 64, 64), np.uint8), (1, 3, 64, 64))
     assert big.name != small.name
     with pytest.raises(FileNotFoundError):
         shared_memory.SharedMemory(name=small.name)  # unlinked by its owner
-    ok, total, _ = ask(big)
+    ok, total, attached = ask(big)
     assert ok and total == 15 * 64 * 64 and np.array_equal(ex.result(big), np.full((1, 3, 64, 64), 2, np.uint8))
+    assert attached == 1  # the reader let go of the small block when its owner freed it
+    again = ex.put(np.ones((1, 15, 64, 64), np.uint8), (1, 3, 64, 64), fresh=True)  # a resend: a new block
+    assert again.name != big.name and ask(again)[0]
+    ex.close()
+
+
+def test_no_room_in_shared_memory_means_arrays_not_a_crash(caplog):
+    ex = WindowExchange("node-a")
+    huge = np.broadcast_to(np.uint8(0), (1, 15, 200_000, 200_000))  # 600 GB, without the memory
+    assert ex.put(huge, (1, 3, 200_000, 200_000)) is None
+    assert ex.put(huge, (1, 3, 200_000, 200_000)) is None
+    assert sum("no room" in r.getMessage() for r in caplog.records) == 1  # said once
     ex.close()
 
 
