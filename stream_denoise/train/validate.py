@@ -9,8 +9,10 @@ where the clean value is below 32 (dark regions: a denoiser must not shift their
 
 The gate (``better``) keeps a candidate only if its mean PSNR over the conditions beats the
 shipped model's, no condition loses more than ``TOLERANCE_DB`` against it (a user of that condition
-would see a regression), and it is not below the noisy input on a condition where the shipped one
-was not.
+would see a regression), it is not below the noisy input on a condition where the shipped one
+was not, and on no condition does it shift the dark regions' mean by more than ``DARK_TOLERANCE``
+levels beyond both the noisy input and the shipped model (clipping at black lifts a noisy input's
+dark mean; a denoiser may leave some of that lift, never add its own).
 Conditions with a codec need PyAV; without it they are left out (and the report says so).
 """
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 CLIPS, FRAMES, SIZE, SEED = 16, 9, 192, 20261204
 TOLERANCE_DB = 0.25  # the most a condition may lose against the shipped model
+DARK_TOLERANCE = 1.0  # levels of dark-mean shift beyond the larger of the noisy input's and the shipped model's
 CONDITIONS: dict[str, NoiseSpec | None] = {
     "clean": None,
     "gauss5": NoiseSpec("gaussian", sigma=5),
@@ -82,7 +85,8 @@ def _windows(noisy: np.ndarray, model: VideoDenoiser) -> np.ndarray:
 
 
 def score(model: VideoDenoiser, vset: ValidationSet, batch: int = 8) -> dict[str, dict[str, float]]:
-    """Per condition: psnr, noisy_psnr, dark_bias (mean error in levels where clean < 32)."""
+    """Per condition: psnr, noisy_psnr, dark_bias and noisy_dark_bias (mean error in levels where
+    clean < 32, of the output and of the noisy centre frame)."""
     model.eval()
     device = next(model.parameters()).device
     clean = vset.clean.astype(np.float32)
@@ -100,8 +104,12 @@ def score(model: VideoDenoiser, vset: ValidationSet, batch: int = 8) -> dict[str
         centre = noisy[:, noisy.shape[1] // 2].astype(np.float32)
         err = y - clean
         out[name] = {"psnr": _psnr(y, clean), "noisy_psnr": _psnr(centre, clean),
-                     "dark_bias": float(err.mean(axis=3)[dark].mean()) if dark.any() else 0.0}
+                     "dark_bias": _dark_mean(y - clean, dark), "noisy_dark_bias": _dark_mean(centre - clean, dark)}
     return out
+
+
+def _dark_mean(err: np.ndarray, dark: np.ndarray) -> float:
+    return float(err.mean(axis=3)[dark].mean()) if dark.any() else 0.0
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -120,6 +128,12 @@ def better(candidate: dict[str, dict[str, float]], shipped: dict[str, dict[str, 
     worse = [n for n in common if candidate[n]["psnr"] < candidate[n]["noisy_psnr"] <= shipped[n]["psnr"]]
     if worse:
         return False, f"below the noisy input on {', '.join(worse)} (mean gain {gain:+.3f} dB)"
+    shifted = {n: candidate[n]["dark_bias"] for n in common
+               if abs(candidate[n]["dark_bias"]) > DARK_TOLERANCE + max(abs(candidate[n].get("noisy_dark_bias", 0.0)),
+                                                                         abs(shipped[n]["dark_bias"]))}
+    if shifted:
+        return False, ("shifts the dark regions' mean beyond the noisy input and the shipped model on "
+                       + ", ".join(f"{n} ({b:+.2f} levels)" for n, b in shifted.items()) + f" (mean gain {gain:+.3f} dB)")
     lost = {n: candidate[n]["psnr"] - shipped[n]["psnr"] for n in common
             if candidate[n]["psnr"] < shipped[n]["psnr"] - TOLERANCE_DB}
     if lost:

@@ -218,6 +218,17 @@ def test_gate_rule():
     assert not keep and "b (-0.50 dB)" in why
 
 
+def test_the_gate_refuses_a_model_that_shifts_the_shadows():
+    def rep(psnr: float, dark: float, noisy_dark: float) -> dict:
+        return {"a": {"psnr": psnr, "noisy_psnr": 20.0, "dark_bias": dark, "noisy_dark_bias": noisy_dark}}
+
+    shipped = rep(30.0, -0.5, 6.0)
+    assert validate.better(rep(31.0, 5.0, 6.0), shipped)[0]  # keeps part of the input's lift: allowed
+    keep, why = validate.better(rep(31.0, -3.0, 1.0), shipped)  # darkens by 3 where input and shipped were within 1
+    assert not keep and "a (-3.00 levels)" in why
+    assert validate.better(rep(31.0, -3.0, 1.0), rep(30.0, -2.5, 1.0))[0]  # no worse than the shipped model
+
+
 def test_models_of_the_first_generation_still_load_and_compute_the_same(tmp_path: Path):
     """lite.pt as shipped before the pyramid rewrite: the same outputs as its ONNX export."""
     ort = pytest.importorskip("onnxruntime")
