@@ -48,7 +48,13 @@ class OnnxRuntimeOptions(Strict):
 
 
 TILE_PIXELS = 1280 * 720  # a lone frame at least this large is split into bands across the lanes
-TILE_MARGIN = 48  # rows of context per band side: > the receptive field radius of lite (~16) and base (~30)
+
+
+def band_margin(stride: int) -> int:
+    """Rows of context per band side: more than the receptive field radius, on the stride grid.
+    The radius grows with the depth, which the stride (2 ** levels) tells: lite (stride 4) ~16
+    rows, base (stride 8, three levels) ~60 (measured by the tests)."""
+    return 10 * stride
 
 
 class _Session:
@@ -141,11 +147,12 @@ class OnnxRuntimeBackend:
         return out if self._in_type == np.float32 else out.astype(np.float32)
 
     def _tiled(self, x: np.ndarray, out: np.ndarray) -> None:
-        """One large frame as horizontal bands, one per lane, each with ``TILE_MARGIN`` rows of
+        """One large frame as horizontal bands, one per lane, each with ``band_margin`` rows of
         context above and below (more than the network's receptive field, on its stride grid), so
         each band's own rows equal the whole frame's output: no seams (tested)."""
         assert self._pool is not None
-        h, m, s = x.shape[2], TILE_MARGIN, self.stride
+        h, s = x.shape[2], self.stride
+        m = band_margin(s)
         cuts = [min(h, -(-h * i // len(self._lanes)) // s * s) for i in range(len(self._lanes) + 1)]
         cuts[-1] = h
 
