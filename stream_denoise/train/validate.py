@@ -102,7 +102,6 @@ def score(model: VideoDenoiser, vset: ValidationSet, batch: int = 8) -> dict[str
                 ys.extend(to_uint8_rgb(chw) for chw in y)
         y = np.stack(ys).astype(np.float32)
         centre = noisy[:, noisy.shape[1] // 2].astype(np.float32)
-        err = y - clean
         out[name] = {"psnr": _psnr(y, clean), "noisy_psnr": _psnr(centre, clean),
                      "dark_bias": _dark_mean(y - clean, dark), "noisy_dark_bias": _dark_mean(centre - clean, dark)}
     return out
