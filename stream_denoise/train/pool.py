@@ -217,7 +217,12 @@ class Sampler:
     and (N, 3, P, P) clean target frames. Windows reflect at a clip's ends without repeating the target frame
     (``buffer.reflect_indices``); augmentation: the eight dihedral transforms and, for centered
     windows, time reversal; the noise maps are jittered by a random factor (``jitter``, log-std)
-    so the network tolerates the spread of live readings. One gather per batch."""
+    so the network tolerates the spread of live readings. One gather per batch.
+
+    ``teach`` runs a teacher network once over every frame of the pool (whole frames, the window
+    without reversal or jitter) and keeps its output; ``sample`` then also cuts the teacher's
+    (N, 3, P, P) estimate at each target's place, so distillation costs one teacher pass per pool
+    rather than one per window."""
 
     def __init__(self, pool: Pool, device: torch.device, jitter: float = 0.08) -> None:
         self.device, self.jitter = device, jitter
@@ -226,6 +231,7 @@ class Sampler:
         self.luts = torch.from_numpy(pool.luts).to(device)
         self.n, self.t_len, self.size = pool.clean.shape[0], pool.clean.shape[1], pool.clean.shape[2]
         self._grids: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.taught: torch.Tensor | None = None  # (N, T, S, S, 3) float16 in [0, 1]: ``teach``
 
     def _grid(self, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if patch not in self._grids:
@@ -234,7 +240,8 @@ class Sampler:
         return self._grids[patch]
 
     def sample(self, batch: int, frames: int, target: int, patch: int,
-               rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+               rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(inputs, clean targets, the teacher's estimates or None before ``teach``)."""
         j = rng.integers(self.n, size=batch)
         t = rng.integers(self.t_len, size=batch)
         win = np.array([reflect_indices(int(ti), frames, target, self.t_len) for ti in t])
@@ -250,11 +257,43 @@ class Sampler:
         jt, dt = torch.from_numpy(j).to(dev), torch.from_numpy(d).to(dev)
         Y = ys[dt] + torch.from_numpy(y0).to(dev)[:, None, None]  # (B, P, P)
         X = xs[dt] + torch.from_numpy(x0).to(dev)[:, None, None]
-        fr = torch.from_numpy(win).to(dev)
+        x = self._inputs(jt, torch.from_numpy(win).to(dev), Y, X, torch.from_numpy(gain).to(dev))
+        tt = torch.from_numpy(t).to(dev)[:, None, None]
+        c = to_unit_torch(self.clean[jt[:, None, None], tt, Y, X])  # (B, 3, P, P)
+        z = None if self.taught is None else self.taught[jt[:, None, None], tt, Y, X].movedim(-1, -3).float()
+        return x, c, z
+
+    def _inputs(self, jt: torch.Tensor, fr: torch.Tensor, Y: torch.Tensor, X: torch.Tensor,
+                gain: torch.Tensor) -> torch.Tensor:
+        """Windows of clips ``jt`` (B,), frames ``fr`` (B, K), pixels (``Y``, ``X``) (B, P, P), maps
+        times ``gain`` (B,): (B, K * (3 + PLANES), P, P)."""
+        batch, k, patch, planes = fr.shape[0], fr.shape[1], Y.shape[-1], self.luts.shape[1]
         w = self.noisy[jt[:, None, None, None], fr[:, :, None, None], Y[:, None], X[:, None]]  # (B, K, P, P, 3)
-        c = self.clean[jt[:, None, None], torch.from_numpy(t).to(dev)[:, None, None], Y, X]  # (B, P, P, 3)
-        k, planes = frames, self.luts.shape[1]
         maps = noise_level.level_map_torch(w.flatten(0, 1), self.luts[jt].repeat_interleave(k, 0))  # (B*K, P, p, p)
-        maps = maps.view(batch, k, planes, patch, patch) * torch.from_numpy(gain).to(dev)[:, None, None, None, None]
+        maps = maps.view(batch, k, planes, patch, patch) * gain[:, None, None, None, None]
         x = torch.cat([to_unit_torch(w), maps], dim=2)  # (B, K, 3 + P, p, p)
-        return x.reshape(batch, k * (3 + planes), patch, patch), to_unit_torch(c)
+        return x.reshape(batch, k * (3 + planes), patch, patch)
+
+    def teach(self, teacher: torch.nn.Module, frames: int, target: int, bf16: bool = False, batch: int = 4) -> None:
+        """Keep ``teacher``'s estimate of every frame of the pool (float16, (N, T, S, S, 3))."""
+        self.taught = None
+        dev, s, t0 = self.device, self.size, time.monotonic()
+        out = torch.empty((self.n, self.t_len, s, s, 3), dtype=torch.float16, device=dev)
+        pairs = [(j, t) for j in range(self.n) for t in range(self.t_len)]
+        grid = torch.arange(s, device=dev)
+        step = max(1, len(pairs) // batch // 10) * batch
+        for i in range(0, len(pairs), batch):
+            jt = torch.tensor([p[0] for p in pairs[i:i + batch]], device=dev)
+            tt = torch.tensor([p[1] for p in pairs[i:i + batch]], device=dev)
+            fr = torch.tensor([reflect_indices(p[1], frames, target, self.t_len) for p in pairs[i:i + batch]],
+                              device=dev)
+            n = len(jt)
+            x = self._inputs(jt, fr, grid[None, :, None].expand(n, s, s), grid[None, None, :].expand(n, s, s),
+                             torch.ones(n, device=dev))
+            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                z = teacher(x.contiguous(memory_format=torch.channels_last) if bf16 else x)
+            out[jt, tt] = z.float().clamp_(0, 1).movedim(1, -1).half()
+            if (i + batch) % step == 0:
+                log.info("teacher: %d/%d frames (%.0f s)", min(i + batch, len(pairs)), len(pairs), time.monotonic() - t0)
+        self.taught = out
+        log.info("teacher: %d frames of %d clips in %.0f s", len(pairs), self.n, time.monotonic() - t0)

@@ -21,8 +21,10 @@ any number of slices adds up to one schedule; the shipped weights are the moving
 ``gate`` scores the state's averaged weights and the shipped file on the held-out validation set
 (``validate``) and, with ``--ship``, replaces the shipped ``.pt``/``.onnx`` only when the state's are
 better, recording steps, device-minutes per device kind, the corpus hash, noise ranges and the
-validation figures in the model file. ``lite`` and ``lite-causal`` are distilled: their loss adds
-the squared difference to the shipped ``base``'s output (``Recipe.distill``).
+validation figures in the model file. ``lite`` is distilled: its loss adds the squared difference
+to the shipped ``base``'s estimate of the target (``Recipe.distill``), which the feed computes once
+per pool over whole frames (``Sampler.teach``) rather than once per window (``lite-causal`` has no
+causal teacher: clean targets alone).
 """
 
 from __future__ import annotations
@@ -103,8 +105,10 @@ class PoolFeed:
     its ``REUSE`` windows per clip are spent (``advance``, before every step)."""
 
     def __init__(self, corpus: Corpus, position: dict, clips: int, device: torch.device, workers: int,
-                 cache: CodecCache | None, reuse: int = REUSE) -> None:
+                 cache: CodecCache | None, reuse: int = REUSE, teacher: VideoDenoiser | None = None,
+                 bf16: bool = False) -> None:
         self.corpus, self.device, self.workers, self.cache, self.reuse = corpus, device, workers, cache, reuse
+        self.teacher, self.bf16 = teacher, bf16
         self.seed, self.clips = int(position["seed"]), clips
         self.generation, self.left = start_generation(position, clips)
         if self.left <= 0:
@@ -117,6 +121,11 @@ class PoolFeed:
         self.sampler = None  # free the old pool first
         pool: Pool = build_pool(self.corpus, spec, self.workers, self.cache)
         self.sampler = Sampler(pool, self.device)
+        if self.teacher is not None:  # one teacher pass per pool: its estimates are cut with the windows
+            t = self.teacher.to(self.device)
+            if self.bf16:
+                t.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            self.sampler.teach(t, t.frames, t.target, self.bf16)
 
     def advance(self, batch: int) -> None:
         if self.left <= 0:
@@ -166,13 +175,15 @@ def run(name: str, minutes: float, corpus: Corpus, state_dir: Path, device: str 
         log.warning("corpus %s differs from the state's %s: training goes on with the new data", corpus.hash,
                     meta["corpus"])
         meta["corpus"] = corpus.hash
-    feed = PoolFeed(corpus, meta["pool"], clips, dev, workers, cache, reuse or REUSE)  # workers fork before CUDA starts
     torch.manual_seed(r.seed)
-    model = create_model(r.arch, window=r.window).to(dev)
-    teacher = _teacher(dev, model) if r.distill else None
+    model = create_model(r.arch, window=r.window)
+    teacher = _teacher(model) if r.distill else None
+    amp = use_bf16(precision, dev)
+    feed = PoolFeed(corpus, meta["pool"], clips, dev, workers, cache, reuse or REUSE,  # workers start before CUDA
+                    teacher=teacher, bf16=amp)
+    model = model.to(dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    amp = use_bf16(precision, dev)
     dkind = device_kind(dev)
     entry = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": dkind,
              "from_step": step0, "batch": batch, "patch": patch, "pool_clips": clips}
@@ -183,12 +194,10 @@ def run(name: str, minutes: float, corpus: Corpus, state_dir: Path, device: str 
 
     def step_loss(rng: np.random.Generator) -> torch.Tensor:
         assert feed.sampler is not None
-        x, c = feed.sampler.sample(batch, model.frames, model.target, patch, rng)
+        x, c, z = feed.sampler.sample(batch, model.frames, model.target, patch, rng)
         y = model(x).float()
         loss = torch.nn.functional.mse_loss(y, c)
-        if teacher is not None:
-            with torch.no_grad():
-                z = teacher(x).float()
+        if z is not None:
             loss = loss + r.distill * torch.nn.functional.mse_loss(y, z)
         return loss
 
@@ -208,10 +217,10 @@ def run(name: str, minutes: float, corpus: Corpus, state_dir: Path, device: str 
     return {**summary, "from_step": step0}
 
 
-def _teacher(dev: torch.device, student: VideoDenoiser) -> VideoDenoiser | None:
-    """The shipped base as the distillation teacher, frozen; None (with a log line) where it cannot
-    teach this student: not noise-aware yet, or another window or input."""
-    m = load_model(MODELS_DIR / "base.pt").to(dev).eval()
+def _teacher(student: VideoDenoiser) -> VideoDenoiser | None:
+    """The shipped base as the distillation teacher, frozen, on the CPU (the feed moves it); None
+    (with a log line) where it cannot teach this student: not noise-aware yet, or another window or input."""
+    m = load_model(MODELS_DIR / "base.pt").eval()
     if (m.in_channels, m.frames, m.target) != (student.in_channels, student.frames, student.target):
         log.warning("distillation: the shipped base (%d inputs, target %d) cannot teach this network (%d, %d); "
                     "clean targets alone", m.in_channels, m.target, student.in_channels, student.target)

@@ -127,7 +127,8 @@ def test_sampler_cuts_windows_targets_and_noise_maps_together(tiny_corpus: corpu
     pool = pool_mod.build_pool(tiny_corpus, spec)
     sampler = pool_mod.Sampler(pool, torch.device("cpu"), jitter=0.0)
     k, target, patch, n = 5, 2, 48, 32
-    x, c = sampler.sample(n, k, target, patch, np.random.default_rng(7))
+    x, c, z = sampler.sample(n, k, target, patch, np.random.default_rng(7))
+    assert z is None  # no teacher yet
     block = 3 + noise_level.PLANES  # each frame: RGB, then its maps
     assert x.shape == (n, k * block, patch, patch) and c.shape == (n, 3, patch, patch)
     xb = x.view(n, k, block, patch, patch)
@@ -152,6 +153,38 @@ def test_sampler_cuts_windows_targets_and_noise_maps_together(tiny_corpus: corpu
             found = True
             break
         assert found, f"sample {b} is no clip's frame"
+
+
+def test_the_teacher_runs_once_per_pool_and_its_estimates_are_cut_with_the_windows(tiny_corpus: corpus_mod.Corpus):
+    """``teach`` keeps the teacher's output on whole frames; ``sample`` cuts it where it cuts the target."""
+    spec = pool_mod.PoolSpec(seed=0, generation=0, clips=2, frames=6, size=32)
+    pool = pool_mod.build_pool(tiny_corpus, spec)
+    sampler = pool_mod.Sampler(pool, torch.device("cpu"), jitter=0.0)
+    torch.manual_seed(0)
+    teacher = create_model("lite", window="centered").eval()
+    k, target = teacher.frames, teacher.target
+    sampler.teach(teacher, k, target, batch=5)  # 12 frames: the last batch is short
+    assert sampler.taught is not None and sampler.taught.shape == (2, 6, 32, 32, 3)
+    for j, t in [(0, 0), (1, 3), (1, 5)]:  # the teacher on the whole window, built here from the pool itself
+        idx = reflect_indices(t, k, target, spec.frames)
+        planes = [np.concatenate([pool.noisy[j, f].transpose(2, 0, 1) / 255.0,
+                                  noise_level.level_map(pool.noisy[j, f], pool.sigmas[j])]) for f in idx]
+        with torch.no_grad():
+            ref = teacher(torch.from_numpy(np.concatenate(planes)[None]).float())[0].clamp(0, 1)
+        got = sampler.taught[j, t].float().permute(2, 0, 1)
+        assert (got - ref).abs().max() < 2e-3  # float16 storage
+    n, patch = 16, 24
+    x, c, z = sampler.sample(n, k, target, patch, np.random.default_rng(3))
+    assert z is not None and z.shape == c.shape == (n, 3, patch, patch)
+    ys, xs = pool_mod._dihedral(patch)
+    c8 = (c * 255).round().to(torch.uint8).numpy()
+    for b in range(n):  # where the clean target came from, the teacher's estimate comes from too
+        hits = [(j, t, d, y0, x0) for j, t, d in np.ndindex(spec.clips, spec.frames, 8)
+                for y0 in range(spec.size - patch + 1) for x0 in range(spec.size - patch + 1)
+                if np.array_equal(pool.clean[j, t][ys[d] + y0, xs[d] + x0].transpose(2, 0, 1), c8[b])]
+        assert hits
+        assert any(torch.equal(z[b], sampler.taught[j, t][torch.from_numpy(ys[d] + y0), torch.from_numpy(xs[d] + x0)]
+                               .permute(2, 0, 1).float()) for j, t, d, y0, x0 in hits)
 
 
 def test_a_resumed_run_continues_bit_for_bit(tiny_corpus: corpus_mod.Corpus, tmp_path: Path):
