@@ -128,6 +128,9 @@ def write(results: Path, md: Path) -> Path:
     adapt = _load(results / "adapt.json")
     if adapt:
         lines += _adapt(adapt, rel)
+    shadows = _load(results / "shadows.json")
+    if shadows:
+        lines += _shadows(shadows)
     lines += _pictures(results, rel)
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text("\n".join(lines) + "\n")
@@ -230,6 +233,27 @@ def _soak(s: dict) -> list[str]:
            f"- Frames out per 5 s sample: median {sorted(fps)[len(fps) // 2] if fps else '–'} (125 = the camera's 25 fps).",
            ""]
     return out
+
+
+def _shadows(s: dict) -> list[str]:
+    m = s["meta"]
+    out = ["## Where the shadow bias comes from (`python -m benchmarks.shadows`)", "",
+           f"`{m['command']}` on {m['date']}, commit {m['commit']}, {m['cpu']} × {m['cores']} cores; the frozen clips, "
+           f"settings and oracle-tuned `nlmeans` of `{m['source']}` (commit {str(m['source_commit'])[:7]}), the last live "
+           "frames. dark = the quality tables' figure (mean output − clean, 8-bit levels, where the clean pixel is "
+           "below 32); flat = dark pixels in dark areas without detail (clean blurred with σ 4 px below 32, local "
+           "std below 8); beside detail = the other dark pixels; bands by clean level; left dark = mean output − "
+           "clean where the method's own output is below 32 (are the shadows a viewer sees too bright?).", "",
+           "| clip / condition | method | dark | flat (share) | beside detail | 0–8 | 8–16 | 16–24 | 24–32 | left dark (share) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in s["runs"]:
+        for name, v in r["methods"].items():
+            b = v["bands"]
+            out.append(f"| {r['clip']} / {r['condition']} | {name} | {_f(v['dark'], '+.1f')} | "
+                       f"{_f(v['flat'], '+.1f')} ({100 * v['flat_share']:.1f} %) | {_f(v['beside_detail'], '+.1f')} | "
+                       + " | ".join(_f(b[k], "+.1f") for k in ("0-8", "8-16", "16-24", "24-32"))
+                       + f" | {_f(v['left_dark'], '+.1f')} ({100 * v['left_dark_share']:.1f} %) |")
+    return out + [""]
 
 
 def _adapt(a: dict, rel) -> list[str]:  # type: ignore[no-untyped-def]

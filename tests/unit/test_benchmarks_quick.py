@@ -108,3 +108,24 @@ def test_metrics_match_theory() -> None:
     darker[:, :, 8:] += 9  # bright pixels are left out
     assert metrics.dark_bias(darker, scene) == pytest.approx(-3.0)
     assert math.isnan(metrics.dark_bias(clean, clean))  # no dark pixel
+
+
+def test_shadow_split_tells_a_lifted_black_level_from_lost_dark_detail() -> None:
+    """benchmarks.shadows: a thin dark line filled in shows beside detail, a raised black level in flat shadows."""
+    pytest.importorskip("cv2")
+    from benchmarks.shadows import split
+
+    clean = np.full((2, 64, 96, 3), 120, np.uint8)
+    clean[:, :, :48] = 10  # a large flat shadow
+    clean[:, 30:32, 60:90] = 4  # a thin dark line on a bright wall
+    lost = clean.copy()
+    lost[:, 30:32, 60:90] = 120  # the line is gone (a codec at 0.1 bit/pixel)
+    s = split(lost, clean)
+    assert s["flat"] == 0.0 and s["left_dark"] == 0.0 and s["bands"]["0-8"] == 116.0  # the line: 0-8 alone
+    assert s["beside_detail"] > 5  # the line, diluted by the shadow's border (beside detail too, error 0)
+    assert s["dark"] > 2  # the benchmark's one figure sees a lift either way
+    lifted = clean.copy()
+    lifted[:, :, :48] = 13  # a black level raised by 3
+    s = split(lifted, clean)
+    assert s["flat"] == 3.0 and s["bands"]["8-16"] == 3.0 and s["bands"]["0-8"] == 0.0  # the line untouched
+    assert 2.5 < s["left_dark"] < 3.0  # what the viewer sees as shadow: the raised wall and the (exact) line
