@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -93,46 +95,52 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
     ema, step, skipped = None, start_step, 0
     logged = 0.0
     validated = -1
-    for step in range(start_step, steps):
-        done_frac = min(1.0, max(step / steps, (time.monotonic() - t0) / budget))
-        for g in opt.param_groups:
-            g["lr"] = lr * (schedule(step) if schedule else 0.5 * (1 + math.cos(math.pi * done_frac)))
-        if on_step is not None:
-            on_step(step)
-        model.train()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = step_loss(rng)
-        value = loss.item()
-        if not math.isfinite(value):  # a diverging batch: skip it rather than poison the weights
-            skipped += 1
-            log.warning("step %d: non-finite loss, skipped (%d so far)", step + 1, skipped)
-            if skipped > max(10, steps // 100):
-                raise FloatingPointError(f"training diverged: {skipped} non-finite losses")
-            continue
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if avg is not None:
-            avg.update()
-        ema = value if ema is None else 0.98 * ema + 0.02 * value
-        elapsed = time.monotonic() - t0
-        if bar is None and elapsed >= logged + LOG_EVERY_S:  # no progress bar (a log file): a line a minute
-            logged = elapsed
-            log.info("step %d: loss EMA %.6f, lr %.2e, %.1f steps/s%s", step + 1, ema, opt.param_groups[0]["lr"],
-                     (step + 1 - start_step) / elapsed, f", best validation {best_val:.6f}" if validate else "")
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{ema:.5f}", best_val=f"{best_val:.5f}" if validate else "-")
-        if validate is not None and (step + 1) % validate_every == 0:
-            model.eval()
-            with _averaged(avg):
-                best_val, best_state = _keep_best(model, validate, best_val, best_state)
-            validated = step
-        if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-            _save(checkpoint, model, opt, rng, step + 1, avg, meta)
-        if elapsed > budget:
-            log.info("time budget of %.1f min reached at step %d", minutes, step + 1)
-            break
+    stop = _StopRequests()
+    with stop:
+        for step in range(start_step, steps):
+            if stop.signal is not None:
+                log.info("%s: stopping after step %d (the checkpoint is written)", stop.signal, step)
+                step -= 1
+                break
+            done_frac = min(1.0, max(step / steps, (time.monotonic() - t0) / budget))
+            for g in opt.param_groups:
+                g["lr"] = lr * (schedule(step) if schedule else 0.5 * (1 + math.cos(math.pi * done_frac)))
+            if on_step is not None:
+                on_step(step)
+            model.train()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = step_loss(rng)
+            value = loss.item()
+            if not math.isfinite(value):  # a diverging batch: skip it rather than poison the weights
+                skipped += 1
+                log.warning("step %d: non-finite loss, skipped (%d so far)", step + 1, skipped)
+                if skipped > max(10, steps // 100):
+                    raise FloatingPointError(f"training diverged: {skipped} non-finite losses")
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if avg is not None:
+                avg.update()
+            ema = value if ema is None else 0.98 * ema + 0.02 * value
+            elapsed = time.monotonic() - t0
+            if bar is None and elapsed >= logged + LOG_EVERY_S:  # no progress bar (a log file): a line a minute
+                logged = elapsed
+                log.info("step %d: loss EMA %.6f, lr %.2e, %.1f steps/s%s", step + 1, ema, opt.param_groups[0]["lr"],
+                         (step + 1 - start_step) / elapsed, f", best validation {best_val:.6f}" if validate else "")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{ema:.5f}", best_val=f"{best_val:.5f}" if validate else "-")
+            if validate is not None and (step + 1) % validate_every == 0:
+                model.eval()
+                with _averaged(avg):
+                    best_val, best_state = _keep_best(model, validate, best_val, best_state)
+                validated = step
+            if checkpoint is not None and (step + 1) % checkpoint_every == 0:
+                _save(checkpoint, model, opt, rng, step + 1, avg, meta)
+            if elapsed > budget:
+                log.info("time budget of %.1f min reached at step %d", minutes, step + 1)
+                break
     if bar is not None:
         bar.close()
     done = step + 1
@@ -149,7 +157,35 @@ def fit(model: torch.nn.Module, step_loss: StepFn, *, steps: int, minutes: float
     model.to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
     return {"steps": done, "seconds": round(time.monotonic() - t0, 1), "loss_ema": ema,
             "best_val": None if validate is None else best_val, "lr_end": opt.param_groups[0]["lr"],
-            "skipped_steps": skipped, "precision": "bfloat16 autocast" if bf16 else "float32"}
+            "skipped_steps": skipped, "precision": "bfloat16 autocast" if bf16 else "float32",
+            "stopped_by": stop.signal}
+
+
+class _StopRequests:
+    """While active (in the main thread), SIGINT and SIGTERM ask the training loop to stop between
+    steps instead of interrupting one: the step in flight finishes, the checkpoint is written, and
+    a resumed run continues exactly. ``signal`` names the first request; a second SIGINT interrupts
+    at once (Ctrl-C twice). Elsewhere it changes nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._saved: dict = {}
+
+    def _handler(self, signum: int, _frame: object) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = self.signal or signal.Signals(signum).name
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            self._saved = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for s, h in self._saved.items():
+            signal.signal(s, h)
 
 
 class Average:

@@ -8,7 +8,9 @@ one long run cut into pieces: ``continue`` resumes from the committed state ``ch
 (weights, averaged weights, Adam, the cumulative step, the sampler's generator and the pool's
 position: ``loop.fit``'s checkpoint), trains for ``--minutes`` on whatever is present, and writes
 the state back, with the run added to its history (device kind, steps, minutes). Resuming is exact:
-a run continued from a state goes on bit for bit as the run that wrote it would have.
+a run continued from a state goes on bit for bit as the run that wrote it would have. Ctrl-C or
+SIGTERM (a lent machine being taken back) stops it between steps and writes the state (a second
+Ctrl-C interrupts at once).
 
 Data (``pool``): clean clips from the corpus (``corpus``: natural photos with synthetic camera and
 object motion, real footage; never the benchmark clips), each with one random camera condition
@@ -211,9 +213,10 @@ def run(name: str, minutes: float, corpus: Corpus, state_dir: Path, device: str 
     summary = fit(model, step_loss, steps=max_steps or step0 + 10**9, minutes=minutes, lr=r.lr, seed=r.seed,
                   checkpoint=state, checkpoint_every=checkpoint_every, progress=progress, bf16=amp,
                   average=r.average, schedule=r.schedule, on_step=lambda _s: feed.advance(batch), meta=meta_now)
-    log.info("%s: steps %d -> %d in %.1f min (%.0f steps/min; loss EMA %.6f); state %s", name, step0,
+    log.info("%s: steps %d -> %d in %.1f min (%.0f steps/min; loss EMA %.6f); state %s%s", name, step0,
              summary["steps"], (time.monotonic() - t_fit) / 60,
-             (summary["steps"] - step0) / max(1e-9, (time.monotonic() - t_fit) / 60), summary["loss_ema"] or 0, state)
+             (summary["steps"] - step0) / max(1e-9, (time.monotonic() - t_fit) / 60), summary["loss_ema"] or 0, state,
+             f" (stopped by {summary['stopped_by']})" if summary["stopped_by"] else "")
     return {**summary, "from_step": step0}
 
 

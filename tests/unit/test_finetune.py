@@ -92,6 +92,43 @@ def test_averaged_weights_are_the_moving_average_of_the_trajectory(tmp_path):
     assert not torch.allclose(model.weight, trajectory[-1], atol=1e-3)  # ...not the last step's weights
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_ends_training_between_steps_and_the_resumed_run_is_exact(tmp_path, sig):
+    """Ctrl-C or SIGTERM (a GPU slice ending) mid-run: the step in flight finishes, the checkpoint is
+    written, and resuming gives the weights of the run that was never stopped."""
+    import os
+    import signal
+
+    from stream_denoise.train.loop import fit
+
+    x = torch.rand(4, 3, 16, 16)
+
+    def run(ckpt, steps, stop_at=None):
+        torch.manual_seed(0)
+        model = torch.nn.Conv2d(3, 3, 3, padding=1)
+        def step_loss(r: np.random.Generator) -> torch.Tensor:
+            noise = torch.from_numpy(r.standard_normal(x.shape).astype(np.float32)) * 0.1
+            return ((model(x + noise) - x.flip(-1)) ** 2).mean()
+
+        def on_step(step: int) -> None:
+            if step == stop_at:  # the signal arrives while step `stop_at` is being computed
+                os.kill(os.getpid(), getattr(signal, sig))
+
+        s = fit(model, step_loss, steps=steps, lr=1e-2, average=0.9, checkpoint=ckpt, checkpoint_every=100,
+                progress=False, on_step=on_step)
+        return model, s
+
+    whole, _ = run(tmp_path / "whole.ckpt", 8)
+    before = signal.getsignal(signal.SIGINT)
+    _, s = run(tmp_path / "cut.ckpt", 8, stop_at=3)
+    assert s["stopped_by"] == sig and s["steps"] == 4  # step 3 (0-based) finished, nothing after it
+    assert torch.load(tmp_path / "cut.ckpt", weights_only=False)["step"] == 4
+    assert signal.getsignal(signal.SIGINT) is before  # the handlers are given back
+    resumed, s = run(tmp_path / "cut.ckpt", 8)
+    assert s["steps"] == 8 and s["stopped_by"] is None
+    assert torch.equal(resumed.weight, whole.weight) and torch.equal(resumed.bias, whole.bias)
+
+
 def test_bfloat16_steps_train_and_leave_a_float32_model():
     import torch
 
