@@ -49,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--ft-minutes", type=float,
                    help="fine-tuning / supervised budget per clip x condition (default 3; the issue allows up to 10)")
     g.add_argument("--ft-steps", type=int, help="step cap of that budget (default 3000, as stream-denoise fine-tune)")
+    g.add_argument("--no-supervised", dest="supervised", action="store_false",
+                   help="fine-tune the adapt models only (skip the supervised upper bound: half the training time)")
     g.add_argument("--peers", type=_list, help="hqdn3d,atadenoise,nlmeans,opencv_nlm,bm4d")
     g.add_argument("--bm4d-frames", type=int, help="live frames BM4D denoises (0 skips BM4D)")
     g = p.add_argument_group("speed")
@@ -70,6 +72,7 @@ def _quality_settings(a: argparse.Namespace):  # type: ignore[no-untyped-def]
               "bm4d_frames"):
         if getattr(a, k) is not None:
             setattr(s, k, getattr(a, k))
+    s.supervised = a.supervised
     if a.models is not None:
         s.models = a.models
     if s.bm4d_frames <= 0:
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.what in ("quality", "all"):
         qs = _quality_settings(a)
         if not a.quick:
-            n = len(qs.clips) * len(qs.conditions) * len(qs.adapt_models) * 2 * qs.ft_minutes
+            n = len(qs.clips) * len(qs.conditions) * len(qs.adapt_models) * (2 if qs.supervised else 1) * qs.ft_minutes
             logging.info("quality: training alone takes about %.0f min (--ft-minutes %g)", n, qs.ft_minutes)
         quality.run(qs, results, a.cache, command)
     if a.what in ("speed", "all"):

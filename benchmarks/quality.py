@@ -32,6 +32,7 @@ class QualitySettings:
     crop: tuple[int, int] | None = None  # (W, H) centre crop of the clean footage
     models: list[str] = field(default_factory=lambda: ["lite", "base", "lite-causal"])  # zero-shot
     adapt_models: list[str] = field(default_factory=lambda: ["lite"])  # fine-tuned + supervised
+    supervised: bool = True  # also train the adapt models supervised (the upper bound), on the same budget
     ft_minutes: float = 3.0
     ft_steps: int = 3000  # `stream-denoise fine-tune`'s default (cosine schedule length); minutes usually end it first
     peers: list[str] = field(default_factory=lambda: list(peers.PEERS))
@@ -135,7 +136,7 @@ def _one(clip: clips.NoisyClip, s: QualitySettings, refs: dict[str, models.Model
     rec_noisy, rec_clean = clip.recorded
     for mname in [m for m in s.adapt_models if m in refs]:
         ref = refs[mname]
-        for variant in ("fine-tuned", "supervised"):
+        for variant in ("fine-tuned", "supervised") if s.supervised else ("fine-tuned",):
             path = work / f"{clip.name}-{clip.condition}-{mname}-{variant}.pt"
             if variant == "fine-tuned":
                 summ = models.fine_tune(ref.path, rec_noisy, path, s.ft_minutes, s.ft_steps, s.threads, s.seed)
@@ -147,7 +148,7 @@ def _one(clip: clips.NoisyClip, s: QualitySettings, refs: dict[str, models.Model
             add(f"{mname}/{variant}", out, entry)
         log.info("  %s %s: zero-shot %.2f, fine-tuned %.2f, supervised %.2f dB", clip.name, mname,
                  methods.get(f"{mname}/zero-shot", {}).get("psnr", float("nan")),
-                 methods[f"{mname}/fine-tuned"]["psnr"], methods[f"{mname}/supervised"]["psnr"])
+                 methods[f"{mname}/fine-tuned"]["psnr"], methods.get(f"{mname}/supervised", {}).get("psnr", float("nan")))
     crops = cache / "crops"
     crops.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(crops / f"{clip.name}-{clip.condition}.npz", **{k.replace("/", "__"): v for k, v in pic.items()})

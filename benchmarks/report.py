@@ -371,9 +371,10 @@ def _quality(q: dict, rel, results: Path, title: str = "Quality") -> list[str]: 
            f"the first {st['bm4d_frames']} live frames cropped to {st['bm4d_crop'][0]}x{st['bm4d_crop'][1]}: compare it "
            f"with the **subset** column, where every method is scored on the same pixels.", "",
            f"Ours: zero-shot = the shipped model as is; fine-tuned = self-supervised on the noisy recorded half "
-           f"({st['ft_minutes']:g} min / at most {st['ft_steps']} steps); supervised = same start and budget, trained "
-           f"with the clean recorded half as target (an upper bound no camera can reach). Inference through the "
-           f"streaming `Denoiser` on onnxruntime.", ""]
+           f"({st['ft_minutes']:g} min / at most {st['ft_steps']} steps); "
+           + ("supervised = same start and budget, trained with the clean recorded half as target (an upper bound no "
+              "camera can reach)" if st.get("supervised", True) else "no supervised run in this file (--no-supervised)")
+           + ". Inference through the streaming `Denoiser` on onnxruntime.", ""]
     for n, why in q.get("skipped_models", {}).items():
         out += [f"Model {n} skipped: {why}", ""]
     if untrained:
