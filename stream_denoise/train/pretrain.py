@@ -72,6 +72,7 @@ class Recipe:
     decay_from: int = 20000  # lr ~ 1/sqrt(step) after this step
     average: float = 0.999
     distill: float = 0.0  # weight of the teacher (shipped base) term
+    loss: str = "mse"  # or "root-mse" / "log-mse": each window's error weighed less steeply (``window_loss``)
     seed: int = 0
 
     def schedule(self, step: int) -> float:
@@ -82,7 +83,7 @@ RECIPES: dict[str, Recipe] = {
     "base": Recipe("base", "centered", lr=5e-4, batch={"cpu": 12, "cuda": 64}, patch={"cpu": 96, "cuda": 128},
                    pool_clips={"cpu": 400, "cuda": 2000}),
     "lite": Recipe("lite", "centered", lr=2e-3, batch={"cpu": 32, "cuda": 128}, patch={"cpu": 96, "cuda": 128},
-                   pool_clips={"cpu": 400, "cuda": 2000}, distill=0.5),
+                   pool_clips={"cpu": 400, "cuda": 2000}, distill=0.5, loss="root-mse"),
     "lite-causal": Recipe("lite", "causal", lr=2e-3, batch={"cpu": 32, "cuda": 128}, patch={"cpu": 96, "cuda": 128},
                           pool_clips={"cpu": 400, "cuda": 2000}),  # no causal teacher: clean targets alone
 }
@@ -124,7 +125,7 @@ class PoolFeed:
         pool: Pool = build_pool(self.corpus, spec, self.workers, self.cache)
         self.sampler = Sampler(pool, self.device)
         if self.teacher is not None:  # one teacher pass per pool: its estimates are cut with the windows
-            t = self.teacher.to(self.device)
+            t = self.teacher.to(self.device)  # (after the first pool's workers forked: CUDA starts here)
             if self.bf16:
                 t.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self.sampler.teach(t, t.frames, t.target, self.bf16)
@@ -177,6 +178,7 @@ def run(name: str, minutes: float, corpus: Corpus, state_dir: Path, device: str 
         log.warning("corpus %s differs from the state's %s: training goes on with the new data", corpus.hash,
                     meta["corpus"])
         meta["corpus"] = corpus.hash
+    meta["recipe"] = asdict(r)  # the latest run's (each run's loss is also in its history entry)
     torch.manual_seed(r.seed)
     model = create_model(r.arch, window=r.window)
     teacher = _teacher(model) if r.distill else None
@@ -188,7 +190,7 @@ def run(name: str, minutes: float, corpus: Corpus, state_dir: Path, device: str 
         torch.backends.cudnn.benchmark = True
     dkind = device_kind(dev)
     entry = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": dkind,
-             "from_step": step0, "batch": batch, "patch": patch, "pool_clips": clips}
+             "from_step": step0, "batch": batch, "patch": patch, "pool_clips": clips, "loss": r.loss}
     log.info("pre-training %s (%s, %d params, %.0f MAC/pixel) on %s from step %d, batch %d x %d^2%s%s", name,
              r.window, model.param_count(), model.macs_per_pixel(), dkind, step0, batch, patch,
              ", bfloat16 autocast" if amp else "", f", distilled from base ({r.distill})" if teacher else "")
@@ -197,11 +199,7 @@ def run(name: str, minutes: float, corpus: Corpus, state_dir: Path, device: str 
     def step_loss(rng: np.random.Generator) -> torch.Tensor:
         assert feed.sampler is not None
         x, c, z = feed.sampler.sample(batch, model.frames, model.target, patch, rng)
-        y = model(x).float()
-        loss = torch.nn.functional.mse_loss(y, c)
-        if z is not None:
-            loss = loss + r.distill * torch.nn.functional.mse_loss(y, z)
-        return loss
+        return window_loss(model(x).float(), c, z, r.distill, r.loss)
 
     def meta_now() -> dict:
         seconds = time.monotonic() - t_start
@@ -218,6 +216,36 @@ def run(name: str, minutes: float, corpus: Corpus, state_dir: Path, device: str 
              (summary["steps"] - step0) / max(1e-9, (time.monotonic() - t_fit) / 60), summary["loss_ema"] or 0, state,
              f" (stopped by {summary['stopped_by']})" if summary["stopped_by"] else "")
     return {**summary, "from_step": step0}
+
+
+LOSS_FLOOR = 1e-5  # squared error (unit range) of 50 dB: below it a window weighs no more
+TYPICAL_ERROR = 1e-3  # a typical window's squared error (30 dB): where each loss's gradient is ``mse``'s
+
+
+def window_loss(y: torch.Tensor, clean: torch.Tensor, teacher: torch.Tensor | None, distill: float,
+                kind: str = "mse") -> torch.Tensor:
+    """The pre-training loss of a batch of estimates ``y`` (N, 3, H, W), from each window's squared
+    error ``e`` to the clean target plus ``distill`` times that to the teacher's estimate:
+
+    - ``mse``: the mean of ``e`` over the batch: the noisiest windows, whose errors are largest,
+      steer training (a window at 30 dB weighs 10 times one at 40 dB);
+    - ``log-mse``: the mean of log(e): minus the mean PSNR the validation scores, every window
+      weighing the same in dB, the mildly noisy ones included (the network learns to leave a
+      nearly clean picture alone);
+    - ``root-mse``: the mean of sqrt(e), halfway (a window at 30 dB weighs 3.2 times one at 40 dB).
+
+    ``e`` is floored at ``LOSS_FLOOR``, and each loss is scaled to ``mse``'s gradient at
+    ``TYPICAL_ERROR``, so Adam's moments carry over when a run changes its loss."""
+    err = (y - clean).square().flatten(1).mean(1)
+    if teacher is not None:
+        err = err + distill * (y - teacher).square().flatten(1).mean(1)
+    if kind == "mse":
+        return err.mean()
+    if kind == "log-mse":
+        return TYPICAL_ERROR * torch.log(err + LOSS_FLOOR).mean()
+    if kind == "root-mse":
+        return 2 * TYPICAL_ERROR**0.5 * torch.sqrt(err + LOSS_FLOOR).mean()
+    raise ValueError(f"unknown pre-training loss {kind!r}")
 
 
 def _teacher(student: VideoDenoiser) -> VideoDenoiser | None:

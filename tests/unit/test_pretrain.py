@@ -262,6 +262,31 @@ def test_the_gate_refuses_a_model_that_shifts_the_shadows():
     assert validate.better(rep(31.0, -3.0, 1.0), rep(30.0, -2.5, 1.0))[0]  # no worse than the shipped model
 
 
+def test_the_loss_can_weigh_a_mildly_noisy_window_like_a_very_noisy_one():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(2, 3, 16, 16, generator=g)
+    residual = torch.randn(2, 3, 16, 16, generator=g)
+    residual[1] *= 10  # window 1: ten times the error of window 0 (20 dB worse)
+    teacher = clean + 0.001
+
+    def gain(kind: str, window: int) -> float:
+        """How much the loss falls when one window's error shrinks by 10 %."""
+        y = clean + 0.03 * residual  # window 0 at about 30 dB, window 1 at 10 dB: both far above the floor
+        better = y.clone()
+        better[window] = clean[window] + 0.027 * residual[window]
+        return float(pretrain.window_loss(y, clean, None, 0.0, kind) - pretrain.window_loss(better, clean, None, 0.0, kind))
+
+    # mse: the noisy window steers (100 times the gain); log-mse: both windows gain the same in dB; root-mse: between
+    assert gain("mse", 1) > 50 * gain("mse", 0) > 0
+    assert gain("log-mse", 1) == pytest.approx(gain("log-mse", 0), rel=0.02)
+    assert gain("root-mse", 1) == pytest.approx(10 * gain("root-mse", 0), rel=0.05)
+    y = clean + 0.01 * residual  # mse is what it always was: the batch's squared error plus the teacher term
+    expected = torch.nn.functional.mse_loss(y, clean) + 0.5 * torch.nn.functional.mse_loss(y, teacher)
+    assert float(pretrain.window_loss(y, clean, teacher, 0.5, "mse")) == pytest.approx(float(expected), rel=1e-6)
+    with pytest.raises(ValueError, match="unknown pre-training loss"):
+        pretrain.window_loss(y, clean, None, 0.0, "l1")
+
+
 def test_models_of_the_first_generation_still_load_and_compute_the_same(tmp_path: Path):
     """lite.pt as shipped before the pyramid rewrite: the same outputs as its ONNX export."""
     ort = pytest.importorskip("onnxruntime")
