@@ -85,7 +85,7 @@ RECIPES: dict[str, Recipe] = {
     "lite": Recipe("lite", "centered", lr=2e-3, batch={"cpu": 32, "cuda": 128}, patch={"cpu": 96, "cuda": 128},
                    pool_clips={"cpu": 400, "cuda": 2000}, distill=0.5, loss="root-mse"),
     "lite-causal": Recipe("lite", "causal", lr=2e-3, batch={"cpu": 32, "cuda": 128}, patch={"cpu": 96, "cuda": 128},
-                          pool_clips={"cpu": 400, "cuda": 2000}),  # no causal teacher: clean targets alone
+                          pool_clips={"cpu": 400, "cuda": 2000}, loss="root-mse"),  # no causal teacher: clean targets alone
 }
 
 
