@@ -367,9 +367,10 @@ def _quality(q: dict, rel, results: Path, title: str = "Quality") -> list[str]: 
            f"PSNR in dB, SSIM, flicker = RMSE (8-bit units) between the frame-to-frame changes of the output and of the "
            f"clean clip (lower is steadier).", "",
            f"Peers are tuned per clip for their best PSNR over the grids in `benchmarks/peers.py` (chosen setting shown). "
-           f"BM4D is told the noise std (the true sigma for Gaussian noise, std(noisy - clean) otherwise) and runs only on "
-           f"the first {st['bm4d_frames']} live frames cropped to {st['bm4d_crop'][0]}x{st['bm4d_crop'][1]}: compare it "
-           f"with the **subset** column, where every method is scored on the same pixels.", "",
+           + (f"BM4D is told the noise std (the true sigma for Gaussian noise, std(noisy - clean) otherwise) and runs only "
+              f"on the first {st['bm4d_frames']} live frames cropped to {st['bm4d_crop'][0]}x{st['bm4d_crop'][1]}: compare "
+              f"it with the **subset** column, where every method is scored on the same pixels."
+              if st["bm4d_frames"] else "BM4D was not run in this file (--bm4d-frames 0)."), "",
            f"Ours: zero-shot = the shipped model as is; fine-tuned = self-supervised on the noisy recorded half "
            f"({st['ft_minutes']:g} min / at most {st['ft_steps']} steps); "
            + ("supervised = same start and budget, trained with the clean recorded half as target (an upper bound no "
