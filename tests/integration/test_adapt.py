@@ -120,7 +120,8 @@ def check_every_frame(got: list) -> None:
 
 def test_adapt_swaps_in_a_better_model_without_losing_a_frame(tmp_path, footage):
     clean, src = footage
-    cfg = config(tmp_path, src, minutes=0.8)  # the lite of 1439355 starts stronger: 0.4 min gained 0.99-1.0 dB, 0.8 min 1.16
+    # the lite of 1439355 starts stronger: 0.4 min of training gained 0.99-1.00 dB here, 0.8 min 1.16
+    cfg = config(tmp_path, src, minutes=0.8)
     with Run(cfg) as run:
         assert wait_until(lambda: 1 in run.gens() or run.errors, timeout=150), run.pipe._status_line()
         swapped_at = len(run.got)
