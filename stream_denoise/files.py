@@ -73,11 +73,14 @@ def partial_path(path: PathLike) -> Path:
     return p.with_name(f"{p.name}.{os.getpid()}.part")
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to a temporary file in the same folder, fsync, then rename over ``path``.
+    The file gets ``mode`` (``mkstemp`` makes 0600, which another user, say a Triton server reading a
+    model repository, cannot read)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -364,3 +364,11 @@ def test_cuda_backend_is_unavailable_without_a_gpu():
     with pytest.raises(BackendUnavailable, match="no CUDA GPU") as err:
         create_backend(ModelConfig(backend="cuda", model="missing-model.pt"))  # said before the model file
     assert "\n" not in str(err.value)
+
+
+def test_atomic_write_gives_the_file_a_readable_mode_not_mkstemps_0600(tmp_path):
+    target = tmp_path / "config.pbtxt"
+    atomic_write(target, b"x")
+    assert target.stat().st_mode & 0o777 == 0o644
+    atomic_write(target, b"y", mode=0o600)
+    assert target.read_bytes() == b"y" and target.stat().st_mode & 0o777 == 0o600
