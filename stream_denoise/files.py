@@ -73,14 +73,27 @@ def partial_path(path: PathLike) -> Path:
     return p.with_name(f"{p.name}.{os.getpid()}.part")
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def umask() -> int:
+    """The process's file-creation mask, read without changing it (``os.umask`` sets it: a race with
+    other threads creating files); Linux >= 4.7 shows it in /proc/self/status, elsewhere 0o022."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
     """Write ``data`` to a temporary file in the same folder, fsync, then rename over ``path``.
-    The file gets ``mode`` (``mkstemp`` makes 0600, which another user, say a Triton server reading a
-    model repository, cannot read)."""
+    The file gets ``mode``, by default what ``open`` would give a new file (0666 less the umask):
+    ``mkstemp`` makes 0600, which another user, say a Triton server reading a model repository,
+    cannot read."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, mode)
+        os.fchmod(fd, 0o666 & ~umask() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

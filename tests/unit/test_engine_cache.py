@@ -368,7 +368,14 @@ def test_cuda_backend_is_unavailable_without_a_gpu():
 
 def test_atomic_write_gives_the_file_a_readable_mode_not_mkstemps_0600(tmp_path):
     target = tmp_path / "config.pbtxt"
-    atomic_write(target, b"x")
-    assert target.stat().st_mode & 0o777 == 0o644
-    atomic_write(target, b"y", mode=0o600)
-    assert target.read_bytes() == b"y" and target.stat().st_mode & 0o777 == 0o600
+    before = os.umask(0o022)
+    try:
+        atomic_write(target, b"x")
+        assert target.stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)  # a user who keeps their files private gets private files, as with open()
+        atomic_write(target, b"z")
+        assert target.read_bytes() == b"z" and target.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(before)
+    atomic_write(target, b"y", mode=0o640)
+    assert target.read_bytes() == b"y" and target.stat().st_mode & 0o777 == 0o640
