@@ -7,8 +7,8 @@
    aligned to the target frame by optical flow on the starting model's output (by noise level: the
    nearest frame on each side, left out of the input, or one or two on each side outside the
    window); the network learns to denoise every pixel, its own included.
-   Under strong noise a large network's values without a valid target (no frame aligns there, or
-   8-bit clipping) are held near the starting model's output (``temporal.anchor_for``).
+   Values without a valid target (no frame aligns there, or 8-bit clipping) are held near the
+   starting model's output (``temporal.ANCHOR_WEIGHT``).
    Objective ``masked`` (``masking.py``; also the fallback when too few pixels can be aligned, e.g.
    no model to start from): the blind spot, sized from the noise's spatial correlation.
 3. Hold out the last 10% of each clip (at least K+1 frames, at most 30); the objective's loss on
@@ -107,7 +107,7 @@ def fine_tune(clips: Sequence[str | Path | np.ndarray], out: str | Path, opts: F
     if objective == "temporal" and init is None:
         log.warning("no model to start from: the temporal objective needs one to align frames; using the masked objective")
         objective = "masked"
-    anchor = temporal.anchor_for(stats.sigma, model.param_count())
+    anchor = temporal.ANCHOR_WEIGHT
     targets = None  # how the temporal objective chose its targets (recorded in the model file)
     if objective == "temporal":
         objective, pool, vpool, targets = _temporal_pools(model, train, held, stats, sigmas)
@@ -224,6 +224,13 @@ def _temporal_pools(model: VideoDenoiser, train: list[Pair], held: list[np.ndarr
     # and a wider margin discards too much (2 sigma left 30 % of carphone's pixels at sigma 30; lite
     # fine-tuned 28.94 -> 29.35 dB with 24 levels, bikes sigma30 +0.25 dB, carphone ISO 1600 +0.10 dB)
     margin = min(np.sqrt(3) * stats.sigma, 48.0)
+    # towards black the margin grows with the shadows' noise (a sensor's: ``shadow_ratio`` times the
+    # average there), else the targets just above it are still clipped, biased bright, and the
+    # network lifts the shadows. Paired lite fine-tunes (3000 steps, anchored), ISO 1600, the margin
+    # x shadow ratio / as above: bikes 36.99 dB, dark +2.2 levels / 36.81, +3.3; carphone 35.22,
+    # +1.5 / 35.08, +3.2. Twice as wide again removes the lift (-1.1, -1.4: the zero-shot model's)
+    # but costs 0.3 / 0.5 dB: the shadows then learn nothing.
+    low = min(margin * max(1.0, stats.shadow_ratio), 64.0)
     reach = temporal.reach_for(stats.sigma)
     near = gap == 0 and temporal.near_for(stats.sigma)  # held-out targets stay outside the full window (inference's input)
 
@@ -231,20 +238,20 @@ def _temporal_pools(model: VideoDenoiser, train: list[Pair], held: list[np.ndarr
         r = 1 if nearest else reach  # t-1 and t+1 only: more would empty the window
         per_frame = (12 * r + 3) * c.shape[1] * c.shape[2]  # 2*reach targets and masks, the anchor: 3 channels each
         step = max(1, -(-len(c) * per_frame // temporal.TARGET_BYTES))
-        return temporal.build(c, temporal.denoise_clip(model, c, sigmas), model.frames, model.target, gap, margin=margin,
+        return temporal.build(c, temporal.denoise_clip(model, c, sigmas), model.frames, model.target, gap, margin=(low, margin),
                               ts=list(range(0, len(c), step)), reach=r, near=nearest)
 
     pools = [[one(p.noisy, near) for p in train], [one(c, False) for c in held]]
     frac = float(np.mean([c.valid_fraction for c in pools[0]]))
     held_frac = float(np.mean([c.valid_fraction for c in pools[1]])) if held else 0.0
     log.info("temporal targets: %s, %.0f%% of training pixels aligned (%.0f%% held out), "
-             "frame gap +%d, clipping margin %.0f", "the nearest frame each side, left out of the input" if near else
-             f"{reach} frame(s) each side outside the window", 100 * frac, 100 * held_frac, gap, margin)
+             "frame gap +%d, clipping margins %.0f (black) and %.0f (white)", "the nearest frame each side, left out of the input" if near else
+             f"{reach} frame(s) each side outside the window", 100 * frac, 100 * held_frac, gap, low, margin)
     if frac < temporal.MIN_VALID or (held and held_frac < temporal.MIN_VALID):
         log.warning("too few pixels align between frames: falling back to the masked (blind-spot) objective")
         return "masked", [], [], None
     how = {"frames": "nearest" if near else "outside", "per_side": 1 if near else reach, "gap": gap,
-           "clip_margin": round(float(margin), 1), "aligned_fraction": round(frac, 3)}
+           "clip_margin": [round(float(low), 1), round(float(margin), 1)], "aligned_fraction": round(frac, 3)}
     return "temporal", pools[0], [c for c in pools[1] if c.valid_fraction >= temporal.MIN_VALID], how
 
 

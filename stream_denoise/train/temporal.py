@@ -36,8 +36,7 @@ if TYPE_CHECKING:
     from ..model import VideoDenoiser
 
 MIN_VALID = 0.05  # below this fraction of usable pixels a clip gives no temporal targets
-STRONG_NOISE = 10.0  # measured sigma (``measure_noise``'s 8-bit luma units) from which ``reach_for``/``anchor_for`` change
-DRIFT_PARAMS = 200_000  # networks this large drift where no target is valid: they get the anchor (``anchor_for``)
+STRONG_NOISE = 10.0  # measured sigma (``measure_noise``'s 8-bit luma units) from which ``reach_for`` changes
 TARGET_BYTES = 1 << 30  # targets + masks of one clip stay below this (a strided subset of its frames)
 
 
@@ -63,20 +62,18 @@ def near_for(sigma: float) -> bool:
     return sigma < STRONG_NOISE
 
 
-def anchor_for(sigma: float, params: int) -> float:
-    """Weight of ``loss``'s anchor for noise of ``sigma`` and a network of ``params`` parameters.
-    Trained only where it has targets, a large network drifts on the values no target covers
-    (motion boundaries, occlusions, near black and white) as training goes on; with bfloat16 steps
-    (3x as many in the same time) the drift shows. Measured, 2-min ``base`` fine-tunes (~1550 steps;
-    weight 1 / 0): bikes sigma 30 (measured 16.7) 34.04 and 34.05 / 33.36 dB (33.72 anchoring the
-    misaligned pixels only). With that misaligned-only anchor: carphone sigma 30 30.47 / 30.33,
-    bikes ISO 1600 (measured 5.3) 36.17 / 37.06, carphone ISO 1600 33.64 / 33.62. Where the noise
-    is mild the starting model is the weaker guess on those pixels (zero-shot bikes ISO 1600: 32.76
-    dB) and the network's own generalisation from the aligned pixels does better than holding it
-    there. A small network (below ``DRIFT_PARAMS``) is held back by its weaker start rather than
-    saved from drift, under strong noise too: ``lite`` (52 k parameters, 3000 steps) at sigma 30,
-    weight 1 / 0: bikes 31.52 / 32.13 dB, carphone 29.49 / 29.57."""
-    return 1.0 if sigma >= STRONG_NOISE and params >= DRIFT_PARAMS else 0.0
+# Weight of ``loss``'s anchor: the values without a valid target (no frame aligns there, or 8-bit
+# clipping biases every target) are pulled towards the starting model's output as strongly as
+# towards one target. Trained only where it has targets, a network drifts on the rest (motion
+# boundaries, occlusions, near black and white) as steps accumulate: 2-min ``base`` fine-tunes on
+# bikes sigma 30, ~1550 bfloat16 steps, with / without: 34.04 / 33.36 dB. The first-generation
+# priors were the weaker guess there under mild noise or in a small network, so the anchor was kept
+# for large networks under strong noise; with the 2026-12 priors it pays everywhere and keeps the
+# fine-tune from lifting the shadows. Paired fine-tunes (lite 3000 steps, base 1200; the live half
+# of the benchmark clips, 100 frames recorded), with / without (dB, mean error where the clean value
+# is < 32 in levels): lite bikes sigma 30 32.12 / 32.01 (+2.7 / +4.9), bikes ISO 1600 36.99 / 36.86
+# (+2.2 / +3.4); base bikes ISO 1600 38.06 / 37.96 (+2.2 / +3.1), bikes CCTV-like 30.02 / 29.96 (+4.6 / +4.5).
+ANCHOR_WEIGHT = 1.0
 
 
 LINEAR_RATIO = 1.2  # ``NoiseStats.shadow_ratio`` from which the noise is taken to be a sensor's (linear light)
@@ -179,7 +176,7 @@ def nearest(t: int, frames: int, target: int, length: int, reach: int = 1) -> tu
 
 
 def build(clip: np.ndarray, denoised: np.ndarray, frames: int, target: int, gap: int = 0,
-          tolerance: float = 6.0, margin: float = 0.0, ts: list[int] | None = None, reach: int = 1,
+          tolerance: float = 6.0, margin: float | tuple[float, float] = 0.0, ts: list[int] | None = None, reach: int = 1,
           source: np.ndarray | None = None, near: bool = False) -> TemporalClip:
     """Aligned targets for the frames ``ts`` (default all) of ``clip``: the ``reach`` nearest frames
     on each side of the window (``outside``), or with ``near`` the ``reach`` nearest frames on each
@@ -214,6 +211,7 @@ def build(clip: np.ndarray, denoised: np.ndarray, frames: int, target: int, gap:
 
     t_len, h, w = clip.shape[:3]
     ts = list(range(t_len)) if ts is None else ts
+    lo, hi = margin if isinstance(margin, tuple) else (margin, margin)
     source = clip if source is None else source
     gray = [cv2.cvtColor(d, cv2.COLOR_RGB2GRAY) for d in denoised]
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
@@ -238,7 +236,7 @@ def build(clip: np.ndarray, denoised: np.ndarray, frames: int, target: int, gap:
             err = cv2.blur(np.abs(g.astype(np.float32) - denoised[t].astype(np.float32)).mean(axis=2), (5, 5))
             # Lanczos reads x-3 .. x+4: a target closer to the border would be made of reflected pixels
             inside = (mx >= 3) & (mx < w - 4) & (my >= 3) & (my < h - 4)
-            unclipped = (denoised[t] >= margin) & (denoised[t] <= 255 - margin)
+            unclipped = (denoised[t] >= lo) & (denoised[t] <= 255 - hi)
             valid[j, side] = ((err < tolerance) & inside)[..., None] & unclipped
     return TemporalClip(clip, tgt, valid, ts, denoised[ts], inputs)
 
@@ -294,7 +292,7 @@ def loss(model: torch.nn.Module, x: torch.Tensor, tgt: torch.Tensor, valid: torc
     ``anchor_weight`` times as strongly as towards one target: the loss otherwise says nothing there,
     and a network trained only on the other values drifts there (2-min ``base`` fine-tunes on bikes
     sigma 30 with *clean* targets on the same values: 34.11 dB after ~550 steps, 33.66 after ~1560).
-    See ``anchor_for``."""
+    See ``ANCHOR_WEIGHT``."""
     y = model(x)
     if linear:
         scale = 1 / _linear_slope(y.detach() if anchor is None else anchor).clamp(min=0.05)
