@@ -100,7 +100,7 @@ class NoiseStats:
     def mask_spec(self) -> MaskSpec:
         """The blind spot these statistics call for."""
         radius = 2 if self.spatial_corr[1] > 0.2 else 1 if self.spatial_corr[0] > 0.2 else 0
-        return MaskSpec(radius=radius, tube=self.temporal_corr > 0.3)
+        return MaskSpec(radius=radius, tube=abs(self.temporal_corr) > 0.3)  # either sign: the neighbours know the noise
 
 
 def measure_noise(clip: np.ndarray) -> NoiseStats:

@@ -338,6 +338,25 @@ def test_the_clipping_margin_towards_black_grows_with_the_shadows_noise(pan):
             assert has_target[(c.anchor >= lo + 1) & (c.anchor <= 255 - hi - 1)].mean() > 0.5
 
 
+def test_noise_that_is_not_independent_between_frames_takes_targets_beyond_the_nearest(pan):
+    """A codec copies noise into the next frame (positive correlation) or its rate control alternates
+    it (the CCTV-like condition measures -0.4 to -0.6): either way the nearest frames share the
+    input's noise, so the targets are taken two frames beyond the window."""
+    from stream_denoise import model_files, noise_level
+    from stream_denoise.model import load_model
+    from stream_denoise.train.data import Pair
+    from stream_denoise.train.finetune import _temporal_pools
+    from stream_denoise.train.masking import NoiseStats
+
+    _, noisy = pan
+    model = load_model(model_files.resolve("lite", ".pt"))
+    sigmas = noise_level.estimate_clip(noisy, n=8)
+    for rho, frames, gap in ((0.0, "nearest", 0), (0.5, "outside", 2), (-0.5, "outside", 2)):
+        stats = NoiseStats(sigma=3.0, spatial_corr=(0.6, 0.3), temporal_corr=rho)
+        _, _, _, how = _temporal_pools(model, [Pair(noisy[:12], None)], [], stats, sigmas)
+        assert (how["frames"], how["gap"]) == (frames, gap), rho
+
+
 def test_temporal_fine_tune_improves_its_start_and_records_the_objective(tmp_path, pan):
     clean, noisy = pan
     out = tmp_path / "cam.pt"
