@@ -249,9 +249,10 @@ def _temporal_pools(model: VideoDenoiser, train: list[Pair], held: list[np.ndarr
     pools = [[one(p.noisy, near) for p in train], [one(c, False) for c in held]]
     frac = float(np.mean([c.valid_fraction for c in pools[0]]))
     held_frac = float(np.mean([c.valid_fraction for c in pools[1]])) if held else 0.0
-    log.info("temporal targets: %s, %.0f%% of training pixels aligned (%.0f%% held out), "
-             "frame gap +%d, clipping margins %.0f (black) and %.0f (white)", "the nearest frame each side, left out of the input" if near else
-             f"{reach} frame(s) each side outside the window", 100 * frac, 100 * held_frac, gap, low, margin)
+    log.info("temporal targets: %s, %.0f%% of training pixels aligned (%.0f%% held out), frame gap +%d, "
+             "clipping margins %.0f (black) and %.0f (white)",
+             "the nearest frame each side, left out of the input" if near else f"{reach} frame(s) each side outside the window",
+             100 * frac, 100 * held_frac, gap, low, margin)
     if frac < temporal.MIN_VALID or (held and held_frac < temporal.MIN_VALID):
         log.warning("too few pixels align between frames: falling back to the masked (blind-spot) objective")
         return "masked", [], [], None
