@@ -11,7 +11,7 @@ from stream_denoise.denoiser import Denoiser  # noqa: E402
 from stream_denoise.noise import CONDITIONS, add_noise  # noqa: E402
 from tests.photo_clips import moving_clip, skimage_photos  # noqa: E402
 from stream_denoise.train.finetune import FineTune, fine_tune  # noqa: E402
-from stream_denoise.train.masking import measure_noise  # noqa: E402
+from stream_denoise.train.masking import NoiseStats, measure_noise  # noqa: E402
 from tests.cli_helpers import denoise_cli, run_cli  # noqa: E402
 
 
@@ -314,22 +314,27 @@ def pan():
     return clean, add_noise(clean, CONDITIONS["gaussian30"], seed=5)
 
 
-def test_the_clipping_margin_towards_black_grows_with_the_shadows_noise(pan):
-    """A sensor's noise is larger in the shadows (``shadow_ratio``): the values whose starting
-    estimate lies within that wider margin of black get no target (theirs would be clipped, biased
-    bright), and are held by the anchor instead."""
+@pytest.fixture(scope="module")
+def pools_of(pan):
+    """``finetune._temporal_pools`` of the shipped ``lite`` on 12 frames of the pan, for given noise statistics."""
     from stream_denoise import model_files, noise_level
     from stream_denoise.model import load_model
     from stream_denoise.train.data import Pair
     from stream_denoise.train.finetune import _temporal_pools
-    from stream_denoise.train.masking import NoiseStats
 
     _, noisy = pan
     model = load_model(model_files.resolve("lite", ".pt"))
     sigmas = noise_level.estimate_clip(noisy, n=8)
+    return lambda stats: _temporal_pools(model, [Pair(noisy[:12], None)], [], stats, sigmas)
+
+
+def test_the_clipping_margin_towards_black_grows_with_the_shadows_noise(pools_of):
+    """A sensor's noise is larger in the shadows (``shadow_ratio``): the values whose starting
+    estimate lies within that wider margin of black get no target (theirs would be clipped, biased
+    bright), and are held by the anchor instead."""
     for ratio, expect in ((0.8, 1.0), (2.0, 2.0)):
         stats = NoiseStats(sigma=8.0, spatial_corr=(0.0, 0.0), temporal_corr=0.0, shadow_ratio=ratio)
-        _, pool, _, how = _temporal_pools(model, [Pair(noisy[:12], None)], [], stats, sigmas)
+        _, pool, _, how = pools_of(stats)
         lo, hi = how["clip_margin"]
         assert hi == round(np.sqrt(3) * 8.0, 1) and lo == round(expect * np.sqrt(3) * 8.0, 1)
         for c in pool:
@@ -338,22 +343,13 @@ def test_the_clipping_margin_towards_black_grows_with_the_shadows_noise(pan):
             assert has_target[(c.anchor >= lo + 1) & (c.anchor <= 255 - hi - 1)].mean() > 0.5
 
 
-def test_noise_that_is_not_independent_between_frames_takes_targets_beyond_the_nearest(pan):
+def test_noise_that_is_not_independent_between_frames_takes_targets_beyond_the_nearest(pools_of):
     """A codec copies noise into the next frame (positive correlation) or its rate control alternates
     it (the CCTV-like condition measures -0.4 to -0.6): either way the nearest frames share the
     input's noise, so the targets are taken two frames beyond the window."""
-    from stream_denoise import model_files, noise_level
-    from stream_denoise.model import load_model
-    from stream_denoise.train.data import Pair
-    from stream_denoise.train.finetune import _temporal_pools
-    from stream_denoise.train.masking import NoiseStats
-
-    _, noisy = pan
-    model = load_model(model_files.resolve("lite", ".pt"))
-    sigmas = noise_level.estimate_clip(noisy, n=8)
     for rho, frames, gap in ((0.0, "nearest", 0), (0.5, "outside", 2), (-0.5, "outside", 2)):
         stats = NoiseStats(sigma=3.0, spatial_corr=(0.6, 0.3), temporal_corr=rho)
-        _, _, _, how = _temporal_pools(model, [Pair(noisy[:12], None)], [], stats, sigmas)
+        _, _, _, how = pools_of(stats)
         assert (how["frames"], how["gap"]) == (frames, gap), rho
 
 
