@@ -29,6 +29,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -109,12 +110,15 @@ def fine_tune(clips: Sequence[str | Path | np.ndarray], out: str | Path, opts: F
         objective = "masked"
     anchor = temporal.ANCHOR_WEIGHT
     targets = None  # how the temporal objective chose its targets (recorded in the model file)
+    pools = TemporalPools(objective, [], [], None, None)
     if objective == "temporal":
-        objective, pool, vpool, targets = _temporal_pools(model, train, held, stats, sigmas)
+        pools = _temporal_pools(model, train, held, stats, sigmas)
+        objective, pool, targets = pools.objective, pools.train, pools.how
+    bias = None if pools.bias is None else torch.from_numpy(pools.bias).to(device)
     vrng = np.random.default_rng(seed + 1)
     # the objective on fixed held-out batches: the validation score (and run --adapt's candidate check)
-    val_losses = _held_out_batches(objective, vpool if objective == "temporal" else [], held, to_input, mask,
-                                   stats.shadow_ratio, model.frames, model.target, batch, patch, vrng, device)
+    val_losses = _held_out_batches(objective, pools.held, held, to_input, mask, stats.shadow_ratio, model.frames,
+                                   model.target, batch, patch, vrng, device, bias)
     if objective == "temporal":
         linear = temporal.linear_for(stats.shadow_ratio)
         log.info("values without a valid target: pulled towards the starting model's output with weight %.1f; "
@@ -124,7 +128,7 @@ def fine_tune(clips: Sequence[str | Path | np.ndarray], out: str | Path, opts: F
 
         def step_loss(r: np.random.Generator) -> torch.Tensor:
             b = _tensors(to_input, *temporal.sample(pool, batch, model.frames, model.target, patch, r), device)
-            return temporal.loss(model, *b, anchor_weight=anchor, linear=linear)
+            return temporal.loss(model, *b, anchor_weight=anchor, linear=linear, bias=bias)
     else:
         def step_loss(r: np.random.Generator) -> torch.Tensor:
             x, _, _ = sample_windows(train, batch, model.frames, model.target, patch, r)
@@ -155,16 +159,16 @@ HeldOutLoss = Callable[[VideoDenoiser], torch.Tensor]
 def _held_out_batches(objective: str, vpool: list[temporal.TemporalClip], held: list[np.ndarray],
                       to_input: Callable[[np.ndarray], np.ndarray], mask: MaskSpec, shadow_ratio: float, frames: int,
                       target: int, batch: int, patch: int, rng: np.random.Generator,
-                      device: torch.device) -> list[HeldOutLoss]:
+                      device: torch.device, bias: torch.Tensor | None = None) -> list[HeldOutLoss]:
     """Four fixed held-out batches of the objective, each a loss of any model of this layout (lower
-    is better): ``temporal``, aligned targets only (anchor weight 0: it is no evidence); ``masked``,
-    the blind-spot loss with fixed masks."""
+    is better): ``temporal``, aligned targets only (anchor weight 0: it is no evidence; ``bias``:
+    the training targets' black-bias table); ``masked``, the blind-spot loss with fixed masks."""
     out: list[HeldOutLoss] = []
     if objective == "temporal":
         linear = temporal.linear_for(shadow_ratio)
         for _ in range(4 if vpool else 0):
             b = _tensors(to_input, *temporal.sample(vpool, batch, frames, target, patch, rng), device)
-            out.append(_temporal_held(b, linear))
+            out.append(functools.partial(_temporal_held, b=b, linear=linear, bias=bias))
         return out
     vpool_m = [Pair(h, None) for h in held]
     for _ in range(4 if held else 0):
@@ -174,11 +178,10 @@ def _held_out_batches(objective: str, vpool: list[temporal.TemporalClip], held: 
     return out
 
 
-def _temporal_held(b: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], linear: bool) -> HeldOutLoss:
-    def loss(model: VideoDenoiser) -> torch.Tensor:
-        return temporal.loss(model, *b, anchor_weight=0.0, linear=linear)
-
-    return loss
+def _temporal_held(model: VideoDenoiser, b: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], linear: bool,
+                   bias: torch.Tensor | None) -> torch.Tensor:
+    """The temporal objective on a held-out batch."""
+    return temporal.loss(model, *b, anchor_weight=0.0, linear=linear, bias=bias)
 
 
 def held_out_losses(reference: VideoDenoiser, others: Sequence[VideoDenoiser], clips: Sequence[np.ndarray],
@@ -196,14 +199,14 @@ def held_out_losses(reference: VideoDenoiser, others: Sequence[VideoDenoiser], c
     def to_input(windows: np.ndarray) -> np.ndarray:
         return window_input(windows, reference.layout, sigmas)
 
-    vpool: list[temporal.TemporalClip] = []
+    pools = TemporalPools(objective, [], [], None, None)
     if objective == "temporal":  # (the first clip stands in for the training pool it also builds)
-        objective, _, vpool, _ = _temporal_pools(reference, [Pair(data[0], None)], data, stats, sigmas)
-        if not vpool:
-            objective = "masked"
+        pools = _temporal_pools(reference, [Pair(data[0], None)], data, stats, sigmas)
+        objective = pools.objective if pools.held else "masked"
     patch = min(patch, *(min(c.shape[1:3]) // 4 * 4 for c in data))
-    losses = _held_out_batches(objective, vpool, data, to_input, stats.mask_spec(), stats.shadow_ratio,
-                               reference.frames, reference.target, batch, patch, np.random.default_rng(seed), device)
+    bias = None if pools.bias is None else torch.from_numpy(pools.bias).to(device)
+    losses = _held_out_batches(objective, pools.held, data, to_input, stats.mask_spec(), stats.shadow_ratio,
+                               reference.frames, reference.target, batch, patch, np.random.default_rng(seed), device, bias)
     if not losses:
         raise ValueError("no held-out batch could be drawn from these clips")
     scores = []
@@ -214,11 +217,20 @@ def held_out_losses(reference: VideoDenoiser, others: Sequence[VideoDenoiser], c
     return objective, scores
 
 
+class TemporalPools(NamedTuple):
+    """What ``_temporal_pools`` gives the temporal objective."""
+
+    objective: str  # 'temporal', or 'masked' when too few pixels align between frames
+    train: list[temporal.TemporalClip]
+    held: list[temporal.TemporalClip]
+    how: dict | None  # how the training targets were chosen (None with 'masked'): the model file's record
+    bias: np.ndarray | None  # ``temporal.black_bias``'s table of the training clips (None with 'masked')
+
+
 def _temporal_pools(model: VideoDenoiser, train: list[Pair], held: list[np.ndarray], stats: NoiseStats,
-                    sigmas: np.ndarray) -> tuple[str, list[temporal.TemporalClip], list[temporal.TemporalClip], dict | None]:
-    """Aligned targets of the training and held-out clips, the objective they allow ('masked'
-    when too few pixels align between frames), and how the training targets were chosen (None
-    with 'masked')."""
+                    sigmas: np.ndarray) -> TemporalPools:
+    """Aligned targets of the training and held-out clips, the objective they allow, how the
+    targets were chosen and the black-bias table of the training clips."""
     # noise that is not independent from frame to frame (a codec copies it, or its rate control
     # alternates it: the CCTV-like condition measures -0.4 / -0.6): the nearest frames share it, and
     # the network learns the codec's look from them. Reach further for the target. CCTV-like, paired
@@ -229,12 +241,16 @@ def _temporal_pools(model: VideoDenoiser, train: list[Pair], held: list[np.ndarr
     # and a wider margin discards too much (2 sigma left 30 % of carphone's pixels at sigma 30; lite
     # fine-tuned 28.94 -> 29.35 dB with 24 levels, bikes sigma30 +0.25 dB, carphone ISO 1600 +0.10 dB)
     margin = min(np.sqrt(3) * stats.sigma, 48.0)
-    # towards black the margin grows with the shadows' noise (a sensor's: ``shadow_ratio`` times the
-    # average there), else the targets just above it are still clipped, biased bright, and the
-    # network lifts the shadows. Paired lite fine-tunes (3000 steps, anchored), ISO 1600, the margin
-    # x shadow ratio / as above: bikes 36.99 dB, dark +2.2 levels / 36.81, +3.3; carphone 35.22,
-    # +1.5 / 35.08, +3.2. Twice as wide again removes the lift (-1.1, -1.4: the zero-shot model's)
-    # but costs 0.3 / 0.5 dB: the shadows then learn nothing.
+    # Towards black the targets stay, lowered by their measured clipping bias (``temporal.black_bias``)
+    # up to ``low`` and fading out by ``BIAS_REACH`` times it; ``low`` grows with the shadows' noise (a
+    # sensor's: ``shadow_ratio`` times the average there). Paired lite fine-tunes (3000 steps,
+    # anchored; dB, mean error where the clean value is < 32), lowered targets / no target within
+    # ``low`` (the margin this replaced): ISO 1600 bikes 36.99, +0.2 / 36.99, +2.2; carphone 35.16,
+    # -0.0 / 35.22, +1.5; sigma 30 bikes 32.31, +1.8 / 32.28, +2.7 (zero-shot +1.9). The lift came
+    # from the clipped targets just above the margin; a margin twice as wide removed it but cost
+    # 0.3 / 0.5 dB (the shadows then learn nothing). base (1200 steps) bikes ISO 1600: 38.06, +0.6 /
+    # 38.06, +2.2. Lowered all the way to twice ``low``: 36.92,
+    # -0.5 and 35.08, -0.7 (the starting model's own shadow error is imposed over a wider range).
     low = min(margin * max(1.0, stats.shadow_ratio), 64.0)
     reach = temporal.reach_for(stats.sigma)
     near = gap == 0 and temporal.near_for(stats.sigma)  # held-out targets stay outside the full window (inference's input)
@@ -243,22 +259,24 @@ def _temporal_pools(model: VideoDenoiser, train: list[Pair], held: list[np.ndarr
         r = 1 if nearest else reach  # t-1 and t+1 only: more would empty the window
         per_frame = (12 * r + 3) * c.shape[1] * c.shape[2]  # 2*reach targets and masks, the anchor: 3 channels each
         step = max(1, -(-len(c) * per_frame // temporal.TARGET_BYTES))
-        return temporal.build(c, temporal.denoise_clip(model, c, sigmas), model.frames, model.target, gap, margin=(low, margin),
+        return temporal.build(c, temporal.denoise_clip(model, c, sigmas), model.frames, model.target, gap, margin=(0.0, margin),
                               ts=list(range(0, len(c), step)), reach=r, near=nearest)
 
     pools = [[one(p.noisy, near) for p in train], [one(c, False) for c in held]]
     frac = float(np.mean([c.valid_fraction for c in pools[0]]))
     held_frac = float(np.mean([c.valid_fraction for c in pools[1]])) if held else 0.0
     log.info("temporal targets: %s, %.0f%% of training pixels aligned (%.0f%% held out), frame gap +%d, "
-             "clipping margins %.0f (black) and %.0f (white)",
+             "clipping margin %.0f (white); towards black targets lowered by their bias up to %.0f",
              "the nearest frame each side, left out of the input" if near else f"{reach} frame(s) each side outside the window",
-             100 * frac, 100 * held_frac, gap, low, margin)
+             100 * frac, 100 * held_frac, gap, margin, temporal.BIAS_REACH * low)
     if frac < temporal.MIN_VALID or (held and held_frac < temporal.MIN_VALID):
         log.warning("too few pixels align between frames: falling back to the masked (blind-spot) objective")
-        return "masked", [], [], None
+        return TemporalPools("masked", [], [], None, None)
+    bias = temporal.black_bias(pools[0], temporal.linear_for(stats.shadow_ratio), low)
     how = {"frames": "nearest" if near else "outside", "per_side": 1 if near else reach, "gap": gap,
-           "clip_margin": [round(float(low), 1), round(float(margin), 1)], "aligned_fraction": round(frac, 3)}
-    return "temporal", pools[0], [c for c in pools[1] if c.valid_fraction >= temporal.MIN_VALID], how
+           "clip_margin": [0.0, round(float(margin), 1)], "black_bias": {"upto": round(float(low), 1),
+           "reach": temporal.BIAS_REACH, "max": round(float(bias.max()), 5)}, "aligned_fraction": round(frac, 3)}
+    return TemporalPools("temporal", pools[0], [c for c in pools[1] if c.valid_fraction >= temporal.MIN_VALID], how, bias)
 
 
 def _masked_held(model: VideoDenoiser, x: torch.Tensor, mask: MaskSpec, seed: int) -> torch.Tensor:

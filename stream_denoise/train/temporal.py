@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..buffer import reflect_indices
+from ..noise import srgb_to_linear
 from ..planes import to_uint8_rgb, window_input
 from .data import augment
 
@@ -107,6 +108,51 @@ def _linear_slope(v: torch.Tensor) -> torch.Tensor:
     """d to_linear / dv at v."""
     v = v.clamp(0, 1)
     return torch.where(v <= 0.04045, torch.full_like(v, 1 / 12.92), 2.4 / 1.055 * ((v + 0.055) / 1.055).clamp(min=1e-6) ** 1.4)
+
+
+def black_bias(pool: list[TemporalClip], linear: bool, upto: float) -> np.ndarray:
+    """How far the targets near black sit above the starting model's estimate, as a table over that
+    estimate's 8-bit value (256 entries, in ``loss``'s units: sRGB in [0, 1], or linear light).
+
+    Near black a target's noise is clipped at 0, so its mean lies above the clean value (E[clip(x +
+    n)] > x), and a network fitted to such targets lifts the shadows. Subtracting, from each target,
+    the mean of (target - estimate) over the values whose estimate has the same 8-bit value makes
+    the targets' mean there that of the starting model's estimate, which a supervised prior knows
+    to be unbiased under clipping. It needs no model of the noise or of where a camera clips (raw
+    before demosaicing, or the output): it is measured on this recording's own targets, and the
+    network still learns to denoise those values (leaving them out left them to the anchor).
+    Applied in full below ``upto`` (about one standard deviation of the shadows' noise: where
+    clipping biases the targets) and fading to nothing at ``BIAS_REACH`` times that, so the starting
+    model's own error elsewhere is not imposed (fading out at twice ``upto`` cost 0.07 / 0.14 dB
+    against 1.5 times, see ``finetune._temporal_pools``)."""
+    lut = np.zeros(256, np.float32)
+    cut = int(min(255, np.ceil(BIAS_REACH * upto)))
+    if cut <= 0:
+        return lut
+    sums, counts = np.zeros(256), np.zeros(256)
+    unit = np.arange(256, dtype=np.float32) / 255.0
+    value = srgb_to_linear(unit) if linear else unit  # an 8-bit value in the loss's units
+    for c in pool:
+        for j in range(len(c.ts)):  # a row at a time: a clip's targets as floats would not fit
+            near_black = c.anchor[j] <= cut + 6  # (H, W, 3); +6: the smoothing's reach
+            valid = c.valid[j] & near_black  # (S, H, W, 3)
+            key = np.broadcast_to(c.anchor[j], valid.shape)[valid]
+            diff = value[c.target[j][valid]] - value[key]
+            sums += np.bincount(key, diff, 256)
+            counts += np.bincount(key, minlength=256)
+    seen = np.flatnonzero(counts[: cut + 1] >= BIAS_MIN_COUNT)
+    if not len(seen):
+        return lut
+    kernel = np.exp(-0.5 * (np.arange(-6, 7) / 2.0) ** 2)  # the table is smoothed over +-2 levels
+    mean = np.convolve(sums, kernel, "same")[seen] / np.convolve(counts, kernel, "same")[seen]
+    levels = np.arange(cut + 1)
+    taper = np.clip((BIAS_REACH * upto - levels) / max((BIAS_REACH - 1) * upto, 1e-6), 0.0, 1.0)
+    lut[: cut + 1] = np.interp(levels, seen, mean) * taper
+    return lut
+
+
+BIAS_REACH = 1.5  # ``black_bias`` fades from full at ``upto`` to nothing at this multiple of it
+BIAS_MIN_COUNT = 200  # target values a ``black_bias`` level needs to be measured (others take their neighbours')
 
 
 @dataclass
@@ -275,7 +321,8 @@ def sample(pool: list[TemporalClip], batch: int, frames: int, target: int, patch
 
 
 def loss(model: torch.nn.Module, x: torch.Tensor, tgt: torch.Tensor, valid: torch.Tensor,
-         anchor: torch.Tensor | None = None, anchor_weight: float = 0.0, linear: bool = False) -> torch.Tensor:
+         anchor: torch.Tensor | None = None, anchor_weight: float = 0.0, linear: bool = False,
+         bias: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error to the aligned targets over the valid values. x (N,C,P,P) (``planes.Layout``);
     tgt, valid (N,S,3,P,P).
 
@@ -292,13 +339,21 @@ def loss(model: torch.nn.Module, x: torch.Tensor, tgt: torch.Tensor, valid: torc
     ``anchor_weight`` times as strongly as towards one target: the loss otherwise says nothing there,
     and a network trained only on the other values drifts there (2-min ``base`` fine-tunes on bikes
     sigma 30 with *clean* targets on the same values: 34.11 dB after ~550 steps, 33.66 after ~1560).
-    See ``ANCHOR_WEIGHT``."""
+    See ``ANCHOR_WEIGHT``.
+
+    ``bias`` (``black_bias``'s table, 256 values) is subtracted from each target at the 8-bit value
+    of ``anchor`` (required with it): unbiased targets near black."""
     y = model(x)
+    shift: torch.Tensor | float = 0.0
+    if bias is not None:
+        if anchor is None:
+            raise ValueError("the black-bias table is indexed by the anchor: pass both")
+        shift = bias[(anchor * 255).round().long()][:, None]
     if linear:
         scale = 1 / _linear_slope(y.detach() if anchor is None else anchor).clamp(min=0.05)
-        diff = (to_linear(y)[:, None] - to_linear(tgt)) * scale[:, None]
+        diff = (to_linear(y)[:, None] - (to_linear(tgt) - shift)) * scale[:, None]
     else:
-        diff = y[:, None] - tgt
+        diff = y[:, None] - (tgt - shift)
     err = (diff**2 * valid).sum()
     count = valid.sum()
     if anchor is not None and anchor_weight > 0:

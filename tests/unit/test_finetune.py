@@ -328,19 +328,25 @@ def pools_of(pan):
     return lambda stats: _temporal_pools(model, [Pair(noisy[:12], None)], [], stats, sigmas)
 
 
-def test_the_clipping_margin_towards_black_grows_with_the_shadows_noise(pools_of):
-    """A sensor's noise is larger in the shadows (``shadow_ratio``): the values whose starting
-    estimate lies within that wider margin of black get no target (theirs would be clipped, biased
-    bright), and are held by the anchor instead."""
+def test_targets_near_black_are_kept_and_lowered_over_a_range_that_grows_with_the_shadows_noise(pools_of):
+    """A sensor's noise is larger in the shadows (``shadow_ratio``), so clipping biases the targets
+    farther from black: the black-bias table reaches that much farther. Values near black keep
+    their targets (lowered by the table); values within the margin of white get none (the anchor
+    holds them)."""
+    from stream_denoise.train.temporal import BIAS_REACH
+
     for ratio, expect in ((0.8, 1.0), (2.0, 2.0)):
         stats = NoiseStats(sigma=8.0, spatial_corr=(0.0, 0.0), temporal_corr=0.0, shadow_ratio=ratio)
-        _, pool, _, how = pools_of(stats)
-        lo, hi = how["clip_margin"]
-        assert hi == round(np.sqrt(3) * 8.0, 1) and lo == round(expect * np.sqrt(3) * 8.0, 1)
-        for c in pool:
+        pools = pools_of(stats)
+        lo, hi = pools.how["clip_margin"]
+        upto = expect * np.sqrt(3) * 8.0
+        assert lo == 0 and hi == round(np.sqrt(3) * 8.0, 1) and pools.how["black_bias"]["upto"] == round(upto, 1)
+        assert pools.bias is not None and pools.bias.shape == (256,)
+        assert not pools.bias[int(np.ceil(BIAS_REACH * upto)) + 1 :].any()
+        for c in pools.train:
             has_target = c.valid.any(axis=1)  # (T', H, W, 3)
-            assert not has_target[c.anchor < lo - 0.5].any() and not has_target[c.anchor > 255 - hi + 0.5].any()
-            assert has_target[(c.anchor >= lo + 1) & (c.anchor <= 255 - hi - 1)].mean() > 0.5
+            assert not has_target[c.anchor > 255 - hi + 0.5].any()
+            assert has_target[c.anchor <= 255 - hi - 1].mean() > 0.5
 
 
 def test_noise_that_is_not_independent_between_frames_takes_targets_beyond_the_nearest(pools_of):
@@ -349,7 +355,7 @@ def test_noise_that_is_not_independent_between_frames_takes_targets_beyond_the_n
     input's noise, so the targets are taken two frames beyond the window."""
     for rho, frames, gap in ((0.0, "nearest", 0), (0.5, "outside", 2), (-0.5, "outside", 2)):
         stats = NoiseStats(sigma=3.0, spatial_corr=(0.6, 0.3), temporal_corr=rho)
-        _, _, _, how = pools_of(stats)
+        how = pools_of(stats).how
         assert (how["frames"], how["gap"]) == (frames, gap), rho
 
 
@@ -369,8 +375,8 @@ def test_temporal_fine_tune_improves_its_start_and_records_the_objective(tmp_pat
     assert targets["frames"] == "outside" and targets["per_side"] == 2 and targets["gap"] == 0
     assert 0.05 < targets["aligned_fraction"] <= 1
     assert meta["anchor_weight"] == 1.0  # values no target covers are held at the starting model's (ANCHOR_WEIGHT)
-    lo, hi = targets["clip_margin"]  # towards black at least as wide as towards white
-    assert lo >= hi > 0
+    lo, hi = targets["clip_margin"]  # no margin towards black: the targets there are lowered by their bias
+    assert lo == 0 < hi <= targets["black_bias"]["upto"]
     assert meta["average"] == 0.998  # the weights kept are the moving average
 
     def score(model: str) -> float:
@@ -419,3 +425,37 @@ def test_linear_light_loss_is_unbiased_for_a_sensors_noise():
 
     assert best(linear=False) < 0.2 - 0.006  # ~3 levels too dark
     assert abs(best(linear=True) - 0.2) < 0.002
+
+
+def test_targets_near_black_lowered_by_their_measured_bias_are_unbiased():
+    """Targets of dark values carry noise clipped at 0: their mean lies above the clean value, and a
+    network fitted to them lifts the shadows. ``black_bias`` measures that lift against the
+    starting model's estimate (here the clean value itself); lowered by it the targets are
+    minimised by the clean value, and values beyond twice ``upto`` are left as they are."""
+    from stream_denoise.train.temporal import TemporalClip, black_bias, loss
+
+    rng = np.random.default_rng(0)
+    levels = np.array([4, 10, 20, 100], np.uint8)
+    clean = np.repeat(levels, 64 * 64 * 3).reshape(4, 64, 64, 3)  # four frames, one level each
+    noisy_t = np.clip(np.round(clean[:, None].astype(np.float32) + rng.normal(0, 20, (4, 2, 64, 64, 3))), 0, 255)
+    target = noisy_t.astype(np.uint8)
+    clip = TemporalClip(clean, target, np.ones(target.shape, bool), [0, 1, 2, 3], clean, [[0]] * 4)
+    table = black_bias([clip], linear=False, upto=30.0)
+    assert table[100] == 0 and table[4] > table[10] > table[20] > 0
+
+    x = torch.zeros(1, 15, 64, 64)
+    grid = torch.linspace(0, 130, 1301) / 255
+
+    def best(j: int, bias: torch.Tensor | None) -> float:
+        tgt = torch.from_numpy(target[j : j + 1]).permute(0, 1, 4, 2, 3).float() / 255
+        anchor = torch.from_numpy(clean[j : j + 1]).permute(0, 3, 1, 2).float() / 255
+        valid = torch.ones_like(tgt, dtype=torch.bool)
+        vals = [float(loss(lambda _x, v=v: torch.full((1, 3, 64, 64), float(v)), x, tgt, valid, anchor, 0.0,
+                           bias=bias)) for v in grid]
+        return 255 * float(grid[int(np.argmin(vals))])
+
+    lut = torch.from_numpy(table)
+    for j, v in enumerate(levels[:3].tolist()):
+        assert best(j, None) > v + 1.5  # the clipped targets' mean, lifted: +6.1 at 4, +3.9 at 10, +1.7 at 20
+        assert abs(best(j, lut) - v) < 0.6, v
+    assert abs(best(3, lut) - 100) < 1.0
