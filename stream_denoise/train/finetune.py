@@ -114,7 +114,7 @@ def fine_tune(clips: Sequence[str | Path | np.ndarray], out: str | Path, opts: F
     if objective == "temporal":
         pools = _temporal_pools(model, train, held, stats, sigmas)
         objective, pool, targets = pools.objective, pools.train, pools.how
-    bias = None if pools.bias is None else torch.from_numpy(pools.bias).to(device)
+    bias = pools.bias_on(device)
     vrng = np.random.default_rng(seed + 1)
     # the objective on fixed held-out batches: the validation score (and run --adapt's candidate check)
     val_losses = _held_out_batches(objective, pools.held, held, to_input, mask, stats.shadow_ratio, model.frames,
@@ -204,7 +204,7 @@ def held_out_losses(reference: VideoDenoiser, others: Sequence[VideoDenoiser], c
         pools = _temporal_pools(reference, [Pair(data[0], None)], data, stats, sigmas)
         objective = pools.objective if pools.held else "masked"
     patch = min(patch, *(min(c.shape[1:3]) // 4 * 4 for c in data))
-    bias = None if pools.bias is None else torch.from_numpy(pools.bias).to(device)
+    bias = pools.bias_on(device)
     losses = _held_out_batches(objective, pools.held, data, to_input, stats.mask_spec(), stats.shadow_ratio,
                                reference.frames, reference.target, batch, patch, np.random.default_rng(seed), device, bias)
     if not losses:
@@ -225,6 +225,10 @@ class TemporalPools(NamedTuple):
     held: list[temporal.TemporalClip]
     how: dict | None  # how the training targets were chosen (None with 'masked'): the model file's record
     bias: np.ndarray | None  # ``temporal.black_bias``'s table of the training clips (None with 'masked')
+
+    def bias_on(self, device: torch.device) -> torch.Tensor | None:
+        """The black-bias table as ``temporal.loss`` takes it."""
+        return None if self.bias is None else torch.from_numpy(self.bias).to(device)
 
 
 def _temporal_pools(model: VideoDenoiser, train: list[Pair], held: list[np.ndarray], stats: NoiseStats,
@@ -249,8 +253,8 @@ def _temporal_pools(model: VideoDenoiser, train: list[Pair], held: list[np.ndarr
     # -0.0 / 35.22, +1.5; sigma 30 bikes 32.31, +1.8 / 32.28, +2.7 (zero-shot +1.9). The lift came
     # from the clipped targets just above the margin; a margin twice as wide removed it but cost
     # 0.3 / 0.5 dB (the shadows then learn nothing). base (1200 steps) bikes ISO 1600: 38.06, +0.6 /
-    # 38.06, +2.2. Lowered all the way to twice ``low``: 36.92,
-    # -0.5 and 35.08, -0.7 (the starting model's own shadow error is imposed over a wider range).
+    # 38.06, +2.2. Lowered all the way to twice ``low``: 36.92, -0.5 and 35.08, -0.7 (the starting
+    # model's own shadow error is imposed over a wider range).
     low = min(margin * max(1.0, stats.shadow_ratio), 64.0)
     reach = temporal.reach_for(stats.sigma)
     near = gap == 0 and temporal.near_for(stats.sigma)  # held-out targets stay outside the full window (inference's input)
