@@ -77,13 +77,14 @@ class RecordServer:
 
 
 class Run:
-    """`python -m stream_denoise run ARGS` in the background, its output in ``log``."""
+    """`python -m stream_denoise run ARGS` in the background, its output in ``log`` (``env``: added to
+    this process's environment)."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         with open(log, "wb") as f:
             self.proc = subprocess.Popen([sys.executable, "-m", "stream_denoise", "run", *args],
-                                         stdout=f, stderr=subprocess.STDOUT)
+                                         stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -192,12 +193,14 @@ def ffprobe(url: str, timeout: float = 30) -> subprocess.CompletedProcess:
 def gst_pull(url: str, seconds: float, out: Path, codec: str = "h264", user: str | None = None,
              password: str | None = None) -> subprocess.CompletedProcess:
     """An independent client: a GStreamer ``rtspsrc`` pipeline for ``seconds``, depayloaded into ``out``
-    (``buffer-mode=none``: timestamps from RTP alone, not re-timed by arrival)."""
+    (``buffer-mode=none``: timestamps from RTP alone, not re-timed by arrival); its output carries
+    rtspsrc's warnings (what the server said or did when the client fails)."""
     auth = f" user-id={user} user-pw={password}" if user else ""
     cmd = (f"gst-launch-1.0 -e -q rtspsrc location={url} protocols=tcp latency=100 buffer-mode=none{auth} "
            f"! rtp{codec}depay ! {codec}parse ! mpegtsmux ! filesink location={out}")
+    env = {**os.environ, "GST_DEBUG": "rtspsrc:2", "GST_DEBUG_NO_COLOR": "1"}
     proc = subprocess.Popen(cmd.split(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     time.sleep(seconds)
     os.killpg(proc.pid, signal.SIGINT)  # -e: EOS, the file is finished
     try:

@@ -89,7 +89,10 @@ def test_serve_to_ffmpeg_and_gstreamer_clients(rtsp_server, tmp_path, published_
     url = f"rtsp://127.0.0.1:{rtsp_port}/stream"
     cfg = write_config(tmp_path / "run.toml", rtsp_server.url, published_endpoint, metrics_port, "")
     pub = Published(published_endpoint)
-    run = Run(["--config", str(cfg), "--rtsp-out", "--rtsp-listen", f"127.0.0.1:{rtsp_port}"], tmp_path / "run.log")
+    # the server's warnings (why it closed a client, if it does) reach the run's log: GStreamer's own
+    # debug output at WARNING for gst-rtsp-server's client, stream and media
+    run = Run(["--config", str(cfg), "--rtsp-out", "--rtsp-listen", f"127.0.0.1:{rtsp_port}"], tmp_path / "run.log",
+              env={"GST_DEBUG": "rtspclient:2,rtspstream:2,rtspmedia:2", "GST_DEBUG_NO_COLOR": "1"})
     try:
         assert started(run, metrics_port), run.output()
         assert listening_addresses(rtsp_port) == {"127.0.0.1"}  # loopback by default
@@ -108,7 +111,7 @@ def test_serve_to_ffmpeg_and_gstreamer_clients(rtsp_server, tmp_path, published_
         # the client went away; a second client (GStreamer) comes and goes
         assert wait_until(lambda: run.metrics(metrics_port).get("rtsp_clients") == 0, 20)
         got = gst_pull(url, 4.0, tmp_path / "gst.ts")
-        assert got.returncode == 0, got.stdout
+        assert got.returncode == 0, f"{got.stdout}\nthe run's log:\n{run.output()[-3000:]}"
         check_matches(decode_ts(tmp_path / "gst.ts"), pub.frames, "gst rtspsrc", pts_tolerance_s=0.002)
 
         # ...and the first comes back
