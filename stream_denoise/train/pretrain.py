@@ -20,10 +20,12 @@ A pool serves ``REUSE`` windows per clip, then the next generation (new motion, 
 it. The learning rate warms up, stays, then decays with the square root of the cumulative step, so
 any number of slices adds up to one schedule; the shipped weights are the moving average.
 
-``gate`` scores the state's averaged weights and the shipped file on the held-out validation set
-(``validate``) and, with ``--ship``, replaces the shipped ``.pt``/``.onnx`` only when the state's are
-better, recording steps, device-minutes per device kind, the corpus hash, noise ranges and the
-validation figures in the model file. ``lite`` is distilled: its loss adds the squared difference
+``gate`` scores the state's averaged weights, the midpoint between them and the shipped file's
+(``midpoint``: both lie on one training trajectory, and the average of two of its points is often
+better than either), and the shipped file on the held-out validation set (``validate``); with
+``--ship`` it replaces the shipped ``.pt``/``.onnx`` with the better candidate that passes the gate,
+recording steps, device-minutes per device kind, the corpus hash, noise ranges, which weights and
+the validation figures in the model file. ``lite`` is distilled: its loss adds the squared difference
 to the shipped ``base``'s estimate of the target (``Recipe.distill``), which the feed computes once
 per pool over whole frames (``Sampler.teach``) rather than once per window (``lite-causal`` has no
 causal teacher: clean targets alone).
@@ -32,6 +34,7 @@ causal teacher: clean targets alone).
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import logging
 import math
@@ -275,33 +278,69 @@ def averaged_model(name: str, state_dir: Path) -> tuple[VideoDenoiser, int, dict
     return model.eval(), int(blob["step"]), dict(blob.get("meta", {}))
 
 
+MIDPOINT_SHARE = 0.5  # the shipped weights' share of the ``midpoint`` candidate
+
+
+def midpoint(state: VideoDenoiser, shipped: VideoDenoiser, share: float = MIDPOINT_SHARE) -> VideoDenoiser | None:
+    """A model whose floating-point weights are ``(1 - share) * state + share * shipped`` (a copy);
+    None when the two are not the same network (architecture, window, or any tensor's shape)."""
+    a, b = state.state_dict(), shipped.state_dict()
+    if (state.arch, state.frames, state.target) != (shipped.arch, shipped.frames, shipped.target) or a.keys() != b.keys() \
+            or any(a[k].shape != b[k].shape for k in a):
+        return None
+    mix = copy.deepcopy(state)
+    mix.load_state_dict({k: (1 - share) * a[k] + share * b[k] if a[k].is_floating_point() else a[k] for k in a})
+    return mix.eval()
+
+
 def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads: int | None = None) -> dict:
-    """Validate the state's averaged weights against the shipped file; with ``ship`` replace the
-    shipped .pt and .onnx when they are better."""
+    """Validate the state's averaged weights, and their ``midpoint`` with the shipped file's, against
+    the shipped file; with ``ship`` replace the shipped .pt and .onnx by the candidate with the
+    higher mean among those that pass the gate (``validate.better``)."""
     if threads:
         torch.set_num_threads(threads)
     vset = validate.build(corpus)
-    cand, step, meta = averaged_model(name, state_dir)
+    state_model, step, meta = averaged_model(name, state_dir)
     shipped_path = MODELS_DIR / f"{name}.pt"
-    cand_r = validate.score(cand, vset)
-    shipped_r = validate.score(load_model(shipped_path), vset)
-    keep, why = validate.better(cand_r, shipped_r)
-    log.info("validation of %s at step %d against the shipped file:\n%s", name, step, validate.table(cand_r, shipped_r))
-    log.info("shipped:\n%s", validate.table(shipped_r))
-    log.info("gate: %s -- %s", "better" if keep else "not better", why)
-    if keep and ship:
+    shipped = load_model(shipped_path)
+    shipped_r = validate.score(shipped, vset)
+    log.info("shipped %s:\n%s", name, validate.table(shipped_r))
+    candidates = {"state": state_model}
+    if (mix := midpoint(state_model, shipped)) is not None:
+        candidates["midpoint"] = mix
+    results = {}
+    for kind, model in candidates.items():
+        r = validate.score(model, vset)
+        keep, why = validate.better(r, shipped_r)
+        results[kind] = (keep, why, r)
+        log.info("validation of %s's %s at step %d against the shipped file:\n%s\n%s: %s", name,
+                 "averaged weights" if kind == "state" else f"midpoint with the shipped weights ({MIDPOINT_SHARE:g} of them)",
+                 step, validate.table(r, shipped_r), kind, why)
+    passing = [k for k, (keep, _, _) in results.items() if keep]
+    best = max(passing, key=lambda k: validate.mean_psnr(results[k][2])) if passing else None
+    why = "; ".join(f"{k}: {w}" for k, (_, w, _) in results.items())
+    log.info("gate: %s -- %s", f"better ({best})" if best else "not better", why)
+    if best is not None and ship:
+        cand_r = results[best][2]
+        weights = ("the state's averaged weights" if best == "state" else
+                   f"the midpoint of the state's averaged weights and the file shipped before it "
+                   f"({MIDPOINT_SHARE:g} of its weights; it was at step {shipped.meta.get('steps')})")
         info = {"trained": "supervised on synthetic camera noise (pre-training that accumulates)",
-                "steps": step, "device_minutes": meta.get("device_minutes", {}), "history": meta.get("history", []),
-                "corpus": meta.get("corpus"), "noise_ranges": NOISE_RANGES, "recipe": meta.get("recipe"),
-                "validation": cand_r, "validation_set": {"hash": vset.hash, "conditions": vset.names},
+                "steps": step, "weights": weights, "device_minutes": meta.get("device_minutes", {}),
+                "history": meta.get("history", []), "corpus": meta.get("corpus"), "noise_ranges": NOISE_RANGES,
+                "recipe": meta.get("recipe"), "validation": cand_r,
+                "validation_set": {"hash": vset.hash, "conditions": vset.names},
                 "shipped_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "window": RECIPES[name].window, "arch": RECIPES[name].arch}
-        save_model(cand, shipped_path, **info)
+        if best == "midpoint":
+            info["previous"] = {k: shipped.meta.get(k) for k in ("steps", "weights", "validation", "shipped_at")}
+        save_model(candidates[best], shipped_path, **info)
         from ..export.to_onnx import export_onnx
 
         export_onnx(shipped_path, shipped_path.with_suffix(".onnx"))
-        log.info("shipped %s (.pt and .onnx)", shipped_path)
-    return {"keep": keep, "why": why, "step": step, "candidate": cand_r, "shipped": shipped_r}
+        log.info("shipped %s (.pt and .onnx): %s", shipped_path, weights)
+    return {"keep": best is not None, "kept": best, "why": why, "step": step, "shipped": shipped_r,
+            "candidates": {k: r for k, (_, _, r) in results.items()}}
 
 
 def fill_codec_cache(name: str, corpus: Corpus, state_dir: Path, out: Path, device_kind_: str, workers: int,

@@ -239,6 +239,43 @@ def test_the_gate_ships_only_what_validates_better(tiny_corpus: corpus_mod.Corpu
     assert (models / "lite.pt").read_bytes() == before
 
 
+def test_the_gate_ships_the_midpoint_of_the_state_and_the_shipped_weights_when_it_is_better(
+        tiny_corpus: corpus_mod.Corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(validate, "CLIPS", 2)
+    monkeypatch.setattr(validate, "CONDITIONS", {k: validate.CONDITIONS[k] for k in ("clean", "gauss30", "iso1600")})
+    state = tmp_path / "state"
+    pretrain.run("lite", 5, tiny_corpus, state, device="cpu", workers=1, batch=2, patch=32, pool_clips=2,
+                 max_steps=1, progress=False)
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setattr(pretrain, "MODELS_DIR", models)
+    trained, _, _ = pretrain.averaged_model("lite", state)
+    # the state's output bias 0.2 too low, the shipped file's 0.2 too high: their midpoint is the trained model
+    blob = torch.load(state / "lite.state", weights_only=False)
+    floats = [k for k, v in trained.state_dict().items() if v.is_floating_point()]
+    blob["average"]["avg"][floats.index("out.bias")] -= 0.2
+    torch.save(blob, state / "lite.state")
+    shipped = create_model("lite")
+    with torch.no_grad():
+        shipped.load_state_dict(trained.state_dict())
+        shipped.out.bias += 0.2
+    save_model(shipped, models / "lite.pt", steps=0)
+    res = pretrain.gate("lite", tiny_corpus, state, ship=True)
+    assert res["kept"] == "midpoint", res["why"]
+    assert validate.mean_psnr(res["candidates"]["midpoint"]) > validate.mean_psnr(res["candidates"]["state"])
+    now = load_model(models / "lite.pt")
+    assert torch.allclose(now.out.bias, trained.out.bias, atol=1e-6)
+    assert "midpoint" in now.meta["weights"] and now.meta["previous"]["steps"] == 0 and now.meta["steps"] == 1
+
+
+def test_a_midpoint_needs_the_same_network():
+    lite, base = create_model("lite"), create_model("base")
+    assert pretrain.midpoint(lite, base) is None
+    assert pretrain.midpoint(lite, create_model("lite", window="causal")) is None
+    mix = pretrain.midpoint(lite, lite, 0.25)
+    assert mix is not None and mix is not lite and torch.allclose(mix.out.weight, lite.out.weight)
+
+
 def test_gate_rule():
     def rep(**psnr: tuple[float, float]) -> dict:
         return {k: {"psnr": v[0], "noisy_psnr": v[1], "dark_bias": 0.0} for k, v in psnr.items()}
