@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from ..model import create_model, load_model, save_model
+from ..model.checkpoint import model_meta
 from ..model_files import MODELS_DIR
 from ..model.net import VideoDenoiser
 from . import validate
@@ -302,7 +303,7 @@ def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads
     vset = validate.build(corpus)
     state_model, step, meta = averaged_model(name, state_dir)
     shipped_path = MODELS_DIR / f"{name}.pt"
-    shipped = load_model(shipped_path)
+    shipped, shipped_meta = load_model(shipped_path), model_meta(shipped_path)
     shipped_r = validate.score(shipped, vset)
     log.info("shipped %s:\n%s", name, validate.table(shipped_r))
     candidates = {"state": state_model}
@@ -324,7 +325,7 @@ def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads
         cand_r = results[best][2]
         weights = ("the state's averaged weights" if best == "state" else
                    f"the midpoint of the state's averaged weights and the file shipped before it "
-                   f"({MIDPOINT_SHARE:g} of its weights; it was at step {shipped.meta.get('steps')})")
+                   f"({MIDPOINT_SHARE:g} of its weights; it was at step {shipped_meta.get('steps')})")
         info = {"trained": "supervised on synthetic camera noise (pre-training that accumulates)",
                 "steps": step, "weights": weights, "device_minutes": meta.get("device_minutes", {}),
                 "history": meta.get("history", []), "corpus": meta.get("corpus"), "noise_ranges": NOISE_RANGES,
@@ -333,7 +334,7 @@ def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads
                 "shipped_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "window": RECIPES[name].window, "arch": RECIPES[name].arch}
         if best == "midpoint":
-            info["previous"] = {k: shipped.meta.get(k) for k in ("steps", "weights", "validation", "shipped_at")}
+            info["previous"] = {k: shipped_meta.get(k) for k in ("steps", "weights", "validation", "shipped_at")}
         save_model(candidates[best], shipped_path, **info)
         from ..export.to_onnx import export_onnx
 
