@@ -213,8 +213,10 @@ def test_a_resumed_run_continues_bit_for_bit(tiny_corpus: corpus_mod.Corpus, tmp
     assert not torch.equal(a["model"]["out.weight"], create_model("lite", window="causal").out.weight)  # it trained
 
 
-def test_the_gate_ships_only_what_validates_better(tiny_corpus: corpus_mod.Corpus, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch):
+@pytest.fixture
+def gated(tiny_corpus: corpus_mod.Corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A one-step `lite` state (its folder) and an empty folder of shipped models that the gate
+    uses, validated on 2 clips under 3 conditions."""
     monkeypatch.setattr(validate, "CLIPS", 2)
     monkeypatch.setattr(validate, "CONDITIONS", {k: validate.CONDITIONS[k] for k in ("clean", "gauss30", "iso1600")})
     state = tmp_path / "state"
@@ -223,6 +225,11 @@ def test_the_gate_ships_only_what_validates_better(tiny_corpus: corpus_mod.Corpu
     models = tmp_path / "models"
     models.mkdir()
     monkeypatch.setattr(pretrain, "MODELS_DIR", models)
+    return state, models
+
+
+def test_the_gate_ships_only_what_validates_better(tiny_corpus: corpus_mod.Corpus, gated: tuple[Path, Path]):
+    state, models = gated
     cand, step, _ = pretrain.averaged_model("lite", state)
     worse = create_model("lite")
     with torch.no_grad():  # an output bias of +0.3: far worse than anything trained
@@ -240,15 +247,8 @@ def test_the_gate_ships_only_what_validates_better(tiny_corpus: corpus_mod.Corpu
 
 
 def test_the_gate_ships_the_midpoint_of_the_state_and_the_shipped_weights_when_it_is_better(
-        tiny_corpus: corpus_mod.Corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(validate, "CLIPS", 2)
-    monkeypatch.setattr(validate, "CONDITIONS", {k: validate.CONDITIONS[k] for k in ("clean", "gauss30", "iso1600")})
-    state = tmp_path / "state"
-    pretrain.run("lite", 5, tiny_corpus, state, device="cpu", workers=1, batch=2, patch=32, pool_clips=2,
-                 max_steps=1, progress=False)
-    models = tmp_path / "models"
-    models.mkdir()
-    monkeypatch.setattr(pretrain, "MODELS_DIR", models)
+        tiny_corpus: corpus_mod.Corpus, gated: tuple[Path, Path]):
+    state, models = gated
     trained, _, _ = pretrain.averaged_model("lite", state)
     # the state's output bias 0.2 too low, the shipped file's 0.2 too high: their midpoint is the trained model
     blob = torch.load(state / "lite.state", weights_only=False)
