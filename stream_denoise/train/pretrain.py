@@ -286,8 +286,8 @@ def midpoint(state: VideoDenoiser, shipped: VideoDenoiser, share: float = MIDPOI
     """A model whose floating-point weights are ``(1 - share) * state + share * shipped`` (a copy);
     None when the two are not the same network (architecture, window, or any tensor's shape)."""
     a, b = state.state_dict(), shipped.state_dict()
-    if (state.arch, state.frames, state.target) != (shipped.arch, shipped.frames, shipped.target) or a.keys() != b.keys() \
-            or any(a[k].shape != b[k].shape for k in a):
+    same_net = (state.arch, state.frames, state.target) == (shipped.arch, shipped.frames, shipped.target)
+    if not same_net or a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
         return None
     mix = copy.deepcopy(state)
     mix.load_state_dict({k: (1 - share) * a[k] + share * b[k] if a[k].is_floating_point() else a[k] for k in a})
@@ -314,9 +314,10 @@ def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads
         r = validate.score(model, vset)
         keep, why = validate.better(r, shipped_r)
         results[kind] = (keep, why, r)
-        log.info("validation of %s's %s at step %d against the shipped file:\n%s\n%s: %s", name,
-                 "averaged weights" if kind == "state" else f"midpoint with the shipped weights ({MIDPOINT_SHARE:g} of them)",
-                 step, validate.table(r, shipped_r), kind, why)
+        what = ("averaged weights" if kind == "state" else
+                f"midpoint with the shipped weights ({MIDPOINT_SHARE:g} of them)")
+        log.info("validation of %s's %s at step %d against the shipped file:\n%s\n%s: %s", name, what, step,
+                 validate.table(r, shipped_r), kind, why)
     passing = [k for k, (keep, _, _) in results.items() if keep]
     best = max(passing, key=lambda k: validate.mean_psnr(results[k][2])) if passing else None
     why = "; ".join(f"{k}: {w}" for k, (_, w, _) in results.items())

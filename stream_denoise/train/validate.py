@@ -135,8 +135,9 @@ def better(candidate: dict[str, dict[str, float]], shipped: dict[str, dict[str, 
                                                                          abs(shipped[n]["dark_bias"]))
                or abs(candidate[n]["dark_bias"]) > DARK_LIMIT >= abs(shipped[n]["dark_bias"])}
     if shifted:
-        return False, ("shifts the dark regions' mean beyond what the noisy input and the shipped model allow on "
-                       + ", ".join(f"{n} ({b:+.2f} levels)" for n, b in shifted.items()) + f" (mean gain {gain:+.3f} dB)")
+        where = ", ".join(f"{n} ({b:+.2f} levels)" for n, b in shifted.items())
+        return False, (f"shifts the dark regions' mean beyond what the noisy input and the shipped model allow on "
+                       f"{where} (mean gain {gain:+.3f} dB)")
     lost = {n: candidate[n]["psnr"] - shipped[n]["psnr"] for n in common
             if candidate[n]["psnr"] < shipped[n]["psnr"] - TOLERANCE_DB}
     if lost:

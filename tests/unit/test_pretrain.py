@@ -293,10 +293,10 @@ def test_the_gate_refuses_a_model_that_shifts_the_shadows():
         return {"a": {"psnr": psnr, "noisy_psnr": 20.0, "dark_bias": dark, "noisy_dark_bias": noisy_dark}}
 
     shipped = rep(30.0, -0.5, 6.0)
-    assert validate.better(rep(31.0, 1.5, 6.0), shipped)[0]  # keeps part of the input's lift, within 2 levels: allowed
+    assert validate.better(rep(31.0, 1.5, 6.0), shipped)[0]  # part of the input's lift, within 2 levels: allowed
     keep, why = validate.better(rep(31.0, 2.5, 6.0), shipped)  # beyond 2 levels where the shipped model was within
     assert not keep and "a (+2.50 levels)" in why
-    assert validate.better(rep(31.0, 5.0, 6.0), rep(30.0, 4.5, 6.0))[0]  # the shipped model lifted too: part of the input's lift
+    assert validate.better(rep(31.0, 5.0, 6.0), rep(30.0, 4.5, 6.0))[0]  # the shipped model lifted too: allowed
     keep, why = validate.better(rep(31.0, -3.0, 1.0), shipped)  # darkens by 3 where input and shipped were within 1
     assert not keep and "a (-3.00 levels)" in why
     assert validate.better(rep(31.0, -3.0, 1.0), rep(30.0, -2.5, 1.0))[0]  # no worse than the shipped model
