@@ -161,7 +161,11 @@ class TrainerProcess:
                 self._reap()
             self._start()
         assert self._conn is not None
-        self._conn.send(job)
+        try:
+            self._conn.send(job)
+        except OSError as exc:  # it died after the check (a broken pipe): a failed run, not a dead adapt thread
+            self._reap()
+            raise TrainerDied(f"the trainer process could not take the job ({exc})") from None
         self._deadline = time.monotonic() + deadline_s
 
     def poll(self, timeout: float) -> Outcome | str | None:

@@ -18,6 +18,7 @@ from stream_denoise.errors import ConfigError
 from stream_denoise.frame import Frame
 from stream_denoise.wire import decode, encode
 from stream_denoise.errors import MessageError
+from tests.waiting import wait_until
 
 LAYOUT = {"frames": 5, "target": 2, "stride": 4, "noise_planes": 0, "arch": "a"}
 
@@ -218,3 +219,26 @@ def test_a_full_disk_costs_one_line_and_leaves_no_partial_model(tmp_path, caplog
         assert list(store.newest(LAYOUT)) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_job_the_trainer_process_cannot_take_is_a_failed_run_and_the_next_job_gets_a_new_process(tmp_path):
+    """The process may end between the check that it lives and the job's send (a broken pipe): that is
+    TrainerDied, which the adapter logs and retries, not an OSError that would end the adapt thread."""
+    from stream_denoise.adapt.trainer import Job, TrainerDied, TrainerProcess
+    from tests import adapt_trainers
+
+    trainer = TrainerProcess(adapt_trainers.copy_parent, nice=0)
+    job = Job(tmp_path / "no-model.pt", [], [], tmp_path, 0.01, 1, 1, 32)
+    try:
+        trainer.submit(job, 60)
+        first = trainer.pid
+        assert wait_until(lambda: trainer.poll(0.2) is not None, 60)  # an error line: there is no model to copy
+        assert trainer._conn is not None
+        trainer._conn.close()  # the pipe breaks while the process lives
+        with pytest.raises(TrainerDied, match="could not take the job"):
+            trainer.submit(job, 60)
+        trainer.submit(job, 60)
+        assert trainer.restarts == 1 and trainer.pid != first
+        assert wait_until(lambda: trainer.poll(0.2) is not None, 60)  # the new process answers
+    finally:
+        trainer.close()
