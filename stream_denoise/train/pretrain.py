@@ -77,6 +77,7 @@ class Recipe:
     average: float = 0.999
     distill: float = 0.0  # weight of the teacher (shipped base) term
     loss: str = "mse"  # or "root-mse" / "log-mse": each window's error weighed less steeply (``window_loss``)
+    dark: float = 0.0  # weight of the dark-bias term (``window_loss``)
     seed: int = 0
 
     def schedule(self, step: int) -> float:
@@ -194,7 +195,8 @@ def run(name: str, minutes: float, corpus: Corpus, state_dir: Path, device: str 
         torch.backends.cudnn.benchmark = True
     dkind = device_kind(dev)
     entry = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": dkind,
-             "from_step": step0, "batch": batch, "patch": patch, "pool_clips": clips, "loss": r.loss}
+             "from_step": step0, "batch": batch, "patch": patch, "pool_clips": clips, "loss": r.loss,
+             **({"dark": r.dark} if r.dark else {})}
     log.info("pre-training %s (%s, %d params, %.0f MAC/pixel) on %s from step %d, batch %d x %d^2%s%s", name,
              r.window, model.param_count(), model.macs_per_pixel(), dkind, step0, batch, patch,
              ", bfloat16 autocast" if amp else "", f", distilled from base ({r.distill})" if teacher else "")
@@ -203,7 +205,7 @@ def run(name: str, minutes: float, corpus: Corpus, state_dir: Path, device: str 
     def step_loss(rng: np.random.Generator) -> torch.Tensor:
         assert feed.sampler is not None
         x, c, z = feed.sampler.sample(batch, model.frames, model.target, patch, rng)
-        return window_loss(model(x).float(), c, z, r.distill, r.loss)
+        return window_loss(model(x).float(), c, z, r.distill, r.loss, r.dark)
 
     def meta_now() -> dict:
         seconds = time.monotonic() - t_start
@@ -224,10 +226,12 @@ def run(name: str, minutes: float, corpus: Corpus, state_dir: Path, device: str 
 
 LOSS_FLOOR = 1e-5  # squared error (unit range) of 50 dB: below it a window weighs no more
 TYPICAL_ERROR = 1e-3  # a typical window's squared error (30 dB): where each loss's gradient is ``mse``'s
+DARK = 32 / 255  # clean values (mean of R, G, B) below this are dark: the benchmark's and validation's threshold
+DARK_PIXELS = 64  # a window with fewer dark pixels has no dark-bias term
 
 
 def window_loss(y: torch.Tensor, clean: torch.Tensor, teacher: torch.Tensor | None, distill: float,
-                kind: str = "mse") -> torch.Tensor:
+                kind: str = "mse", dark: float = 0.0) -> torch.Tensor:
     """The pre-training loss of a batch of estimates ``y`` (N, 3, H, W), from each window's squared
     error ``e`` to the clean target plus ``distill`` times that to the teacher's estimate:
 
@@ -239,17 +243,38 @@ def window_loss(y: torch.Tensor, clean: torch.Tensor, teacher: torch.Tensor | No
     - ``root-mse``: the mean of sqrt(e), halfway (a window at 30 dB weighs 3.2 times one at 40 dB).
 
     ``e`` is floored at ``LOSS_FLOOR``, and each loss is scaled to ``mse``'s gradient at
-    ``TYPICAL_ERROR``, so Adam's moments carry over when a run changes its loss."""
+    ``TYPICAL_ERROR``, so Adam's moments carry over when a run changes its loss.
+
+    ``dark`` > 0 adds ``dark`` times the mean over windows of the squared dark bias: the mean
+    error of the estimate (clipped to [0, 1], as every output is) where the clean value is below
+    ``DARK``, in windows with at least ``DARK_PIXELS`` such pixels. The squared error alone is
+    minimised by shrinking dark pixels towards their brighter surroundings under strong noise,
+    which lifts the shadows' mean; this term asks for it to stay put."""
     err = (y - clean).square().flatten(1).mean(1)
     if teacher is not None:
         err = err + distill * (y - teacher).square().flatten(1).mean(1)
     if kind == "mse":
-        return err.mean()
-    if kind == "log-mse":
-        return TYPICAL_ERROR * torch.log(err + LOSS_FLOOR).mean()
-    if kind == "root-mse":
-        return 2 * TYPICAL_ERROR**0.5 * torch.sqrt(err + LOSS_FLOOR).mean()
-    raise ValueError(f"unknown pre-training loss {kind!r}")
+        loss = err.mean()
+    elif kind == "log-mse":
+        loss = TYPICAL_ERROR * torch.log(err + LOSS_FLOOR).mean()
+    elif kind == "root-mse":
+        loss = 2 * TYPICAL_ERROR**0.5 * torch.sqrt(err + LOSS_FLOOR).mean()
+    else:
+        raise ValueError(f"unknown pre-training loss {kind!r}")
+    if not dark:
+        return loss
+    bias = dark_bias(y, clean)
+    return loss + dark * bias.square().sum() / max(1, bias.numel())  # no dark window: no term (not nan)
+
+
+def dark_bias(y: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Per window with at least ``DARK_PIXELS`` dark pixels: the mean of the clipped estimate minus
+    the clean value (over R, G, B) where the clean value is dark; an empty tensor if none has."""
+    mask = (clean.mean(1) < DARK).flatten(1).float()
+    err = (y.clamp(0, 1) - clean).mean(1).flatten(1)
+    count = mask.sum(1)
+    keep = count >= DARK_PIXELS
+    return (err * mask).sum(1)[keep] / count[keep]
 
 
 def _teacher(student: VideoDenoiser) -> VideoDenoiser | None:

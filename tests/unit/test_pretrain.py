@@ -327,6 +327,35 @@ def test_the_loss_can_weigh_a_mildly_noisy_window_like_a_very_noisy_one():
         pretrain.window_loss(y, clean, None, 0.0, "l1")
 
 
+def test_the_dark_term_penalises_a_lifted_shadow_not_zero_mean_noise_nor_bright_windows():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.full((3, 3, 32, 32), 0.6)
+    clean[:2, :, :, :16] = 10 / 255  # windows 0 and 1: a dark left half (512 dark pixels); window 2: no shadow
+    noise = 0.02 * torch.randn(3, 3, 32, 32, generator=g)
+    noise -= noise.mean()  # zero-mean error: no bias
+    lifted = clean + noise
+    lifted[0, :, :, :16] += 4 / 255  # window 0's shadow lifted by 4 levels
+
+    bias = pretrain.dark_bias(lifted, clean)
+    assert bias.shape == (2,) and float(bias[0] * 255) == pytest.approx(4.0, abs=0.3)
+    assert abs(float(bias[1] * 255)) < 0.3
+    plain = pretrain.window_loss(lifted, clean, None, 0.0, "mse")
+    with_term = pretrain.window_loss(lifted, clean, None, 0.0, "mse", dark=1.0)
+    assert float(with_term - plain) == pytest.approx(float(bias.square().mean()), rel=1e-5)
+
+    # the output is clipped before the bias is taken: a shadow estimated below black counts as black
+    below = clean.clone()
+    below[0, :, :, :16] = -0.1
+    assert float(pretrain.dark_bias(below, clean)[0] * 255) == pytest.approx(-10.0, abs=1e-3)
+    # a batch without shadows adds nothing (and no nan)
+    bright = torch.full((2, 3, 32, 32), 0.5)
+    assert float(pretrain.window_loss(bright + 0.01, bright, None, 0.0, "mse", dark=5.0)) == pytest.approx(1e-4, rel=1e-4)
+    # and the gradient lowers the lifted shadow
+    y = lifted.clone().requires_grad_()
+    (pretrain.window_loss(y, clean, None, 0.0, "mse", dark=1.0) - pretrain.window_loss(y, clean, None, 0.0, "mse")).backward()
+    assert y.grad is not None and float(y.grad[0, :, :, :16].mean()) > 0 and float(y.grad[0, :, :, 16:].abs().max()) == 0
+
+
 def test_models_of_the_first_generation_still_load_and_compute_the_same(tmp_path: Path):
     """lite.pt as shipped before the pyramid rewrite: the same outputs as its ONNX export."""
     ort = pytest.importorskip("onnxruntime")
