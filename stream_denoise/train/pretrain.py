@@ -226,7 +226,7 @@ def run(name: str, minutes: float, corpus: Corpus, state_dir: Path, device: str 
 
 LOSS_FLOOR = 1e-5  # squared error (unit range) of 50 dB: below it a window weighs no more
 TYPICAL_ERROR = 1e-3  # a typical window's squared error (30 dB): where each loss's gradient is ``mse``'s
-DARK = 32 / 255  # clean values (mean of R, G, B) below this are dark: the benchmark's and validation's threshold
+DARK = validate.DARK_LEVEL / 255  # clean values (mean of R, G, B) below this are dark, as in validation
 DARK_PIXELS = 64  # a window with fewer dark pixels has no dark-bias term
 
 

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CLIPS, FRAMES, SIZE, SEED = 16, 9, 192, 20261204
 TOLERANCE_DB = 0.25  # the most a condition may lose against the shipped model
+DARK_LEVEL = 32  # clean values (mean of R, G, B, 8-bit levels) below this are dark, as in the benchmark
 DARK_TOLERANCE = 1.0  # levels of dark-mean shift beyond the larger of the noisy input's and the shipped model's
 DARK_LIMIT = 2.0  # levels of dark-mean shift a condition keeps once the shipped model is within them
 CONDITIONS: dict[str, NoiseSpec | None] = {
@@ -93,7 +94,7 @@ def score(model: VideoDenoiser, vset: ValidationSet, batch: int = 8) -> dict[str
     model.eval()
     device = next(model.parameters()).device
     clean = vset.clean.astype(np.float32)
-    dark = clean.mean(axis=3) < 32
+    dark = clean.mean(axis=3) < DARK_LEVEL
     out: dict[str, dict[str, float]] = {}
     for name in vset.names:
         noisy = vset.noisy[name]
