@@ -16,8 +16,9 @@ import math
 
 import numpy as np
 
+from stream_denoise.noise import DARK_LEVEL as DARK  # clean values below this are "dark"
+
 PSNR_CAP = 99.0  # identical frames
-DARK = 32  # clean values below this are "dark"
 
 
 def _check(out: np.ndarray, clean: np.ndarray) -> None:

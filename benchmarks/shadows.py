@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from . import CACHE_DIR, RESULTS_DIR, clips, models, peers
+from .metrics import DARK
 from .report import machine_info
 
 log = logging.getLogger(__name__)
 
-DARK = 32
 BANDS = ((0, 8), (8, 16), (16, 24), (24, 32))
 CONTEXT = 8  # frames before the scored ones given to the models (their windows reach 2-4 back)
 

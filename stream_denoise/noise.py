@@ -27,6 +27,10 @@ import numpy as np
 
 Kind = Literal["gaussian", "camera"]
 
+# The shadows: clean values (mean of R, G, B, 8-bit levels) below this. Noise clipped at black lifts
+# their mean; the benchmark and the pre-training's validation measure how far a denoiser shifts it.
+DARK_LEVEL = 32
+
 
 @dataclass(frozen=True)
 class NoiseSpec:

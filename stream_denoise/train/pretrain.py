@@ -50,6 +50,7 @@ import torch
 from ..model import create_model, load_model, save_model
 from ..model.checkpoint import model_meta
 from ..model_files import MODELS_DIR
+from ..noise import DARK_LEVEL
 from ..model.net import VideoDenoiser
 from . import validate
 from .corpus import Corpus
@@ -226,7 +227,7 @@ def run(name: str, minutes: float, corpus: Corpus, state_dir: Path, device: str 
 
 LOSS_FLOOR = 1e-5  # squared error (unit range) of 50 dB: below it a window weighs no more
 TYPICAL_ERROR = 1e-3  # a typical window's squared error (30 dB): where each loss's gradient is ``mse``'s
-DARK = validate.DARK_LEVEL / 255  # clean values (mean of R, G, B) below this are dark, as in validation
+DARK = DARK_LEVEL / 255  # clean values (mean of R, G, B) below this are dark, as in validation
 DARK_PIXELS = 64  # a window with fewer dark pixels has no dark-bias term
 
 

@@ -28,7 +28,7 @@ import torch
 
 from ..model.net import VideoDenoiser
 from .. import noise_level
-from ..noise import NoiseSpec, add_noise
+from ..noise import DARK_LEVEL, NoiseSpec, add_noise
 from ..planes import to_uint8_rgb, window_input
 from .corpus import Corpus
 from .pool import PoolSpec, clean_clip, has_codecs
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 CLIPS, FRAMES, SIZE, SEED = 16, 9, 192, 20261204
 TOLERANCE_DB = 0.25  # the most a condition may lose against the shipped model
-DARK_LEVEL = 32  # clean values (mean of R, G, B, 8-bit levels) below this are dark, as in the benchmark
 DARK_TOLERANCE = 1.0  # levels of dark-mean shift beyond the larger of the noisy input's and the shipped model's
 DARK_LIMIT = 2.0  # levels of dark-mean shift a condition keeps once the shipped model is within them
 CONDITIONS: dict[str, NoiseSpec | None] = {
