@@ -320,9 +320,21 @@ def midpoint(state: VideoDenoiser, shipped: VideoDenoiser, share: float = MIDPOI
     return mix.eval()
 
 
-def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads: int | None = None) -> dict:
-    """Validate the state's averaged weights, and their ``midpoint`` with the shipped file's, against
-    the shipped file; with ``ship`` replace the shipped .pt and .onnx by the candidate with the
+def _share(text: str) -> float:
+    """--share: a fraction strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"the share must be a number strictly between 0 and 1, got {text!r}")
+    return value
+
+
+def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads: int | None = None,
+         share: float = MIDPOINT_SHARE) -> dict:
+    """Validate the state's averaged weights, and their ``midpoint`` with the shipped file's (``share``
+    of the shipped weights), against the shipped file; with ``ship`` replace the shipped .pt and .onnx by the candidate with the
     higher mean among those that pass the gate (``validate.better``)."""
     if threads:
         torch.set_num_threads(threads)
@@ -333,7 +345,7 @@ def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads
     shipped_r = validate.score(shipped, vset)
     log.info("shipped %s:\n%s", name, validate.table(shipped_r))
     candidates = {"state": state_model}
-    if (mix := midpoint(state_model, shipped)) is not None:
+    if (mix := midpoint(state_model, shipped, share)) is not None:
         candidates["midpoint"] = mix
     results = {}
     for kind, model in candidates.items():
@@ -341,7 +353,7 @@ def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads
         keep, why = validate.better(r, shipped_r)
         results[kind] = (keep, why, r)
         what = ("averaged weights" if kind == "state" else
-                f"midpoint with the shipped weights ({MIDPOINT_SHARE:g} of them)")
+                f"midpoint with the shipped weights ({share:g} of them)")
         log.info("validation of %s's %s at step %d against the shipped file:\n%s\n%s: %s", name, what, step,
                  validate.table(r, shipped_r), kind, why)
     passing = [k for k, (keep, _, _) in results.items() if keep]
@@ -352,7 +364,7 @@ def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads
         cand_r = results[best][2]
         weights = ("the state's averaged weights" if best == "state" else
                    f"the midpoint of the state's averaged weights and the file shipped before it "
-                   f"({MIDPOINT_SHARE:g} of its weights; it was at step {shipped_meta.get('steps')})")
+                   f"({share:g} of its weights; it was at step {shipped_meta.get('steps')})")
         info = {"trained": "supervised on synthetic camera noise (pre-training that accumulates)",
                 "steps": step, "weights": weights, "device_minutes": meta.get("device_minutes", {}),
                 "history": meta.get("history", []), "corpus": meta.get("corpus"), "noise_ranges": NOISE_RANGES,
@@ -413,6 +425,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--no-progress", action="store_true")
     g = sub.add_parser("gate", parents=[common], help="validate the state against the shipped file")
     g.add_argument("--ship", action="store_true", help="replace the shipped .pt/.onnx when the state is better")
+    g.add_argument("--share", type=_share, default=MIDPOINT_SHARE,
+                   help=f"the shipped weights' share of the midpoint candidate (default {MIDPOINT_SHARE:g})")
     k = sub.add_parser("codec-cache", parents=[common], help="pre-encode the next pool's codec clips")
     k.add_argument("--out", type=Path, required=True)
     k.add_argument("--for-device", choices=["cpu", "cuda"], default="cuda")
@@ -430,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
                 CodecCache(a.codec_cache) if a.codec_cache else None, a.max_steps, not a.no_progress, a.precision,
                 a.checkpoint_every, a.reuse)
         elif a.cmd == "gate":
-            gate(a.model, corpus, a.state, a.ship)
+            gate(a.model, corpus, a.state, a.ship, share=a.share)
         else:
             fill_codec_cache(a.model, corpus, a.state, a.out, a.for_device, a.workers, a.pool_clips)
     except (ValueError, OSError) as exc:

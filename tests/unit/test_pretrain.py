@@ -268,6 +268,36 @@ def test_the_gate_ships_the_midpoint_of_the_state_and_the_shipped_weights_when_i
     assert "midpoint" in now.meta["weights"] and now.meta["previous"]["steps"] == 0 and now.meta["steps"] == 1
 
 
+
+def test_the_gate_mixes_the_share_it_is_given(tiny_corpus: corpus_mod.Corpus, gated: tuple[Path, Path]):
+    state, models = gated
+    trained, _, _ = pretrain.averaged_model("lite", state)
+    # the state's output bias 0.3 too low, the shipped file's 0.1 too high: a quarter of the state and
+    # three quarters of the shipped weights is the trained model
+    blob = torch.load(state / "lite.state", weights_only=False)
+    floats = [k for k, v in trained.state_dict().items() if v.is_floating_point()]
+    blob["average"]["avg"][floats.index("out.bias")] -= 0.3
+    torch.save(blob, state / "lite.state")
+    shipped = create_model("lite")
+    with torch.no_grad():
+        shipped.load_state_dict(trained.state_dict())
+        shipped.out.bias += 0.1
+    save_model(shipped, models / "lite.pt", steps=0)
+    res = pretrain.gate("lite", tiny_corpus, state, ship=True, share=0.75)
+    assert res["kept"] == "midpoint", res["why"]
+    now = load_model(models / "lite.pt")
+    assert torch.allclose(now.out.bias, trained.out.bias, atol=1e-6)
+    assert "0.75 of its weights" in now.meta["weights"]
+
+
+@pytest.mark.parametrize("share", ["0", "1", "1.5", "half"])
+def test_the_gate_refuses_a_share_outside_0_1_in_one_line(share: str, capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exc:
+        pretrain.main(["gate", "--share", share])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--share" in err[-1] and "Traceback" not in "\n".join(err)
+
 def test_a_midpoint_needs_the_same_network():
     lite, base = create_model("lite"), create_model("base")
     assert pretrain.midpoint(lite, base) is None
