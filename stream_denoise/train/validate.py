@@ -14,7 +14,10 @@ was not, and on no condition does it shift the dark regions' mean by more than `
 levels beyond both the noisy input and the shipped model (clipping at black lifts a noisy input's
 dark mean; a denoiser may leave some of that lift, never add its own), nor beyond ``DARK_LIMIT``
 levels where the shipped model was within it (issue 24's acceptance: the shadows' mean within 2
-levels, kept wherever it was met).
+levels, kept wherever it was met), nor by more than ``DARK_GROWTH`` levels beyond the shipped
+model's own shift (unless within ``DARK_FREE``): the benchmark's footage moves its shadows 1.5-2.3
+times as far as this set does (2026-12-07: a midpoint that lifted validation's σ50 shadows from
++1.02 to +1.81 lifted the benchmark's from +1.33 to +3.14), so a small step here is a large one there.
 Conditions with a codec need PyAV; without it they are left out (and the report says so).
 """
 
@@ -39,6 +42,8 @@ CLIPS, FRAMES, SIZE, SEED = 16, 9, 192, 20261204
 TOLERANCE_DB = 0.25  # the most a condition may lose against the shipped model
 DARK_TOLERANCE = 1.0  # levels of dark-mean shift beyond the larger of the noisy input's and the shipped model's
 DARK_LIMIT = 2.0  # levels of dark-mean shift a condition keeps once the shipped model is within them
+DARK_GROWTH = 0.5  # levels the dark-mean shift may grow beyond the shipped model's on any condition
+DARK_FREE = 1.0  # a dark-mean shift within this many levels is always allowed
 CONDITIONS: dict[str, NoiseSpec | None] = {
     "clean": None,
     "gauss5": NoiseSpec("gaussian", sigma=5),
@@ -133,7 +138,8 @@ def better(candidate: dict[str, dict[str, float]], shipped: dict[str, dict[str, 
     shifted = {n: candidate[n]["dark_bias"] for n in common
                if abs(candidate[n]["dark_bias"]) > DARK_TOLERANCE + max(abs(candidate[n].get("noisy_dark_bias", 0.0)),
                                                                          abs(shipped[n]["dark_bias"]))
-               or abs(candidate[n]["dark_bias"]) > DARK_LIMIT >= abs(shipped[n]["dark_bias"])}
+               or abs(candidate[n]["dark_bias"]) > DARK_LIMIT >= abs(shipped[n]["dark_bias"])
+               or abs(candidate[n]["dark_bias"]) > max(DARK_FREE, abs(shipped[n]["dark_bias"]) + DARK_GROWTH)}
     if shifted:
         where = ", ".join(f"{n} ({b:+.2f} levels)" for n, b in shifted.items())
         return False, (f"shifts the dark regions' mean beyond what the noisy input and the shipped model allow on "

@@ -298,6 +298,7 @@ def test_the_gate_refuses_a_share_outside_0_1_in_one_line(share: str, capsys: py
     err = capsys.readouterr().err.strip().splitlines()
     assert "--share" in err[-1] and "Traceback" not in "\n".join(err)
 
+
 def test_a_midpoint_needs_the_same_network():
     lite, base = create_model("lite"), create_model("base")
     assert pretrain.midpoint(lite, base) is None
@@ -323,7 +324,10 @@ def test_the_gate_refuses_a_model_that_shifts_the_shadows():
         return {"a": {"psnr": psnr, "noisy_psnr": 20.0, "dark_bias": dark, "noisy_dark_bias": noisy_dark}}
 
     shipped = rep(30.0, -0.5, 6.0)
-    assert validate.better(rep(31.0, 1.5, 6.0), shipped)[0]  # part of the input's lift, within 2 levels: allowed
+    assert validate.better(rep(31.0, 0.9, 6.0), shipped)[0]  # part of the input's lift, within 1 level: allowed
+    keep, why = validate.better(rep(31.0, 1.5, 6.0), shipped)  # within 2 levels, but 1 level more than the shipped
+    assert not keep and "a (+1.50 levels)" in why            # model's shift: on the benchmark that is about 2
+    assert validate.better(rep(31.0, 1.5, 6.0), rep(30.0, 1.0, 6.0))[0]  # 0.5 level more than the shipped model's
     keep, why = validate.better(rep(31.0, 2.5, 6.0), shipped)  # beyond 2 levels where the shipped model was within
     assert not keep and "a (+2.50 levels)" in why
     assert validate.better(rep(31.0, 5.0, 6.0), rep(30.0, 4.5, 6.0))[0]  # the shipped model lifted too: allowed
