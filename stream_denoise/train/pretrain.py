@@ -334,8 +334,8 @@ def _share(text: str) -> float:
 def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads: int | None = None,
          share: float = MIDPOINT_SHARE) -> dict:
     """Validate the state's averaged weights, and their ``midpoint`` with the shipped file's (``share``
-    of the shipped weights), against the shipped file; with ``ship`` replace the shipped .pt and .onnx by the candidate with the
-    higher mean among those that pass the gate (``validate.better``)."""
+    of the shipped weights), against the shipped file; with ``ship`` replace the shipped .pt and .onnx
+    by the candidate with the higher mean among those that pass the gate (``validate.better``)."""
     if threads:
         torch.set_num_threads(threads)
     vset = validate.build(corpus)

@@ -128,6 +128,14 @@ def mean_psnr(report: dict[str, dict[str, float]]) -> float:
     return float(np.mean([r["psnr"] for r in report.values()]))
 
 
+def _shifts_shadows(candidate: dict[str, float], shipped: dict[str, float]) -> bool:
+    """Whether one condition's dark-mean shift is beyond what the gate allows (module docstring)."""
+    cand, ship = abs(candidate["dark_bias"]), abs(shipped["dark_bias"])
+    return (cand > DARK_TOLERANCE + max(abs(candidate.get("noisy_dark_bias", 0.0)), ship)
+            or cand > DARK_LIMIT >= ship
+            or cand > max(DARK_FREE, ship + DARK_GROWTH))
+
+
 def better(candidate: dict[str, dict[str, float]], shipped: dict[str, dict[str, float]]) -> tuple[bool, str]:
     """The gate: (keep the candidate?, why)."""
     common = [n for n in candidate if n in shipped]
@@ -135,11 +143,7 @@ def better(candidate: dict[str, dict[str, float]], shipped: dict[str, dict[str, 
     worse = [n for n in common if candidate[n]["psnr"] < candidate[n]["noisy_psnr"] <= shipped[n]["psnr"]]
     if worse:
         return False, f"below the noisy input on {', '.join(worse)} (mean gain {gain:+.3f} dB)"
-    shifted = {n: candidate[n]["dark_bias"] for n in common
-               if abs(candidate[n]["dark_bias"]) > DARK_TOLERANCE + max(abs(candidate[n].get("noisy_dark_bias", 0.0)),
-                                                                         abs(shipped[n]["dark_bias"]))
-               or abs(candidate[n]["dark_bias"]) > DARK_LIMIT >= abs(shipped[n]["dark_bias"])
-               or abs(candidate[n]["dark_bias"]) > max(DARK_FREE, abs(shipped[n]["dark_bias"]) + DARK_GROWTH)}
+    shifted = {n: candidate[n]["dark_bias"] for n in common if _shifts_shadows(candidate[n], shipped[n])}
     if shifted:
         where = ", ".join(f"{n} ({b:+.2f} levels)" for n, b in shifted.items())
         return False, (f"shifts the dark regions' mean beyond what the noisy input and the shipped model allow on "

@@ -18,6 +18,7 @@ pytest.importorskip("skvideo")
 from stream_denoise import noise_level  # noqa: E402
 from stream_denoise.buffer import reflect_indices  # noqa: E402
 from stream_denoise.model import create_model, load_model, save_model  # noqa: E402
+from stream_denoise.model.net import VideoDenoiser  # noqa: E402
 from stream_denoise.train import corpus as corpus_mod  # noqa: E402
 from stream_denoise.train import pool as pool_mod  # noqa: E402
 from stream_denoise.train import pretrain, validate  # noqa: E402
@@ -246,20 +247,27 @@ def test_the_gate_ships_only_what_validates_better(tiny_corpus: corpus_mod.Corpu
     assert (models / "lite.pt").read_bytes() == before
 
 
-def test_the_gate_ships_the_midpoint_of_the_state_and_the_shipped_weights_when_it_is_better(
-        tiny_corpus: corpus_mod.Corpus, gated: tuple[Path, Path]):
-    state, models = gated
+def _bias_state_and_shipped(state: Path, models: Path, state_bias: float, shipped_bias: float) -> VideoDenoiser:
+    """Offset the output bias of the state's averaged weights and of a shipped copy of them (steps 0);
+    returns the model as trained."""
     trained, _, _ = pretrain.averaged_model("lite", state)
-    # the state's output bias 0.2 too low, the shipped file's 0.2 too high: their midpoint is the trained model
     blob = torch.load(state / "lite.state", weights_only=False)
     floats = [k for k, v in trained.state_dict().items() if v.is_floating_point()]
-    blob["average"]["avg"][floats.index("out.bias")] -= 0.2
+    blob["average"]["avg"][floats.index("out.bias")] += state_bias
     torch.save(blob, state / "lite.state")
     shipped = create_model("lite")
     with torch.no_grad():
         shipped.load_state_dict(trained.state_dict())
-        shipped.out.bias += 0.2
+        shipped.out.bias += shipped_bias
     save_model(shipped, models / "lite.pt", steps=0)
+    return trained
+
+
+def test_the_gate_ships_the_midpoint_of_the_state_and_the_shipped_weights_when_it_is_better(
+        tiny_corpus: corpus_mod.Corpus, gated: tuple[Path, Path]):
+    state, models = gated
+    # the state's output bias 0.2 too low, the shipped file's 0.2 too high: their midpoint is the trained model
+    trained = _bias_state_and_shipped(state, models, -0.2, 0.2)
     res = pretrain.gate("lite", tiny_corpus, state, ship=True)
     assert res["kept"] == "midpoint", res["why"]
     assert validate.mean_psnr(res["candidates"]["midpoint"]) > validate.mean_psnr(res["candidates"]["state"])
@@ -271,18 +279,9 @@ def test_the_gate_ships_the_midpoint_of_the_state_and_the_shipped_weights_when_i
 
 def test_the_gate_mixes_the_share_it_is_given(tiny_corpus: corpus_mod.Corpus, gated: tuple[Path, Path]):
     state, models = gated
-    trained, _, _ = pretrain.averaged_model("lite", state)
     # the state's output bias 0.3 too low, the shipped file's 0.1 too high: a quarter of the state and
     # three quarters of the shipped weights is the trained model
-    blob = torch.load(state / "lite.state", weights_only=False)
-    floats = [k for k, v in trained.state_dict().items() if v.is_floating_point()]
-    blob["average"]["avg"][floats.index("out.bias")] -= 0.3
-    torch.save(blob, state / "lite.state")
-    shipped = create_model("lite")
-    with torch.no_grad():
-        shipped.load_state_dict(trained.state_dict())
-        shipped.out.bias += 0.1
-    save_model(shipped, models / "lite.pt", steps=0)
+    trained = _bias_state_and_shipped(state, models, -0.3, 0.1)
     res = pretrain.gate("lite", tiny_corpus, state, ship=True, share=0.75)
     assert res["kept"] == "midpoint", res["why"]
     now = load_model(models / "lite.pt")
