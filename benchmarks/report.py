@@ -243,7 +243,9 @@ def _shadows(s: dict) -> list[str]:
            "frames. dark = the quality tables' figure (mean output − clean, 8-bit levels, where the clean pixel is "
            "below 32); flat = dark pixels in dark areas without detail (clean blurred with σ 4 px below 32, local "
            "std below 8); beside detail = the other dark pixels; bands by clean level; left dark = mean output − "
-           "clean where the method's own output is below 32 (are the shadows a viewer sees too bright?).", "",
+           "clean where the method's own output is below 32 (are the shadows a viewer sees too bright?); pipeline, no "
+           "noise = the clean clip through the condition's Bayer mosaic, demosaicing and codec with the sensor noise "
+           "switched off (the lift a perfect denoiser that does not also undo them would keep).", "",
            "| clip / condition | method | dark | flat (share) | beside detail | 0–8 | 8–16 | 16–24 | 24–32 | left dark (share) |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in s["runs"]:

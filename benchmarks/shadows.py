@@ -14,6 +14,10 @@ the last ``frames`` live frames:
 - what the method leaves dark: the mean of output - clean where the *output* is below 32, i.e.
   whether what a viewer sees as shadow is brighter than the truth.
 
+Where the condition has a camera pipeline (Bayer mosaic + demosaicing, a codec), one more row runs
+the clean clip through that pipeline with the sensor noise switched off (``noise_free``): the lift
+a perfect denoiser that does not also undo the demosaicing and the codec would still show.
+
 A lift confined to shadows beside detail, with flat shadows and the method's own dark pixels near 0,
 is detail the input no longer carries (selection: a pixel chosen for being darker than its blurred
 neighbourhood is estimated towards it), not a shifted black level.
@@ -26,9 +30,12 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from stream_denoise.noise import CONDITIONS, NoiseSpec, add_noise
 
 from . import CACHE_DIR, RESULTS_DIR, clips, models, peers
 from .metrics import DARK
@@ -60,6 +67,14 @@ def split(out: np.ndarray, clean: np.ndarray) -> dict:
             "left_dark": mean(o < DARK), "left_dark_share": round(float((o < DARK).mean()), 4)}
 
 
+def noise_free(spec: NoiseSpec) -> NoiseSpec | None:
+    """``spec``'s camera pipeline without its sensor noise (10⁹ photons at white, no read noise: shot
+    noise below 0.01 level); None where nothing but noise remains (Gaussian or no mosaic and no codec)."""
+    if spec.kind != "camera" or not (spec.mosaic or spec.codec):
+        return None
+    return replace(spec, photons=1e9, read_noise=0.0)
+
+
 def run(source: dict, conditions: list[str], model_names: list[str], frames: int, threads: int) -> list[dict]:
     st = source["settings"]
     refs, _ = models.resolve_many(model_names, CACHE_DIR)
@@ -74,6 +89,10 @@ def run(source: dict, conditions: list[str], model_names: list[str], frames: int
         ctx = min(start, CONTEXT)  # the models' windows reach this far back, as in the full run
         row = {"clip": r["clip"], "condition": r["condition"], "frames": len(clean) - start,
                "methods": {"noisy input": split(noisy[start:], clean[start:])}}
+        pipeline = noise_free(CONDITIONS[r["condition"]])
+        if pipeline is not None:  # the same seed as the frozen clip: the same codec rate control path
+            full = add_noise(clip.clean, pipeline, clip.seed)
+            row["methods"]["pipeline, no noise"] = split(full[clip.split:][start:], clean[start:])
         nl = r["methods"].get("nlmeans", {})
         if "params" in nl:  # the source run's oracle-tuned setting (a per-frame filter: the scored frames suffice)
             out, _ = peers.PEERS["nlmeans"].timed(noisy[start:], nl["params"], clip.sigma, threads)

@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,23 @@ def test_shadow_split_tells_a_lifted_black_level_from_lost_dark_detail() -> None
     s = split(lifted, clean)
     assert s["flat"] == 3.0 and s["bands"]["8-16"] == 3.0 and s["bands"]["0-8"] == 0.0  # the line untouched
     assert 2.5 < s["left_dark"] < 3.0  # what the viewer sees as shadow: the raised wall and the (exact) line
+
+
+def test_noise_free_pipeline_keeps_the_mosaic_and_codec_and_drops_the_noise() -> None:
+    """benchmarks.shadows' reference row: the condition's demosaicing (and codec) without its sensor noise."""
+    pytest.importorskip("cv2")
+    from benchmarks.shadows import noise_free
+    from stream_denoise.noise import CONDITIONS, add_noise
+
+    assert noise_free(CONDITIONS["gaussian30"]) is None and noise_free(CONDITIONS["lowlight-iso6400"]) is None
+    cctv = noise_free(CONDITIONS["cctv"])
+    assert cctv is not None and cctv.mosaic and cctv.codec == CONDITIONS["cctv"].codec
+    flat = np.full((2, 32, 32, 3), 60, np.uint8)
+    mosaic_only = noise_free(replace(CONDITIONS["cctv"], codec=None))
+    assert mosaic_only is not None
+    assert np.abs(add_noise(flat, mosaic_only, 1).astype(int) - 60).max() <= 1  # no noise left on a flat grey
+    edge = flat.copy()
+    edge[:, :, 16:] = 220
+    edge[:, :, :16] = 2
+    demosaiced = add_noise(edge, mosaic_only, 1)
+    assert demosaiced[:, :, 15].mean() > 4  # bilinear demosaicing lifts the dark column beside the bright one
