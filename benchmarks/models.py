@@ -85,19 +85,20 @@ def macs_per_pixel(path: Path) -> float:
     return float(load_model(path).macs_per_pixel())
 
 
-def create_denoiser(path: Path, backend: str, threads: int):  # type: ignore[no-untyped-def]
+def create_denoiser(path: Path, backend: str, threads: int, strength: float = 1.0):  # type: ignore[no-untyped-def]
     from stream_denoise.backends import create_backend
     from stream_denoise.config import ModelConfig
     from stream_denoise.denoiser import Denoiser
 
-    return Denoiser(create_backend(ModelConfig(model=str(path), backend=backend, threads=threads)))
+    return Denoiser(create_backend(ModelConfig(model=str(path), backend=backend, threads=threads)), strength=strength)
 
 
-def denoise_clip(path: Path, clip: np.ndarray, backend: str = "onnxruntime", threads: int = 2) -> tuple[np.ndarray, float]:
+def denoise_clip(path: Path, clip: np.ndarray, backend: str = "onnxruntime", threads: int = 2,
+                 strength: float = 1.0) -> tuple[np.ndarray, float]:
     """The clip through the streaming Denoiser; returns (denoised clip, seconds of pre+infer+post)."""
     from stream_denoise.frame import Frame
 
-    den = create_denoiser(path, backend, threads)
+    den = create_denoiser(path, backend, threads, strength)
     try:
         outs = []
         t0 = time.perf_counter()

@@ -131,6 +131,9 @@ def write(results: Path, md: Path) -> Path:
     shadows = _load(results / "shadows.json")
     if shadows:
         lines += _shadows(shadows)
+    strength = _load(results / "strength.json")
+    if strength:
+        lines += _strength(strength)
     lines += _pictures(results, rel)
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text("\n".join(lines) + "\n")
@@ -256,6 +259,26 @@ def _shadows(s: dict) -> list[str]:
                        + " | ".join(_f(b[k], "+.1f") for k in ("0-8", "8-16", "16-24", "24-32"))
                        + f" | {_f(v['left_dark'], '+.1f')} ({100 * v['left_dark_share']:.1f} %) |")
     return out + [""]
+
+
+def _strength(s: dict) -> list[str]:
+    m = s["meta"]
+    keys = [f"{x:g}" for x in m["strengths"]]
+    out = ["## Strength (`python -m benchmarks.strength`)", "",
+           f"`{m['command']}` on {m['date']}, commit {m['commit']}, {m['cpu']} × {m['cores']} cores; the frozen clips "
+           f"and settings of `{m['source']}` (commit {str(m['source_commit'])[:7]}), the last live frames, through the "
+           "streaming `Denoiser` on ONNX Runtime. `[model] strength` (`--strength`) multiplies the noise reading the "
+           "network is told. Each cell: PSNR (dB) / dark (mean output − clean where the clean value is below 32, "
+           "8-bit levels; negative darkens the shadows).", ""]
+    for model in s["runs"][0]["models"]:
+        out += [f"**{model}**", "", "| clip / condition | noisy input | " + " | ".join(f"strength {k}" for k in keys) + " |",
+                "|---|---|" + "---|" * len(keys)]
+        for r in s["runs"]:
+            cells = [r["models"][model][k] for k in keys]
+            out.append(f"| {r['clip']} / {r['condition']} | {r['noisy input']['psnr']:.2f} / {_f(r['noisy input']['dark'], '+.1f')} | "
+                       + " | ".join(f"{c['psnr']:.2f} / {_f(c['dark'], '+.1f')}" for c in cells) + " |")
+        out.append("")
+    return out
 
 
 def _adapt(a: dict, rel) -> list[str]:  # type: ignore[no-untyped-def]

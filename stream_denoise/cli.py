@@ -25,6 +25,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", choices=["centered", "causal"], default=None, help="temporal window (default: the model's)")
     p.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: all cores)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None, help="backend precision")
+    p.add_argument("--strength", type=float, default=None,
+                   help="how hard to denoise, 0.25-4 (the measured noise level told to the network is multiplied by it; default 1)")
     p.add_argument("--lanes", type=int, default=None,
                    help="onnxruntime: frames denoised at once on one-thread sessions (default: one per thread; 1 = off)")
     p.add_argument("--triton-url", default=None, help="backend triton: the server (host:port, grpc://host:port)")
@@ -35,7 +37,7 @@ def _model_cfg(a: argparse.Namespace, base: dict[str, Any] | None = None) -> dic
 
     m = dict(base or {})
     flags = vars(a)
-    for key in ("model", "backend", "window", "threads", "precision"):
+    for key in ("model", "backend", "window", "threads", "precision", "strength"):
         if flags.get(key) is not None:
             m[key] = flags[key]
     for flag, (table, key) in FLAT_KEYS.items():  # --lanes, --triton-url: options of one backend

@@ -57,6 +57,10 @@ class ModelConfig(Strict):
     window: Window | None = Field(None, description="centered (K frames around t) or causal (past only); None = the model's own.")
     threads: int | None = Field(None, ge=1, le=256, description="CPU threads for inference (onnxruntime, torch); None = all cores.")
     precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Numeric precision of the backend.")
+    strength: float = Field(1.0, ge=0.25, le=4.0, description=(
+        "How hard a noise-aware network denoises: the noise level it is told is the one measured from the stream "
+        "times this. Below 1 keeps more grain and fine detail; above 1 removes more noise and lowers the lift of "
+        "shadows under strong noise (BENCHMARKS.md, 'Strength'). 1 = as trained."))
     onnxruntime: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions, description="backend onnxruntime.")
     tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions, description="backend tensorrt.")
     triton: TritonOptions = Field(default_factory=TritonOptions, description="backend triton.")

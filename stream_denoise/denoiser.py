@@ -63,10 +63,13 @@ class StageTimes:
 
 
 class Denoiser:
-    def __init__(self, backend: Backend, window: str | None = None, slab_frames: int | None = None) -> None:
+    def __init__(self, backend: Backend, window: str | None = None, slab_frames: int | None = None,
+                 strength: float = 1.0) -> None:
         """``slab_frames``: frame blocks the slab holds (default 3K + 2: room for a batch of K frames
         between compactions); a caller that pushes one frame at a time with many cameras (the
-        multi-process runtime's lanes) gives K + 3, a third of the memory for a few plane copies."""
+        multi-process runtime's lanes) gives K + 3, a third of the memory for a few plane copies.
+        ``strength``: the noise reading a noise-aware network is told is the measured one times this
+        (``ModelConfig.strength``)."""
         model_window = "causal" if backend.target == backend.frames - 1 else "centered"
         if window is not None and window != model_window:
             raise ConfigError(f"the model has a {model_window} window but {window} was asked for; "
@@ -75,6 +78,10 @@ class Denoiser:
         self.window = model_window
         self.layout = Layout.of(backend)
         self.noise = NoiseTracker() if self.layout.noise_planes else None
+        if strength != 1.0 and self.noise is None:
+            raise ConfigError(f"strength {strength:g} needs a noise-aware model (one with noise maps); "
+                              f"{backend.name} has none")
+        self.strength = np.float32(strength)
         self._readings: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()  # by frame key
         self.buffer = TemporalBuffer(backend.frames, backend.target)
         self.times = StageTimes()
@@ -125,7 +132,7 @@ class Denoiser:
         if self.noise is None:
             return
         check_pixels(frame.pixels)
-        self._readings[_key(frame)] = self.noise.update(frame.pixels)
+        self._readings[_key(frame)] = self.noise.update(frame.pixels) * self.strength
         while len(self._readings) > self._slab.capacity + self.backend.frames:
             self._readings.popitem(last=False)
 
@@ -143,7 +150,7 @@ class Denoiser:
         t0 = time.perf_counter()
         for f in frames:
             check_pixels(f)
-        readings = [None if self.noise is None else self.noise.update(f) for f in frames]
+        readings = [None if self.noise is None else self.noise.update(f) * self.strength for f in frames]
         x = self._assemble([[frame_block(f, self.layout, r) for f, r in zip(frames, readings)]])
         self.assembled += 1
         return self._infer_post(x, frames[0].shape[:2], t0)[0]

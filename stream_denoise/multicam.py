@@ -309,13 +309,14 @@ class _SharedWindows:
 class Camera:
     """One camera of a :class:`MultiCamera`: its source, temporal buffer (in its Denoiser), topic, metrics."""
 
-    def __init__(self, cfg: CameraConfig, client: BatchClient, window: str | None, max_frames: int | None) -> None:
+    def __init__(self, cfg: CameraConfig, client: BatchClient, window: str | None, max_frames: int | None,
+                 strength: float = 1.0) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.topic = cfg.effective_topic
         self.source_cfg = cfg.source_config()
         self.client = client
-        self.denoiser = Denoiser(client, window)  # one temporal buffer per camera; inference shared
+        self.denoiser = Denoiser(client, window, strength=strength)  # one temporal buffer per camera; inference shared
         self.metrics = Metrics()
         self.max_frames = max_frames
         self.source: Source | None = None
@@ -419,12 +420,12 @@ class MultiCamera(Closing):
                 self._build_fleet(factory)
             for cam_cfg in cfg.cameras if self.workers is None else ():
                 model = cam_cfg.model_config_for(cfg.model)
-                key = model.model_copy(update={"window": None})  # the window is checked per camera, not built
+                key = _model_key(model)  # the window and strength are per camera, not built
                 if key not in self.batchers:
                     batcher = BatchingBackend(factory(key), cfg.batch.max_size, cfg.batch.max_wait_ms / 1000)
                     self.batchers[key] = batcher
                     self._closers.append(batcher.close)
-                cam = Camera(cam_cfg, self.batchers[key].client(), model.window, cfg.max_frames)
+                cam = Camera(cam_cfg, self.batchers[key].client(), model.window, cfg.max_frames, model.strength)
                 self.cameras.append(cam)
                 self._closers.append(cam.close)
             self._open_rtsp_outputs()
@@ -485,7 +486,7 @@ class MultiCamera(Closing):
             backend = clients[_model_key(model)]()
             busy = backend.busy if isinstance(backend, BatchClient) else contextlib.nullcontext
             src = cam_cfg.source_config()
-            denoiser = Denoiser(backend, model.window, slab_frames=backend.frames + 3)  # lanes push one frame at a time
+            denoiser = Denoiser(backend, model.window, slab_frames=backend.frames + 3, strength=model.strength)  # lanes push one frame at a time
             cams.append(RingCamera(cam_cfg, self.workers.rings[cam_cfg.name], denoiser,
                                    live=is_live(src.uri) or src.realtime, busy=busy))
         self.cameras = list(cams)
@@ -606,8 +607,8 @@ class MultiCamera(Closing):
 
 
 def _model_key(model: ModelConfig) -> ModelConfig:
-    """Cameras whose models differ only in the window share a backend (the window is checked per camera)."""
-    return model.model_copy(update={"window": None})
+    """Cameras whose models differ only in the window or strength share a backend (both are per camera)."""
+    return model.model_copy(update={"window": None, "strength": 1.0})
 
 
 def _lane_config(key: ModelConfig) -> ModelConfig:

@@ -36,7 +36,7 @@ def denoise_file(src: str | Path, dst: str | Path, model: ModelConfig, progress_
     model_file = model.model if Path(model.model).is_file() else None
     check_outputs([("input", src), ("--model", model_file)], [("output", dst)])
     check_video_path(Path(dst))
-    denoiser = Denoiser(create_backend(model), model.window)
+    denoiser = Denoiser(create_backend(model), model.window, strength=model.strength)
     written, t0, last = 0, time.monotonic(), time.monotonic()
     writer: VideoWriter | None = None
     try:

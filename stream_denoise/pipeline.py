@@ -73,7 +73,7 @@ class Pipeline(Closing):
             if denoiser is None:
                 backend = create_backend(cfg.model)
                 self._closers.append(backend.close)  # created here, closed here
-                denoiser = Denoiser(backend, cfg.model.window)
+                denoiser = Denoiser(backend, cfg.model.window, strength=cfg.model.strength)
             self.denoiser = denoiser
             if cfg.adapt is not None:  # run --adapt (issue 26): learns the camera, swaps models between frames
                 from .adapt import Adapter

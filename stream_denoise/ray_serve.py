@@ -289,7 +289,7 @@ class CameraWorker:
             self._backend = ServeBackend(serve.get_deployment_handle("denoise", app_name=self.app),
                                          self.rc.retries, self.rc.request_timeout_s,
                                          WindowExchange(node_id()) if self.rc.shared_memory else None)
-            self._denoiser = Denoiser(self._backend, self.cfg.model.window)
+            self._denoiser = Denoiser(self._backend, self.cfg.model.window, strength=self.cfg.model.strength)
             if not is_live(self.cfg.source.uri):
                 self._pipeline = self._make()
         except Exception as exc:  # reported to the driver as one line

@@ -148,3 +148,9 @@ def test_subscribe_help_says_what_each_option_does():
                                   text=True).stdout.split())
     assert "--out OUT video file to write" in out and "SIGTERM" in out
     assert "--idle-timeout IDLE_TIMEOUT once recording" in out and "record through camera outages" in out
+
+
+def test_strength_out_of_range_is_one_line(tmp_path):
+    res = cli("denoise", str(SAMPLE), str(tmp_path / "o.mkv"), "--strength", "9")
+    assert_one_line_error(res, "strength")
+    assert res.returncode == 2 and not (tmp_path / "o.mkv").exists()

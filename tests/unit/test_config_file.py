@@ -7,7 +7,7 @@ from textwrap import dedent
 import pytest
 
 from stream_denoise.config import CameraConfig, DeploymentConfig, ModelConfig, RunConfig
-from stream_denoise.config_file import ConfigProblems, check_config
+from stream_denoise.config_file import ConfigProblems, check_config, parse
 from stream_denoise.errors import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "docker" / "camera.toml"
@@ -209,6 +209,19 @@ def test_camera_model_override_and_window():
     causal = CameraConfig(name="door", source="door.mp4", window="causal").model_config_for(base)
     assert (causal.model, causal.window) == ("lite-causal", "causal")
     assert CameraConfig(name="x", source="x.mp4").model_config_for(base) == base
+
+
+def test_strength_per_camera_shares_the_backend():
+    """[cameras.model] strength: that camera's noise reading is scaled; the network (its backend) is shared."""
+    from stream_denoise.multicam import _model_key
+
+    base = ModelConfig(model="lite", backend="onnxruntime")
+    night = CameraConfig(name="yard", source="yard.mp4", model={"strength": 1.3}).model_config_for(base)
+    assert (night.model, night.strength, base.strength) == ("lite", 1.3, 1.0)
+    assert _model_key(night) == _model_key(base)
+    for bad in (0.0, 0.1, 5):
+        with pytest.raises(ConfigError, match="strength"):
+            parse(DeploymentConfig, {"cameras": [{"name": "a", "source": "a.mp4"}], "model": {"strength": bad}})
 
 
 def test_each_backend_has_its_own_table_and_old_flat_keys_still_load(tmp_path):

@@ -151,3 +151,40 @@ def test_output_rounding_matches_the_rule():
     got = to_uint8_rgb(y.copy())
     assert got.shape == (9, 11, 3) and got.flags.c_contiguous
     assert np.array_equal(got, want)
+
+
+def test_strength_scales_the_reading_and_how_hard_the_network_denoises(backend):
+    """``strength`` multiplies the noise reading the network is told (the shipped lite, real sessions):
+    above 1 it removes more of the noise, below 1 it keeps more; 1 is the default's output exactly."""
+    rng = np.random.default_rng(3)
+    clean = np.tile(np.linspace(40, 200, 96, dtype=np.float32), (64, 1))[..., None].repeat(3, axis=2)
+    frames = [Frame(np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8), i, None, 0.0, "cam")
+              for i in range(9)]
+
+    def run(strength: float) -> tuple[np.ndarray, Denoiser]:
+        den = Denoiser(backend, strength=strength)
+        out = [f.pixels for fr in frames for f in den.push(fr)] + [f.pixels for f in den.flush()]
+        return np.stack(out).astype(np.float32), den
+
+    default, d1 = run(1.0)
+    same, _ = run(1.0)
+    assert np.array_equal(default, same)
+    weak, d_weak = run(0.5)
+    strong, d_strong = run(2.0)
+    measured = d1.noise.sigmas if d1.noise is not None else None
+    assert measured is not None and measured.max() > 5
+    np.testing.assert_allclose(d_strong._readings[("cam", 0, 8)], 2 * measured, rtol=1e-6)
+    np.testing.assert_allclose(d_weak._readings[("cam", 0, 8)], 0.5 * measured, rtol=1e-6)
+
+    def residual_noise(out: np.ndarray) -> float:  # the ramp is constant down each column: what varies there is noise
+        return float(out.std(axis=1).mean())
+
+    assert residual_noise(strong) < residual_noise(default) < residual_noise(weak)
+
+
+def test_strength_needs_a_noise_aware_model(plain):
+    from stream_denoise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="noise-aware"):
+        Denoiser(plain, strength=1.5)
+    Denoiser(plain, strength=1.0)  # the default asks nothing of the model
