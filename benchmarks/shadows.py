@@ -75,18 +75,54 @@ def noise_free(spec: NoiseSpec) -> NoiseSpec | None:
     return replace(spec, photons=1e9, read_noise=0.0)
 
 
-def run(source: dict, conditions: list[str], model_names: list[str], frames: int, threads: int) -> list[dict]:
+def live_tail(source: dict, run: dict, frames: int) -> tuple[clips.NoisyClip, int, int]:
+    """A source run's frozen clip, where its last ``frames`` live frames start (in ``clip.live``),
+    and how many frames before them the models get as context (their windows reach that far back)."""
     st = source["settings"]
+    clip = clips.make(run["clip"], run["condition"], st["frames"], tuple(st["crop"]) if st.get("crop") else None,
+                      CACHE_DIR, recorded=st.get("recorded"))
+    n = len(clip.live[1])
+    start = n - min(frames, n)
+    return clip, start, min(start, CONTEXT)
+
+
+def tail_args(p: argparse.ArgumentParser, conditions: str, models: str, out: str) -> None:
+    """The options of a benchmark over the last live frames of a quality result file's clips."""
+    p.add_argument("--source", type=Path, default=RESULTS_DIR / "quality-zero-shot.json",
+                   help="quality result file whose clips and settings (and nlmeans setting) are used")
+    p.add_argument("--conditions", default=conditions)
+    p.add_argument("--models", default=models)
+    p.add_argument("--frames", type=int, default=20, help="last live frames scored")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / out)
+
+
+def read_source(prog: str, path: Path) -> dict | None:
+    """A quality result file, or None after one line on stderr."""
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        print(f"{prog}: cannot read {path}: {exc}", file=sys.stderr)
+        return None
+
+
+def write_result(path: Path, result: dict) -> None:
+    """``result`` as JSON at ``path``, written under a temporary name and renamed when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(path)
+    log.info("wrote %s", path)
+
+
+def run(source: dict, conditions: list[str], model_names: list[str], frames: int, threads: int) -> list[dict]:
     refs, _ = models.resolve_many(model_names, CACHE_DIR)
     rows = []
     for r in source["runs"]:
         if r["condition"] not in conditions:
             continue
-        clip = clips.make(r["clip"], r["condition"], st["frames"], tuple(st["crop"]) if st.get("crop") else None,
-                          CACHE_DIR, recorded=st.get("recorded"))
+        clip, start, ctx = live_tail(source, r, frames)
         noisy, clean = clip.live
-        start = len(clean) - min(frames, len(clean))
-        ctx = min(start, CONTEXT)  # the models' windows reach this far back, as in the full run
         row = {"clip": r["clip"], "condition": r["condition"], "frames": len(clean) - start,
                "methods": {"noisy input": split(noisy[start:], clean[start:])}}
         pipeline = noise_free(CONDITIONS[r["condition"]])
@@ -110,19 +146,11 @@ def run(source: dict, conditions: list[str], model_names: list[str], frames: int
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.shadows", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", type=Path, default=RESULTS_DIR / "quality-zero-shot.json",
-                   help="quality result file whose clips, settings and nlmeans setting are used")
-    p.add_argument("--conditions", default="cctv,lowlight-iso6400")
-    p.add_argument("--models", default="base,lite")
-    p.add_argument("--frames", type=int, default=20, help="last live frames scored")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "shadows.json")
+    tail_args(p, conditions="cctv,lowlight-iso6400", models="base,lite", out="shadows.json")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        source = json.loads(a.source.read_text())
-    except (OSError, ValueError) as exc:
-        print(f"shadows: cannot read {a.source}: {exc}", file=sys.stderr)
+    source = read_source("shadows", a.source)
+    if source is None:
         return 2
     t0 = time.monotonic()
     rows = run(source, a.conditions.split(","), [m for m in a.models.split(",") if m], a.frames, a.threads)
@@ -132,11 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"meta": {**machine_info(), "command": " ".join(["python -m benchmarks.shadows", *(argv or sys.argv[1:])]),
                        "source": a.source.name, "source_commit": source["meta"].get("commit"),
                        "seconds": round(time.monotonic() - t0, 1)}, "runs": rows}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(a.out)
-    log.info("wrote %s", a.out)
+    write_result(a.out, result)
     return 0
 
 

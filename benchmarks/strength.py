@@ -14,23 +14,21 @@ the clean value is below 32, the quality tables' figures) per clip x condition.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from . import CACHE_DIR, RESULTS_DIR, clips, models
+from . import CACHE_DIR, models
 from .metrics import dark_bias, psnr
 from .report import machine_info
-from .shadows import CONTEXT
+from .shadows import live_tail, read_source, tail_args, write_result
 
 log = logging.getLogger(__name__)
 
 
-def _scores(out: np.ndarray, clean: np.ndarray) -> dict[str, float]:
+def _scores(out: np.ndarray, clean: np.ndarray) -> dict[str, float | None]:
     """Per-frame PSNR and dark, averaged over frames (as the quality tables do)."""
     darks = [dark_bias(o[None], c[None]) for o, c in zip(out, clean)]
     return {"psnr": round(float(np.mean([psnr(o[None], c[None]) for o, c in zip(out, clean)])), 3),
@@ -39,17 +37,13 @@ def _scores(out: np.ndarray, clean: np.ndarray) -> dict[str, float]:
 
 def run(source: dict, conditions: list[str], model_names: list[str], strengths: list[float], frames: int,
         threads: int) -> list[dict]:
-    st = source["settings"]
     refs, _ = models.resolve_many(model_names, CACHE_DIR)
     rows = []
     for r in source["runs"]:
         if r["condition"] not in conditions:
             continue
-        clip = clips.make(r["clip"], r["condition"], st["frames"], tuple(st["crop"]) if st.get("crop") else None,
-                          CACHE_DIR, recorded=st.get("recorded"))
+        clip, start, ctx = live_tail(source, r, frames)
         noisy, clean = clip.live
-        start = len(clean) - min(frames, len(clean))
-        ctx = min(start, CONTEXT)
         row: dict = {"clip": r["clip"], "condition": r["condition"], "frames": len(clean) - start,
                      "noisy input": _scores(noisy[start:], clean[start:]), "models": {}}
         for name, ref in refs.items():
@@ -66,21 +60,18 @@ def run(source: dict, conditions: list[str], model_names: list[str], strengths: 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.strength", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", type=Path, default=RESULTS_DIR / "quality-zero-shot.json",
-                   help="quality result file whose clips and settings are used")
-    p.add_argument("--conditions", default="gaussian30,gaussian50,lowlight-iso1600,lowlight-iso6400,cctv")
-    p.add_argument("--models", default="lite,base")
+    tail_args(p, conditions="gaussian30,gaussian50,lowlight-iso1600,lowlight-iso6400,cctv", models="lite,base",
+              out="strength.json")
     p.add_argument("--strengths", default="0.8,1,1.1,1.25")
-    p.add_argument("--frames", type=int, default=20, help="last live frames scored")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "strength.json")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        source = json.loads(a.source.read_text())
         strengths = [float(s) for s in a.strengths.split(",")]
-    except (OSError, ValueError) as exc:
-        print(f"strength: {exc}", file=sys.stderr)
+    except ValueError:
+        print(f"strength: --strengths takes numbers separated by commas, not {a.strengths!r}", file=sys.stderr)
+        return 2
+    source = read_source("strength", a.source)
+    if source is None:
         return 2
     t0 = time.monotonic()
     rows = run(source, a.conditions.split(","), [m for m in a.models.split(",") if m], strengths, a.frames, a.threads)
@@ -90,11 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"meta": {**machine_info(), "command": " ".join(["python -m benchmarks.strength", *(argv or sys.argv[1:])]),
                        "source": a.source.name, "source_commit": source["meta"].get("commit"), "strengths": strengths,
                        "seconds": round(time.monotonic() - t0, 1)}, "runs": rows}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(a.out)
-    log.info("wrote %s", a.out)
+    write_result(a.out, result)
     return 0
 
 
