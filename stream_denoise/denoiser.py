@@ -77,11 +77,10 @@ class Denoiser:
         self.backend = backend
         self.window = model_window
         self.layout = Layout.of(backend)
-        self.noise = NoiseTracker() if self.layout.noise_planes else None
+        self.noise = NoiseTracker(gain=strength) if self.layout.noise_planes else None
         if strength != 1.0 and self.noise is None:
             raise ConfigError(f"strength {strength:g} needs a noise-aware model (one with noise maps); "
                               f"{backend.name} has none")
-        self.strength = np.float32(strength)
         self._readings: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()  # by frame key
         self.buffer = TemporalBuffer(backend.frames, backend.target)
         self.times = StageTimes()
@@ -132,7 +131,7 @@ class Denoiser:
         if self.noise is None:
             return
         check_pixels(frame.pixels)
-        self._readings[_key(frame)] = self.noise.update(frame.pixels) * self.strength
+        self._readings[_key(frame)] = self.noise.update(frame.pixels)
         while len(self._readings) > self._slab.capacity + self.backend.frames:
             self._readings.popitem(last=False)
 
@@ -150,7 +149,7 @@ class Denoiser:
         t0 = time.perf_counter()
         for f in frames:
             check_pixels(f)
-        readings = [None if self.noise is None else self.noise.update(f) * self.strength for f in frames]
+        readings = [None if self.noise is None else self.noise.update(f) for f in frames]
         x = self._assemble([[frame_block(f, self.layout, r) for f, r in zip(frames, readings)]])
         self.assembled += 1
         return self._infer_post(x, frames[0].shape[:2], t0)[0]

@@ -120,19 +120,23 @@ def level_map_torch(frames: Any, luts: Any) -> Any:
 
 class NoiseTracker:
     """The noise of a live stream: ``update(frame)`` measures every ``every``-th frame and keeps
-    the median of the last ``keep`` readings (bounded); ``sigmas`` is that median."""
+    the median of the last ``keep`` readings (bounded); ``sigmas`` is that median. ``update``
+    returns it times ``gain`` (``ModelConfig.strength``: what the network is told), scaled once per
+    new reading."""
 
-    def __init__(self, every: int = 15, keep: int = 8) -> None:
-        self.every, self.count = every, 0
+    def __init__(self, every: int = 15, keep: int = 8, gain: float = 1.0) -> None:
+        self.every, self.count, self.gain = every, 0, np.float32(gain)
         self.readings: deque[np.ndarray] = deque(maxlen=keep)
         self.sigmas = np.zeros((PLANES, len(CENTRES)), np.float32)
+        self.told = self.sigmas
 
     def update(self, frame: np.ndarray) -> np.ndarray:
         if self.count % self.every == 0:
             self.readings.append(estimate(frame))
             self.sigmas = np.median(np.stack(self.readings), axis=0).astype(np.float32)
+            self.told = self.sigmas * self.gain if self.gain != 1 else self.sigmas
         self.count += 1
-        return self.sigmas
+        return self.told
 
     def reset(self) -> None:
         """Forget the readings (a new stream or a reconnect: the camera may have changed)."""
