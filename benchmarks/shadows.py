@@ -30,6 +30,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -75,15 +76,19 @@ def noise_free(spec: NoiseSpec) -> NoiseSpec | None:
     return replace(spec, photons=1e9, read_noise=0.0)
 
 
-def live_tail(source: dict, run: dict, frames: int) -> tuple[clips.NoisyClip, int, int]:
-    """A source run's frozen clip, where its last ``frames`` live frames start (in ``clip.live``),
-    and how many frames before them the models get as context (their windows reach that far back)."""
+def live_tails(source: dict, conditions: list[str], frames: int) -> Iterator[tuple[dict, clips.NoisyClip, int, int]]:
+    """For each of the source's runs under ``conditions``: the run, its frozen clip, where its last
+    ``frames`` live frames start (in ``clip.live``), and how many frames before them the models get
+    as context (their windows reach that far back)."""
     st = source["settings"]
-    clip = clips.make(run["clip"], run["condition"], st["frames"], tuple(st["crop"]) if st.get("crop") else None,
-                      CACHE_DIR, recorded=st.get("recorded"))
-    n = len(clip.live[1])
-    start = n - min(frames, n)
-    return clip, start, min(start, CONTEXT)
+    for run in source["runs"]:
+        if run["condition"] not in conditions:
+            continue
+        clip = clips.make(run["clip"], run["condition"], st["frames"], tuple(st["crop"]) if st.get("crop") else None,
+                          CACHE_DIR, recorded=st.get("recorded"))
+        n = len(clip.live[1])
+        start = n - min(frames, n)
+        yield run, clip, start, min(start, CONTEXT)
 
 
 def tail_args(p: argparse.ArgumentParser, conditions: str, models: str, out: str) -> None:
@@ -118,10 +123,7 @@ def write_result(path: Path, result: dict) -> None:
 def run(source: dict, conditions: list[str], model_names: list[str], frames: int, threads: int) -> list[dict]:
     refs, _ = models.resolve_many(model_names, CACHE_DIR)
     rows = []
-    for r in source["runs"]:
-        if r["condition"] not in conditions:
-            continue
-        clip, start, ctx = live_tail(source, r, frames)
+    for r, clip, start, ctx in live_tails(source, conditions, frames):
         noisy, clean = clip.live
         row = {"clip": r["clip"], "condition": r["condition"], "frames": len(clean) - start,
                "methods": {"noisy input": split(noisy[start:], clean[start:])}}

@@ -23,7 +23,7 @@ import numpy as np
 from . import CACHE_DIR, models
 from .metrics import dark_bias, psnr
 from .report import machine_info
-from .shadows import live_tail, read_source, tail_args, write_result
+from .shadows import live_tails, read_source, tail_args, write_result
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,7 @@ def run(source: dict, conditions: list[str], model_names: list[str], strengths: 
         threads: int) -> list[dict]:
     refs, _ = models.resolve_many(model_names, CACHE_DIR)
     rows = []
-    for r in source["runs"]:
-        if r["condition"] not in conditions:
-            continue
-        clip, start, ctx = live_tail(source, r, frames)
+    for r, clip, start, ctx in live_tails(source, conditions, frames):
         noisy, clean = clip.live
         row: dict = {"clip": r["clip"], "condition": r["condition"], "frames": len(clean) - start,
                      "noisy input": _scores(noisy[start:], clean[start:]), "models": {}}
