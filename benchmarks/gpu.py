@@ -48,7 +48,7 @@ def _channels(backend) -> int:  # type: ignore[no-untyped-def]
     """The network's input channels (``planes.Layout``)."""
     from stream_denoise.planes import Layout
 
-    return Layout(backend.frames, backend.target, backend.stride, backend.noise_planes).channels
+    return Layout.of(backend).channels
 
 
 def _stats_ms(seconds: list[float]) -> dict:
@@ -131,7 +131,7 @@ class Bench:
         ref_den = Denoiser(ort)
         ref = ref_den.denoise_window(frames)
         gpu = self.backend(model)
-        x = window_input(np.stack(frames)[None], Layout(gpu.frames, gpu.target, gpu.stride, gpu.noise_planes),
+        x = window_input(np.stack(frames)[None], Layout.of(gpu),
                          ref_den.noise.sigmas if ref_den.noise is not None else None)
         host = float(np.abs(gpu.infer(x) - ort.infer(x)).max())
         runner = gpu.window_runner()

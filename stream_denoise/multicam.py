@@ -248,7 +248,7 @@ class BatchClient:
         self._owner = owner
         b = owner.backend
         self.name, self.frames, self.target, self.stride = b.name, b.frames, b.target, b.stride
-        self.noise_planes = b.noise_planes
+        self.noise_planes, self.map_curve = b.noise_planes, b.map_curve
         # batches are split by the owner: a camera may hand over any number of windows
         self.capabilities = Capabilities(device_windows=b.capabilities.device_windows)
 

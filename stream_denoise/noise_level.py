@@ -22,6 +22,7 @@ recent readings, so the map follows day/night and gain changes within seconds. n
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -90,16 +91,52 @@ def estimate_clip(frames: np.ndarray, n: int = 4) -> np.ndarray:
     return np.median(np.stack([estimate(frames[i]) for i in idx]), axis=0).astype(np.float32)
 
 
-def lut(sigmas: np.ndarray) -> np.ndarray:
-    """(PLANES, 256) float32: each plane's map value at each smoothed luma level."""
+@dataclass(frozen=True)
+class MapCurve:
+    """What a network is told about strong noise: each noise map value m (in 8-bit levels) becomes
+    m + slope * max(0, m - knee). It is applied to the lookup table the maps are read from (``lut``),
+    so it is exact per pixel and costs nothing per frame.
+
+    A calibration of a trained network, carried by its model file (config, ONNX metadata, engine
+    manifest) into its ``planes.Layout``. A network trained on the squared error leaves part of the
+    lift that clipping at black gives the shadows' mean under strong noise, and being told a little
+    more noise there makes it remove more. ``[model] strength`` does the same for every level; the
+    curve acts only above ``knee``, which readings of mild noise never reach. It is fitted on the
+    validation set (models/README), and a fine-tune of a file keeps the curve."""
+
+    knee: float
+    slope: float
+
+    def __post_init__(self) -> None:
+        if not (self.knee >= 0 and 0 <= self.slope <= 2):
+            raise ValueError(f"map curve knee must be >= 0 levels and slope within 0-2, got {self.knee}, {self.slope}")
+
+    def to_meta(self) -> str:
+        """"knee,slope": the text model metadata carries (no quotes: it is a Triton parameter too)."""
+        return f"{self.knee:g},{self.slope:g}"
+
+    @classmethod
+    def from_meta(cls, text: str | None) -> MapCurve | None:
+        """From ``to_meta``'s text (None or empty: no curve); ValueError when it is not one."""
+        if not text:
+            return None
+        knee, slope = (float(v) for v in text.split(","))
+        return cls(knee, slope)
+
+
+def lut(sigmas: np.ndarray, curve: MapCurve | None = None) -> np.ndarray:
+    """(PLANES, 256) float32: each plane's map value at each smoothed luma level (through ``curve``)."""
     levels = np.arange(256, dtype=np.float32)
-    return np.stack([np.interp(levels, CENTRES, s) for s in sigmas]).astype(np.float32) / MAP_SCALE
+    table = np.stack([np.interp(levels, CENTRES, s) for s in sigmas]).astype(np.float32) / MAP_SCALE
+    if curve is not None:
+        table += np.float32(curve.slope) * np.maximum(table - np.float32(curve.knee / MAP_SCALE), 0)
+    return table
 
 
-def level_map(frame: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+def level_map(frame: np.ndarray, sigmas: np.ndarray, curve: MapCurve | None = None) -> np.ndarray:
     """(PLANES, H, W) float32 noise map of a (H, W, 3) uint8 RGB frame, for noise of ``sigmas``
-    (``estimate``'s shape)."""
-    return lut(sigmas)[:, luma(frame)]
+    (``estimate``'s shape), through ``curve``."""
+    return lut(sigmas, curve)[:, luma(frame)]
 
 
 def level_map_torch(frames: Any, luts: Any) -> Any:

@@ -32,6 +32,8 @@ class WindowFacts(Protocol):
     def stride(self) -> int: ...
     @property
     def noise_planes(self) -> int: ...
+    @property
+    def map_curve(self) -> noise_level.MapCurve | None: ...
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Layout:
     target: int
     stride: int
     noise_planes: int = 0
+    curve: noise_level.MapCurve | None = None  # what the maps are read through (``noise_level.lut``)
 
     @property
     def block(self) -> int:
@@ -62,13 +65,14 @@ class Layout:
     @classmethod
     def of(cls, net: WindowFacts) -> Layout:
         """The layout a backend (or anything that declares the window's facts) takes."""
-        return cls(net.frames, net.target, net.stride, net.noise_planes)
+        return cls(net.frames, net.target, net.stride, net.noise_planes, net.map_curve)
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Layout:
         """From a model's metadata (ONNX ``metadata_props``, an engine manifest, Triton parameters);
-        files from before noise maps have no ``noise_planes``."""
-        return cls(int(meta["frames"]), int(meta["target"]), int(meta["stride"]), int(meta.get("noise_planes", 0)))
+        files from before noise maps have no ``noise_planes``, files without a map curve no ``map_curve``."""
+        return cls(int(meta["frames"]), int(meta["target"]), int(meta["stride"]), int(meta.get("noise_planes", 0)),
+                   noise_level.MapCurve.from_meta(meta.get("map_curve")))
 
 
 def frame_block(pixels: np.ndarray, layout: Layout, sigmas: np.ndarray | None = None,
@@ -84,7 +88,7 @@ def frame_block(pixels: np.ndarray, layout: Layout, sigmas: np.ndarray | None = 
         if sigmas is None:
             block[3:, :h, :w] = 0.0
         else:
-            block[3:, :h, :w] = noise_level.level_map(pixels, sigmas)[: layout.noise_planes]
+            block[3:, :h, :w] = noise_level.level_map(pixels, sigmas, layout.curve)[: layout.noise_planes]
     if hp > h:
         block[:, h:, :w] = reflect(block[:, :h, :w], hp - h, axis=1)
     if wp > w:

@@ -44,6 +44,7 @@ from .backends import Capabilities
 from .config import BatchConfig, DeploymentConfig, ModelConfig, PublishConfig, RayConfig, RunConfig
 from .errors import BackendUnavailable, SourceError, StreamDenoiseError
 from .fleet.exchange import AttachedWindows, ShmWindow, Wire, WindowExchange
+from .noise_level import MapCurve
 from .resources import Closing
 from .sources import is_live, open_retrying
 
@@ -154,7 +155,7 @@ def deployment(model: ModelConfig, batch: BatchConfig, rc: RayConfig) -> Any:
         def meta(self) -> dict[str, Any]:
             b = self.backend
             return {"name": b.name, "frames": b.frames, "target": b.target, "stride": b.stride,
-                    "noise_planes": b.noise_planes,
+                    "noise_planes": b.noise_planes, "map_curve": b.map_curve.to_meta() if b.map_curve else None,
                     "pid": os.getpid(), "node": self.attached.node, "windows": self.windows,
                     "batches": self.batches, "shared": self.shared, "attached": len(self.attached)}
 
@@ -206,6 +207,7 @@ class ServeBackend:
         self.name = f"ray-serve:{meta['name']}"
         self.frames, self.target, self.stride = meta["frames"], meta["target"], meta["stride"]
         self.noise_planes = int(meta.get("noise_planes", 0))
+        self.map_curve = MapCurve.from_meta(meta.get("map_curve"))
         self.capabilities = Capabilities()  # the deployment batches across cameras itself
 
     def infer(self, x: np.ndarray) -> np.ndarray:

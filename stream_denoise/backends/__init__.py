@@ -23,6 +23,7 @@ from ..errors import BackendUnavailable, ConfigError
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
+    from ..noise_level import MapCurve
     from .cuda_windows import GpuWindowRunner
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Backend(Protocol):
     target: int  # index in the window of the frame being denoised
     stride: int  # H and W must be multiples of this
     noise_planes: int  # noise maps after each frame's RGB (0: a network that is not noise-aware)
+    map_curve: MapCurve | None  # what the maps are read through (``noise_level.MapCurve``), from the model file
     capabilities: Capabilities
 
     def infer(self, x: np.ndarray) -> np.ndarray: ...

@@ -361,7 +361,7 @@ class GpuWindowRunner:
         if not self.layout.noise_planes or sigmas is None:
             return None
         if self._t.get("sigmas") is None or not np.array_equal(self._t["sigmas"], sigmas):
-            lut = noise_level.lut(sigmas)[: self.layout.noise_planes]
+            lut = noise_level.lut(sigmas, self.layout.curve)[: self.layout.noise_planes]
             self._t["lut"] = self.torch.from_numpy(lut).to(self.ex.device)
             self._t["sigmas"] = np.array(sigmas)
         return self._t["lut"]

@@ -109,6 +109,7 @@ class OnnxRuntimeBackend:
             raise ModelError(f"{path} is an ONNX model but not a stream_denoise one (no window metadata)") from None
         self.frames, self.target, self.stride, self.noise_planes = (layout.frames, layout.target, layout.stride,
                                                                     layout.noise_planes)
+        self.map_curve = layout.curve
         self.meta = dict(meta)
         self._in_type = self._wide.in_type
         self._lanes: list[_Session] = []

@@ -120,6 +120,7 @@ class TensorRTBackend:
             raise EngineError(f"{cached.path}: its manifest lacks the model window (frames/target/stride)") from None
         self.frames, self.target, self.stride, self.noise_planes = (layout.frames, layout.target, layout.stride,
                                                                     layout.noise_planes)
+        self.map_curve = layout.curve
         self.path, self.manifest = cached.path, cached.manifest
         self.precision = cached.manifest.get("precision")
         self._owner, self._engine = owner, cached.engine  # the runtime must outlive the engine

@@ -74,7 +74,7 @@ class TorchBackend:
         with device_lock() if device == "cuda" else contextlib.nullcontext():  # no allocation while an executor captures
             net = load_model(path).to(self.device)
             self.frames, self.target, self.stride = net.frames, net.target, net.stride
-            self.noise_planes = net.arch.noise_planes
+            self.noise_planes, self.map_curve = net.arch.noise_planes, net.map_curve
             self.model: torch.nn.Module = net
             self.form = form if device == "cuda" else "plain"
             if self.form != "plain":

@@ -152,12 +152,13 @@ class TritonBackend:
         params = config.get("parameters") or {}
         try:
             layout = Layout.from_meta({k: v["string_value"] for k, v in params.items()
-                                       if k in ("frames", "target", "stride", "noise_planes")})
+                                       if k in ("frames", "target", "stride", "noise_planes", "map_curve")})
         except (KeyError, TypeError, ValueError):
             raise ModelError(f"{where} is not a stream_denoise model (no frames/target/stride parameters): "
                              "export it with `stream-denoise export-triton`") from None
         self.frames, self.target, self.stride, self.noise_planes = (layout.frames, layout.target, layout.stride,
                                                                     layout.noise_planes)
+        self.map_curve = layout.curve
         inputs, outputs = config.get("input") or [], config.get("output") or []
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelError(f"{where} has {len(inputs)} inputs and {len(outputs)} outputs; one of each expected")

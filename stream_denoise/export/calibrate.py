@@ -34,6 +34,7 @@ import numpy as np
 
 from ..buffer import reflect_indices
 from ..errors import ConfigError, SourceError
+from ..noise_level import MapCurve
 from ..media import decode, probe
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class CalibrationSet:
         return int(self.frames.shape[2]), int(self.frames.shape[3])
 
 
-def to_network_input(windows: np.ndarray, noise_planes: int = 0) -> np.ndarray:
+def to_network_input(windows: np.ndarray, noise_planes: int = 0, curve: MapCurve | None = None) -> np.ndarray:
     """(N, K, H, W, 3) uint8 RGB -> the network input (``planes.window_input``): exactly what the
     denoiser's pre-processing feeds a backend, each window's noise maps from its own frames'
     reading (``noise_level.estimate_clip``) for a noise-aware network. H, W are multiples of the
@@ -73,7 +74,7 @@ def to_network_input(windows: np.ndarray, noise_planes: int = 0) -> np.ndarray:
         raise ValueError(f"windows must be (N, K, H, W, 3) uint8, got {windows.shape} {windows.dtype}")
     k = windows.shape[1]
     sigmas = np.stack([noise_level.estimate_clip(w) for w in windows]) if noise_planes else None
-    return window_input(windows, Layout(k, k // 2, 1, noise_planes), sigmas)
+    return window_input(windows, Layout(k, k // 2, 1, noise_planes, curve), sigmas)
 
 
 def parse_size(text: str) -> tuple[int, int]:

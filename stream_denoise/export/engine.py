@@ -292,7 +292,8 @@ def _model_extras(onnx_path: Path, source: Path, fallback: Callable[[], Path]) -
         raise ModelError(f"{onnx_path} is not a stream_denoise ONNX (no window metadata)") from None
     return {"model": {"frames": layout.frames, "target": layout.target, "stride": layout.stride,
                       "noise_planes": layout.noise_planes, "channels": layout.channels, "window": layout.window,
-                      "source": str(source), "source_sha256": sha256_file(source)},
+                      "source": str(source), "source_sha256": sha256_file(source)}
+            | ({"map_curve": layout.curve.to_meta()} if layout.curve is not None else {}),
             "onnx": str(onnx_path), "onnx_precision": meta.get("precision", "fp32")}
 
 

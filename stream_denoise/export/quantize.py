@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import ConfigError, ModelError
+from ..noise_level import MapCurve
 from .calibrate import load_calibration_set, to_network_input
 
 log = logging.getLogger(__name__)
@@ -78,14 +79,15 @@ class _Reader:
     """CalibrationDataReader over (N, K, H, W, 3) uint8 windows, one window per batch (bounded
     memory), padded by reflection to the model's stride like the pre-processing."""
 
-    def __init__(self, windows: np.ndarray, input_name: str, stride: int, noise_planes: int = 0) -> None:
+    def __init__(self, windows: np.ndarray, input_name: str, stride: int, noise_planes: int = 0,
+                 curve: MapCurve | None = None) -> None:
         self.windows, self.input_name, self.stride, self.i = windows, input_name, stride, 0
-        self.noise_planes = noise_planes
+        self.noise_planes, self.curve = noise_planes, curve
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.i >= len(self.windows):
             return None
-        x = to_network_input(self.windows[self.i : self.i + 1], self.noise_planes)
+        x = to_network_input(self.windows[self.i : self.i + 1], self.noise_planes, self.curve)
         self.i += 1
         h, w = x.shape[2:]
         ph, pw = -h % self.stride, -w % self.stride
@@ -147,7 +149,7 @@ def quantize_int8(model_onnx: str | Path, calib_npz: str | Path, out: str | Path
     class Reader(_Reader, CalibrationDataReader):
         pass
 
-    reader = Reader(windows, input_name, stride, int(meta.get("noise_planes", 0)))
+    reader = Reader(windows, input_name, stride, int(meta.get("noise_planes", 0)), MapCurve.from_meta(meta.get("map_curve")))
     head = _head_nodes(proto) if float_head else []
     if target == "cpu":
         act, symmetric = QuantType.QUInt8, False

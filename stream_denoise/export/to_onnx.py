@@ -48,6 +48,8 @@ def export_onnx(model_path: str | Path, out: str | Path, precision: Literal["fp3
             "window": "causal" if model.target == model.frames - 1 else "centered",
             "arch": json.dumps(model.config()["arch"]), "precision": precision,
             "macs_per_pixel": model.macs_per_pixel(), "source": Path(model_path).name}
+    if model.map_curve is not None:  # the input contract's map curve (``noise_level.MapCurve``)
+        meta["map_curve"] = model.map_curve.to_meta()
     del proto.metadata_props[:]
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=str(v))

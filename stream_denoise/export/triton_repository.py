@@ -35,7 +35,7 @@ MODEL_FILES: dict[str, str] = {"onnxruntime": "model.onnx", "tensorrt": "model.p
 KINDS: dict[str, str] = {"onnxruntime": "KIND_CPU", "tensorrt": "KIND_GPU"}
 ONNX_TYPES: dict[int, str] = {1: "TYPE_FP32", 10: "TYPE_FP16"}  # onnx.TensorProto.FLOAT, FLOAT16
 ENGINE_TYPES: dict[str, str] = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16"}  # manifest precision_check.io
-WINDOW_KEYS = ("frames", "target", "stride", "noise_planes", "window", "precision")
+WINDOW_KEYS = ("frames", "target", "stride", "noise_planes", "map_curve", "window", "precision")
 QUEUE_DELAY_US = 1000  # dynamic batching: how long a request may wait for others (1 ms, vs 33 ms per frame)
 VERSION = "1"
 

@@ -45,7 +45,7 @@ class LaneRouted:
 
     def __init__(self, first: Backend) -> None:
         self.name, self.frames, self.target, self.stride = first.name, first.frames, first.target, first.stride
-        self.noise_planes = first.noise_planes
+        self.noise_planes, self.map_curve = first.noise_planes, first.map_curve
         self.capabilities = Capabilities(max_batch=first.capabilities.max_batch)  # one window per call
         self._local = threading.local()
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelError
+from ..noise_level import MapCurve
 from .net import Arch, VideoDenoiser, from_v1_state
 
 FORMAT = "stream_denoise/1"
@@ -40,7 +41,8 @@ def load_model(path: str | Path, map_location: str = "cpu") -> VideoDenoiser:
     try:
         cfg = blob["config"]
         v1 = "widths" not in cfg["arch"]
-        model = VideoDenoiser(Arch.from_dict(cfg["arch"]), cfg["frames"], cfg["target"])
+        curve = MapCurve(**cfg["map_curve"]) if "map_curve" in cfg else None
+        model = VideoDenoiser(Arch.from_dict(cfg["arch"]), cfg["frames"], cfg["target"], curve)
         model.load_state_dict(from_v1_state(blob["state_dict"]) if v1 else blob["state_dict"])
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         raise ModelError(f"{path}: weights do not match the architecture ({exc.__class__.__name__})") from None

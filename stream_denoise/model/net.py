@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..noise_level import MapCurve
 from ..planes import Layout
 
 STRIDE = 4  # the smallest stride of any network (two levels); a model's own is ``model.stride``
@@ -110,7 +111,7 @@ def _convs(c: int, n: int) -> nn.Module:
 
 
 class VideoDenoiser(nn.Module):
-    def __init__(self, arch: Arch, frames: int = 5, target: int | None = None) -> None:
+    def __init__(self, arch: Arch, frames: int = 5, target: int | None = None, curve: MapCurve | None = None) -> None:
         super().__init__()
         self.arch, self.frames = arch, frames
         self.target = frames // 2 if target is None else target
@@ -129,6 +130,15 @@ class VideoDenoiser(nn.Module):
         self.ups = nn.ModuleList(nn.Sequential(nn.ConvTranspose2d(w[l + 1], w[l], 2, 2), relu) for l in range(arch.levels))
         self.decs = nn.ModuleList(_convs(w[l], n) for l, n in enumerate(arch.dec))
         self.out = nn.Conv2d(w[0] + 3, 3, 3, padding=1)
+        self.set_curve(curve)
+
+    def set_curve(self, curve: MapCurve | None) -> None:
+        """Give the network a ``noise_level.MapCurve`` (None or a zero slope: none). Not part of the
+        weights or the graph: the model file's config carries it into the input contract (``layout``),
+        whose maps every runtime reads through it."""
+        if curve is not None and not self.arch.noise_planes:
+            raise ValueError("a map curve needs a noise-aware network")
+        self.map_curve = curve if curve is not None and curve.slope else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.block * self.target
@@ -151,10 +161,11 @@ class VideoDenoiser(nn.Module):
     @property
     def layout(self) -> Layout:
         """The input contract (``planes.Layout``) of this network."""
-        return Layout(self.frames, self.target, self.stride, self.arch.noise_planes)
+        return Layout(self.frames, self.target, self.stride, self.arch.noise_planes, self.map_curve)
 
     def config(self) -> dict:
-        return {"arch": asdict(self.arch), "frames": self.frames, "target": self.target}
+        cfg = {"arch": asdict(self.arch), "frames": self.frames, "target": self.target}
+        return cfg | ({"map_curve": asdict(self.map_curve)} if self.map_curve is not None else {})
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

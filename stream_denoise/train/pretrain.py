@@ -52,6 +52,7 @@ from ..model.checkpoint import model_meta
 from ..model_files import MODELS_DIR
 from ..noise import DARK_LEVEL
 from ..model.net import VideoDenoiser
+from ..noise_level import MapCurve
 from . import validate
 from .corpus import Corpus
 from .corpus import load as load_corpus
@@ -347,6 +348,8 @@ def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads
     candidates = {"state": state_model}
     if (mix := midpoint(state_model, shipped, share)) is not None:
         candidates["midpoint"] = mix
+    for model in candidates.values():  # the shipped file's calibration (``MapCurve``) goes with its successor
+        model.set_curve(shipped.map_curve)
     results = {}
     for kind, model in candidates.items():
         r = validate.score(model, vset)
@@ -381,6 +384,32 @@ def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads
         log.info("shipped %s (.pt and .onnx): %s", shipped_path, weights)
     return {"keep": best is not None, "kept": best, "why": why, "step": step, "shipped": shipped_r,
             "candidates": {k: r for k, (_, _, r) in results.items()}}
+
+
+def calibrate_curve(name: str, corpus: Corpus, curve: MapCurve, ship: bool = False) -> dict:
+    """Validate the shipped file's weights with ``curve`` against the shipped file
+    (``validate.calibrated``); with ``ship`` and a pass, rewrite the shipped .pt and .onnx with it."""
+    vset = validate.build(corpus)
+    path = MODELS_DIR / f"{name}.pt"
+    shipped, meta = load_model(path), model_meta(path)
+    shipped_r = validate.score(shipped, vset)
+    cand = copy.deepcopy(shipped)
+    cand.set_curve(curve)
+    r = validate.score(cand, vset)
+    keep, why = validate.calibrated(r, shipped_r)
+    log.info("%s with the map curve (knee %g levels, slope %g) against the shipped file (%s):\n%s\n%s: %s", name,
+             curve.knee, curve.slope, "no curve" if shipped.map_curve is None else asdict(shipped.map_curve),
+             validate.table(r, shipped_r), "keep" if keep else "refused", why)
+    if keep and ship:
+        at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        save_model(cand, path, **(meta | {"validation": r, "map_curve": asdict(curve) | {
+            "calibrated_at": at, "why": why, "validation_before": shipped_r}}))
+        from ..export.to_onnx import export_onnx
+
+        export_onnx(path, path.with_suffix(".onnx"))
+        log.info("shipped %s (.pt and .onnx) with the map curve; remake its int8 copy where it has one "
+                 "(export.calibrate.shipped_int8)", path)
+    return {"keep": keep, "why": why, "shipped": shipped_r, "candidate": r}
 
 
 def fill_codec_cache(name: str, corpus: Corpus, state_dir: Path, out: Path, device_kind_: str, workers: int,
@@ -427,6 +456,10 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--ship", action="store_true", help="replace the shipped .pt/.onnx when the state is better")
     g.add_argument("--share", type=_share, default=MIDPOINT_SHARE,
                    help=f"the shipped weights' share of the midpoint candidate (default {MIDPOINT_SHARE:g})")
+    u = sub.add_parser("curve", parents=[common], help="validate the shipped file with a map curve (calibration)")
+    u.add_argument("--knee", type=float, required=True, help="noise map level (8-bit) above which the curve rises")
+    u.add_argument("--slope", type=float, required=True, help="extra told noise per level above the knee (0-2)")
+    u.add_argument("--ship", action="store_true", help="rewrite the shipped .pt/.onnx with it when it passes")
     k = sub.add_parser("codec-cache", parents=[common], help="pre-encode the next pool's codec clips")
     k.add_argument("--out", type=Path, required=True)
     k.add_argument("--for-device", choices=["cpu", "cuda"], default="cuda")
@@ -445,6 +478,8 @@ def main(argv: list[str] | None = None) -> None:
                 a.checkpoint_every, a.reuse)
         elif a.cmd == "gate":
             gate(a.model, corpus, a.state, a.ship, share=a.share)
+        elif a.cmd == "curve":
+            calibrate_curve(a.model, corpus, MapCurve(a.knee, a.slope), a.ship)
         else:
             fill_codec_cache(a.model, corpus, a.state, a.out, a.for_device, a.workers, a.pool_clips)
     except (ValueError, OSError) as exc:

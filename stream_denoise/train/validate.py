@@ -44,6 +44,9 @@ DARK_TOLERANCE = 1.0  # levels of dark-mean shift beyond the larger of the noisy
 DARK_LIMIT = 2.0  # levels of dark-mean shift a condition keeps once the shipped model is within them
 DARK_GROWTH = 0.5  # levels the dark-mean shift may grow beyond the shipped model's on any condition
 DARK_FREE = 1.0  # a dark-mean shift within this many levels is always allowed
+CURVE_COST_DB = 0.05  # the most mean PSNR a map curve (a calibration for the shadows) may cost
+DARK_SAME = 0.05  # levels of dark-mean shift that count as no change
+CURVE_GAIN = 0.5  # levels by which a map curve must bring some condition's dark-mean shift closer to 0
 CONDITIONS: dict[str, NoiseSpec | None] = {
     "clean": None,
     "gauss5": NoiseSpec("gaussian", sigma=5),
@@ -156,6 +159,36 @@ def better(candidate: dict[str, dict[str, float]], shipped: dict[str, dict[str, 
     if gain <= 0:
         return False, f"mean PSNR {gain:+.3f} dB against the shipped model"
     return True, f"mean PSNR {gain:+.3f} dB against the shipped model over {len(common)} conditions"
+
+
+def calibrated(candidate: dict[str, dict[str, float]], shipped: dict[str, dict[str, float]]) -> tuple[bool, str]:
+    """The rule for a ``MapCurve`` on the shipped weights (a trade, not an improvement): (keep?, why).
+    It must bring some condition's shadows at least ``CURVE_GAIN`` levels closer to 0, push none
+    farther from 0 than ``DARK_FREE`` or the shipped model's own shift, cost at most ``CURVE_COST_DB``
+    mean PSNR and ``TOLERANCE_DB`` on any condition, and keep every condition above the noisy input
+    where the shipped model was."""
+    common = [n for n in candidate if n in shipped]
+    gain = float(np.mean([candidate[n]["psnr"] - shipped[n]["psnr"] for n in common]))
+    worse = [n for n in common if candidate[n]["psnr"] < candidate[n]["noisy_psnr"] <= shipped[n]["psnr"]]
+    if worse:
+        return False, f"below the noisy input on {', '.join(worse)}"
+    lost = {n: candidate[n]["psnr"] - shipped[n]["psnr"] for n in common
+            if candidate[n]["psnr"] < shipped[n]["psnr"] - TOLERANCE_DB}
+    if lost:
+        return False, "worse than the shipped model on " + ", ".join(f"{n} ({d:+.2f} dB)" for n, d in lost.items())
+    if gain < -CURVE_COST_DB:
+        return False, f"costs {-gain:.3f} dB mean (at most {CURVE_COST_DB} allowed)"
+    farther = [n for n in common
+               if abs(candidate[n]["dark_bias"]) > max(DARK_FREE, abs(shipped[n]["dark_bias"])) + DARK_SAME]
+    if farther:
+        return False, "moves the shadows farther from 0 on " + ", ".join(
+            f"{n} ({shipped[n]['dark_bias']:+.2f} -> {candidate[n]['dark_bias']:+.2f})" for n in farther)
+    closer = {n: (shipped[n]["dark_bias"], candidate[n]["dark_bias"]) for n in common
+              if abs(shipped[n]["dark_bias"]) - abs(candidate[n]["dark_bias"]) >= CURVE_GAIN}
+    if not closer:
+        return False, f"brings no condition's shadows {CURVE_GAIN} levels closer to 0"
+    return True, (f"shadows closer to 0 on " + ", ".join(f"{n} ({a:+.2f} -> {b:+.2f})" for n, (a, b) in closer.items())
+                  + f" for {-gain:.3f} dB mean")
 
 
 def table(report: dict[str, dict[str, float]], other: dict[str, dict[str, float]] | None = None) -> str:

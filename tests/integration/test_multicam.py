@@ -268,7 +268,7 @@ def test_runs_without_torch(make_clip, tmp_path):
 class EchoBackend:
     """Returns each window's first frame; records the batch sizes it was called with."""
 
-    name, frames, target, stride, noise_planes = "echo", 5, 2, 4, 0
+    name, frames, target, stride, noise_planes, map_curve = "echo", 5, 2, 4, 0, None
     capabilities = Capabilities()
 
     def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:

@@ -17,7 +17,7 @@ pytest.importorskip("skvideo")
 
 from stream_denoise import noise_level  # noqa: E402
 from stream_denoise.buffer import reflect_indices  # noqa: E402
-from stream_denoise.model import create_model, load_model, save_model  # noqa: E402
+from stream_denoise.model import MapCurve, create_model, load_model, save_model  # noqa: E402
 from stream_denoise.model.net import VideoDenoiser  # noqa: E402
 from stream_denoise.train import corpus as corpus_mod  # noqa: E402
 from stream_denoise.train import pool as pool_mod  # noqa: E402
@@ -333,6 +333,66 @@ def test_the_gate_refuses_a_model_that_shifts_the_shadows():
     keep, why = validate.better(rep(31.0, -3.0, 1.0), shipped)  # darkens by 3 where input and shipped were within 1
     assert not keep and "a (-3.00 levels)" in why
     assert validate.better(rep(31.0, -3.0, 1.0), rep(30.0, -2.5, 1.0))[0]  # no worse than the shipped model
+
+
+def test_the_calibration_rule_trades_little_psnr_for_shadows_closer_to_0():
+    def rep(**conds: tuple[float, float]) -> dict:  # condition: (psnr, dark shift); the noisy input at 20 dB
+        return {k: {"psnr": p, "noisy_psnr": 20.0, "dark_bias": d} for k, (p, d) in conds.items()}
+
+    shipped = rep(a=(30.0, 2.5), b=(40.0, 0.3))
+    keep, why = validate.calibrated(rep(a=(29.95, 0.4), b=(40.0, 0.3)), shipped)
+    assert keep and "a (+2.50 -> +0.40)" in why
+    keep, why = validate.calibrated(rep(a=(29.7, 0.4), b=(40.0, 0.3)), shipped)  # -0.3 dB on a
+    assert not keep and "a (-0.30 dB)" in why
+    keep, why = validate.calibrated(rep(a=(29.85, 0.4), b=(39.9, 0.3)), shipped)  # -0.125 dB mean
+    assert not keep and "mean" in why
+    keep, why = validate.calibrated(rep(a=(30.0, 0.4), b=(40.0, -1.4)), shipped)  # darkens b beyond 1 level
+    assert not keep and "b (+0.30 -> -1.40)" in why
+    keep, why = validate.calibrated(rep(a=(30.0, 2.2), b=(40.0, 0.3)), shipped)  # 0.3 levels: no real change
+    assert not keep and "closer" in why
+    assert not validate.calibrated(rep(a=(19.9, 0.4), b=(40.0, 0.3)), rep(a=(20.5, 2.5), b=(40.0, 0.3)))[0]
+
+
+def test_the_gate_gives_its_candidates_the_shipped_curve(tiny_corpus: corpus_mod.Corpus, gated: tuple[Path, Path]):
+    state, models = gated
+    worse, _, _ = pretrain.averaged_model("lite", state)
+    with torch.no_grad():
+        worse.out.bias += 0.3
+    worse.set_curve(MapCurve(30, 0.4))
+    save_model(worse, models / "lite.pt")
+    res = pretrain.gate("lite", tiny_corpus, state, ship=True)
+    assert res["keep"], res["why"]
+    assert load_model(models / "lite.pt").map_curve == MapCurve(30, 0.4)
+
+
+def test_the_curve_command_ships_only_what_its_rule_keeps(tiny_corpus: corpus_mod.Corpus, gated: tuple[Path, Path],
+                                                          monkeypatch: pytest.MonkeyPatch):
+    state, models = gated
+    trained, _, _ = pretrain.averaged_model("lite", state)
+    save_model(trained, models / "lite.pt", steps=1)
+    before = (models / "lite.pt").read_bytes()
+    res = pretrain.calibrate_curve("lite", tiny_corpus, MapCurve(0, 2), ship=True)  # everything told 3x: refused
+    assert not res["keep"] and (models / "lite.pt").read_bytes() == before
+    assert res["keep"] == validate.calibrated(res["candidate"], res["shipped"])[0]
+    monkeypatch.setattr(validate, "calibrated", lambda cand, ship: (True, "kept for the test"))  # the shipping itself
+    pretrain.calibrate_curve("lite", tiny_corpus, MapCurve(30, 0.4), ship=True)
+    now = load_model(models / "lite.pt")
+    assert now.map_curve == MapCurve(30, 0.4) and now.meta["steps"] == 1
+    assert now.meta["map_curve"]["why"] == "kept for the test" and set(now.meta["map_curve"]["validation_before"]) == \
+        {"clean", "gauss30", "iso1600"}
+    import onnx
+
+    assert {p.key: p.value for p in onnx.load(str(models / "lite.onnx")).metadata_props}["map_curve"] == "30,0.4"
+
+
+@pytest.mark.parametrize("args", [["--knee", "30", "--slope", "5"], ["--knee", "-3", "--slope", "0.4"]])
+def test_the_curve_command_refuses_a_bad_curve_in_one_line(args: list[str], tiny_corpus: corpus_mod.Corpus,
+                                                           capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exc:
+        pretrain.main(["curve", "--model", "lite", "--corpus", str(tiny_corpus.root), *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "map curve" in err[-1] and "Traceback" not in "\n".join(err)
 
 
 def test_the_loss_can_weigh_a_mildly_noisy_window_like_a_very_noisy_one():
