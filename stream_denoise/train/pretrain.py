@@ -375,6 +375,8 @@ def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads
                 "validation_set": {"hash": vset.hash, "conditions": vset.names},
                 "shipped_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "window": RECIPES[name].window, "arch": RECIPES[name].arch}
+        if shipped.map_curve is not None:  # the calibration the successor keeps, with its record
+            info["map_curve"] = shipped_meta.get("map_curve", asdict(shipped.map_curve))
         if best == "midpoint":
             info["previous"] = {k: shipped_meta.get(k) for k in ("steps", "weights", "validation", "shipped_at")}
         save_model(candidates[best], shipped_path, **info)

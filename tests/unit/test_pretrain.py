@@ -359,10 +359,11 @@ def test_the_gate_gives_its_candidates_the_shipped_curve(tiny_corpus: corpus_mod
     with torch.no_grad():
         worse.out.bias += 0.3
     worse.set_curve(MapCurve(30, 0.4))
-    save_model(worse, models / "lite.pt")
+    save_model(worse, models / "lite.pt", map_curve={"knee": 30, "slope": 0.4, "why": "the record"})
     res = pretrain.gate("lite", tiny_corpus, state, ship=True)
     assert res["keep"], res["why"]
-    assert load_model(models / "lite.pt").map_curve == MapCurve(30, 0.4)
+    now = load_model(models / "lite.pt")
+    assert now.map_curve == MapCurve(30, 0.4) and now.meta["map_curve"]["why"] == "the record"
 
 
 def test_the_curve_command_ships_only_what_its_rule_keeps(tiny_corpus: corpus_mod.Corpus, gated: tuple[Path, Path],
