@@ -442,7 +442,9 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     common.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that make the pools")
     c = sub.add_parser("continue", parents=[common], help="train for --minutes from the state")
-    c.add_argument("--minutes", type=float, required=True)
+    c.add_argument("--minutes", type=float, required=True,
+                   help="training minutes, counted from the first step (the first pool and its teacher pass come "
+                        "before it: minutes on a busy CPU)")
     c.add_argument("--max-steps", type=int, help="stop at this cumulative step")
     c.add_argument("--device", default="auto", help="auto (a CUDA GPU when present), cpu, cuda, cuda:N")
     c.add_argument("--batch", type=int)
