@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -139,11 +140,27 @@ def _shifts_shadows(candidate: dict[str, float], shipped: dict[str, float]) -> b
             or cand > max(DARK_FREE, ship + DARK_GROWTH))
 
 
+class Comparison(NamedTuple):
+    """What the gate and the calibration rule both read from two reports."""
+
+    common: list[str]  # conditions in both
+    gain: float  # mean PSNR difference over them (candidate - shipped)
+    worse: list[str]  # below the noisy input where the shipped model was not
+    lost: dict[str, float]  # conditions losing more than ``TOLERANCE_DB``: their difference
+
+
+def compare(candidate: dict[str, dict[str, float]], shipped: dict[str, dict[str, float]]) -> Comparison:
+    common = [n for n in candidate if n in shipped]
+    return Comparison(
+        common, float(np.mean([candidate[n]["psnr"] - shipped[n]["psnr"] for n in common])),
+        [n for n in common if candidate[n]["psnr"] < candidate[n]["noisy_psnr"] <= shipped[n]["psnr"]],
+        {n: candidate[n]["psnr"] - shipped[n]["psnr"] for n in common
+         if candidate[n]["psnr"] < shipped[n]["psnr"] - TOLERANCE_DB})
+
+
 def better(candidate: dict[str, dict[str, float]], shipped: dict[str, dict[str, float]]) -> tuple[bool, str]:
     """The gate: (keep the candidate?, why)."""
-    common = [n for n in candidate if n in shipped]
-    gain = float(np.mean([candidate[n]["psnr"] - shipped[n]["psnr"] for n in common]))
-    worse = [n for n in common if candidate[n]["psnr"] < candidate[n]["noisy_psnr"] <= shipped[n]["psnr"]]
+    common, gain, worse, lost = compare(candidate, shipped)
     if worse:
         return False, f"below the noisy input on {', '.join(worse)} (mean gain {gain:+.3f} dB)"
     shifted = {n: candidate[n]["dark_bias"] for n in common if _shifts_shadows(candidate[n], shipped[n])}
@@ -151,8 +168,6 @@ def better(candidate: dict[str, dict[str, float]], shipped: dict[str, dict[str, 
         where = ", ".join(f"{n} ({b:+.2f} levels)" for n, b in shifted.items())
         return False, (f"shifts the dark regions' mean beyond what the noisy input and the shipped model allow on "
                        f"{where} (mean gain {gain:+.3f} dB)")
-    lost = {n: candidate[n]["psnr"] - shipped[n]["psnr"] for n in common
-            if candidate[n]["psnr"] < shipped[n]["psnr"] - TOLERANCE_DB}
     if lost:
         return False, (f"mean {gain:+.3f} dB, but worse than the shipped model on "
                        + ", ".join(f"{n} ({d:+.2f} dB)" for n, d in lost.items()))
@@ -167,13 +182,9 @@ def calibrated(candidate: dict[str, dict[str, float]], shipped: dict[str, dict[s
     farther from 0 than ``DARK_FREE`` or the shipped model's own shift, cost at most ``CURVE_COST_DB``
     mean PSNR and ``TOLERANCE_DB`` on any condition, and keep every condition above the noisy input
     where the shipped model was."""
-    common = [n for n in candidate if n in shipped]
-    gain = float(np.mean([candidate[n]["psnr"] - shipped[n]["psnr"] for n in common]))
-    worse = [n for n in common if candidate[n]["psnr"] < candidate[n]["noisy_psnr"] <= shipped[n]["psnr"]]
+    common, gain, worse, lost = compare(candidate, shipped)
     if worse:
         return False, f"below the noisy input on {', '.join(worse)}"
-    lost = {n: candidate[n]["psnr"] - shipped[n]["psnr"] for n in common
-            if candidate[n]["psnr"] < shipped[n]["psnr"] - TOLERANCE_DB}
     if lost:
         return False, "worse than the shipped model on " + ", ".join(f"{n} ({d:+.2f} dB)" for n, d in lost.items())
     if gain < -CURVE_COST_DB:
