@@ -332,11 +332,24 @@ def _share(text: str) -> float:
     return value
 
 
+def _curve(text: str) -> MapCurve:
+    """--curve: "knee,slope" (``MapCurve.to_meta``'s form)."""
+    try:
+        curve = MapCurve.from_meta(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"the map curve must be KNEE,SLOPE (e.g. 30,0.4), got {text!r}: {exc}")
+    if curve is None:
+        raise argparse.ArgumentTypeError("the map curve must be KNEE,SLOPE (e.g. 30,0.4), got an empty value")
+    return curve
+
+
 def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads: int | None = None,
-         share: float = MIDPOINT_SHARE) -> dict:
+         share: float = MIDPOINT_SHARE, curve: MapCurve | None = None) -> dict:
     """Validate the state's averaged weights, and their ``midpoint`` with the shipped file's (``share``
     of the shipped weights), against the shipped file; with ``ship`` replace the shipped .pt and .onnx
-    by the candidate with the higher mean among those that pass the gate (``validate.better``)."""
+    by the candidate with the higher mean among those that pass the gate (``validate.better``).
+    The candidates are read through the shipped file's map curve, or through ``curve`` when given
+    (new weights may need their own calibration; the file then records it as chosen at the gate)."""
     if threads:
         torch.set_num_threads(threads)
     vset = validate.build(corpus)
@@ -348,8 +361,12 @@ def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads
     candidates = {"state": state_model}
     if (mix := midpoint(state_model, shipped, share)) is not None:
         candidates["midpoint"] = mix
+    told = curve if curve is not None else shipped.map_curve
     for model in candidates.values():  # the shipped file's calibration (``MapCurve``) goes with its successor
-        model.set_curve(shipped.map_curve)
+        model.set_curve(told)
+    log.info("candidates read through %s", "no map curve" if told is None else
+             f"the map curve knee {told.knee:g} / slope {told.slope:g}"
+             + (" (--curve)" if curve is not None else " (the shipped file's)"))
     results = {}
     for kind, model in candidates.items():
         r = validate.score(model, vset)
@@ -375,7 +392,9 @@ def gate(name: str, corpus: Corpus, state_dir: Path, ship: bool = False, threads
                 "validation_set": {"hash": vset.hash, "conditions": vset.names},
                 "shipped_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "window": RECIPES[name].window, "arch": RECIPES[name].arch}
-        if shipped.map_curve is not None:  # the calibration the successor keeps, with its record
+        if curve is not None:  # a calibration chosen with these weights
+            info["map_curve"] = asdict(curve) | {"chosen_at": info["shipped_at"], "by": "the gate (--curve)"}
+        elif shipped.map_curve is not None:  # the calibration the successor keeps, with its record
             info["map_curve"] = shipped_meta.get("map_curve", asdict(shipped.map_curve))
         if best == "midpoint":
             info["previous"] = {k: shipped_meta.get(k) for k in ("steps", "weights", "validation", "shipped_at")}
@@ -460,6 +479,8 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--ship", action="store_true", help="replace the shipped .pt/.onnx when the state is better")
     g.add_argument("--share", type=_share, default=MIDPOINT_SHARE,
                    help=f"the shipped weights' share of the midpoint candidate (default {MIDPOINT_SHARE:g})")
+    g.add_argument("--curve", type=_curve, metavar="KNEE,SLOPE",
+                   help="read the candidates through this map curve instead of the shipped file's")
     u = sub.add_parser("curve", parents=[common], help="validate the shipped file with a map curve (calibration)")
     u.add_argument("--knee", type=float, required=True, help="noise map level (8-bit) above which the curve rises")
     u.add_argument("--slope", type=float, required=True, help="extra told noise per level above the knee (0-2)")
@@ -481,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
                 CodecCache(a.codec_cache) if a.codec_cache else None, a.max_steps, not a.no_progress, a.precision,
                 a.checkpoint_every, a.reuse)
         elif a.cmd == "gate":
-            gate(a.model, corpus, a.state, a.ship, share=a.share)
+            gate(a.model, corpus, a.state, a.ship, share=a.share, curve=a.curve)
         elif a.cmd == "curve":
             calibrate_curve(a.model, corpus, MapCurve(a.knee, a.slope), a.ship)
         else:

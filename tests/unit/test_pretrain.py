@@ -366,6 +366,37 @@ def test_the_gate_gives_its_candidates_the_shipped_curve(tiny_corpus: corpus_mod
     assert now.map_curve == MapCurve(30, 0.4) and now.meta["map_curve"]["why"] == "the record"
 
 
+def test_the_gate_reads_its_candidates_through_the_curve_it_is_given(tiny_corpus: corpus_mod.Corpus,
+                                                                     gated: tuple[Path, Path]):
+    state, models = gated
+    worse, _, _ = pretrain.averaged_model("lite", state)
+    with torch.no_grad():
+        worse.out.bias += 0.3
+    worse.set_curve(MapCurve(30, 0.4))
+    save_model(worse, models / "lite.pt", map_curve={"knee": 30, "slope": 0.4, "why": "the record"})
+    res = pretrain.gate("lite", tiny_corpus, state, ship=True, curve=MapCurve(12, 0.2))
+    assert res["keep"], res["why"]
+    told, _, _ = pretrain.averaged_model("lite", state)  # the candidate's own figures are those of this curve
+    told.set_curve(MapCurve(12, 0.2))
+    vset = validate.build(tiny_corpus)
+    assert res["candidates"]["state"] == validate.score(told, vset)
+    now = load_model(models / "lite.pt")
+    assert now.map_curve == MapCurve(12, 0.2)
+    assert now.meta["map_curve"]["by"] == "the gate (--curve)" and "why" not in now.meta["map_curve"]
+    import onnx
+
+    assert {p.key: p.value for p in onnx.load(str(models / "lite.onnx")).metadata_props}["map_curve"] == "12,0.2"
+
+
+@pytest.mark.parametrize("curve", ["30", "30,0.4,1", "knee,slope", "30,5", ""])
+def test_the_gate_refuses_a_bad_curve_in_one_line(curve: str, capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exc:
+        pretrain.main(["gate", "--curve", curve])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--curve" in err[-1] and "map curve" in err[-1] and "Traceback" not in "\n".join(err)
+
+
 def test_the_curve_command_ships_only_what_its_rule_keeps(tiny_corpus: corpus_mod.Corpus, gated: tuple[Path, Path],
                                                           monkeypatch: pytest.MonkeyPatch):
     state, models = gated
