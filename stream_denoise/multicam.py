@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -443,13 +442,10 @@ class MultiCamera(Closing):
         """Decode workers and their rings, inference lanes with a backend each (a CPU model) or a
         batching backend (a GPU model), a RingCamera per camera."""
         from .fleet import DecodeWorkers, LaneRouted, Lanes, RingCamera, default_workers
-        from .sources import SourceError
+        from .sources import require_files
 
         cfg, rt = self.cfg, self.cfg.runtime
-        for cam_cfg in cfg.cameras:  # a bad path is a config error: say so now, before any process starts
-            uri = cam_cfg.source_config().uri
-            if not is_live(uri) and "://" not in uri and not Path(uri).is_file():
-                raise SourceError(f"{cam_cfg.name}: no such file: {uri!r}")
+        require_files(c.source_config() for c in cfg.cameras)  # before any process starts
         cores = len(os.sched_getaffinity(0))
         firsts: dict[ModelConfig, Backend] = {}
         for cam_cfg in cfg.cameras:

@@ -46,7 +46,7 @@ from .errors import BackendUnavailable, SourceError, StreamDenoiseError
 from .fleet.exchange import AttachedWindows, ShmWindow, Wire, WindowExchange
 from .noise_level import MapCurve
 from .resources import Closing
-from .sources import is_live, open_retrying
+from .sources import is_live, open_retrying, require_files
 
 log = logging.getLogger(__name__)
 
@@ -375,6 +375,7 @@ class RayDeployment(Closing):
                 need = len(models) * rc.replicas * rc.replica_cpus + len(runs) * rc.camera_cpus
                 if rc.address:
                     check_reachable(rc.address)
+                require_files(r.source for r in runs)  # before a cluster starts
                 local = {} if rc.address else {"num_cpus": rc.local_cpus or max(int(need + 0.999), os.cpu_count() or 1)}
                 ray.init(address=rc.address, include_dashboard=False, logging_level=ray_level,
                          log_to_driver=level <= logging.INFO, **local)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,6 +35,14 @@ def is_camera(uri: str) -> bool:
 def is_live(uri: str) -> bool:
     """RTSP streams and local cameras are live (reconnect, newest frame wins); files are not."""
     return is_rtsp(uri) or is_camera(uri)
+
+
+def require_files(sources: Iterable[SourceConfig]) -> None:
+    """Raise SourceError naming the first source whose path is not a file (a config error: said at
+    start, before any worker process or cluster starts); live and URL sources are checked when opened."""
+    for cfg in sources:
+        if not is_live(cfg.uri) and "://" not in cfg.uri and not Path(cfg.uri).is_file():
+            raise SourceError(f"{cfg.name}: no such file: {cfg.uri!r}" if cfg.name else f"no such file: {cfg.uri!r}")
 
 
 def open_source(cfg: SourceConfig) -> Source:
