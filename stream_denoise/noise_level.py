@@ -112,8 +112,9 @@ class MapCurve:
             raise ValueError(f"map curve knee must be >= 0 levels and slope within 0-2, got {self.knee}, {self.slope}")
 
     def to_meta(self) -> str:
-        """"knee,slope": the text model metadata carries (no quotes: it is a Triton parameter too)."""
-        return f"{self.knee:g},{self.slope:g}"
+        """"knee,slope": the text model metadata carries (no quotes: it is a Triton parameter too), each
+        number in its shortest form that reads back exactly (30, 0.4, 0.3333333333333333)."""
+        return ",".join(repr(float(v)).removesuffix(".0") for v in (self.knee, self.slope))
 
     @classmethod
     def from_meta(cls, text: str | None) -> MapCurve | None:

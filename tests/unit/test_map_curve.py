@@ -38,6 +38,9 @@ def test_the_curve_raises_only_the_map_values_above_the_knee():
 
 def test_the_curve_travels_as_text_and_a_bad_one_is_refused():
     assert MapCurve.from_meta(MapCurve(30, 0.4).to_meta()) == MapCurve(30, 0.4)
+    assert MapCurve(30, 0.4).to_meta() == "30,0.4" and MapCurve(12.5, 1).to_meta() == "12.5,1"
+    odd = MapCurve(100 / 3, 1 / 3)  # every runtime reads the file's curve exactly, not to 6 digits
+    assert MapCurve.from_meta(odd.to_meta()) == odd
     assert '"' not in MapCurve(30, 0.4).to_meta()  # it is a Triton parameter's string value too
     assert MapCurve.from_meta(None) is None and MapCurve.from_meta("") is None
     for bad in ("30", "a,b", "30,5"):
