@@ -353,13 +353,18 @@ def test_the_calibration_rule_trades_little_psnr_for_shadows_closer_to_0():
     assert not validate.calibrated(rep(a=(19.9, 0.4), b=(40.0, 0.3)), rep(a=(20.5, 2.5), b=(40.0, 0.3)))[0]
 
 
-def test_the_gate_gives_its_candidates_the_shipped_curve(tiny_corpus: corpus_mod.Corpus, gated: tuple[Path, Path]):
-    state, models = gated
+def _ship_a_worse_file_with_a_curve(state: Path, models: Path) -> None:
+    """A shipped `lite` worse than the state (output bias +0.3) with the map curve 30 / 0.4 and its record."""
     worse, _, _ = pretrain.averaged_model("lite", state)
     with torch.no_grad():
         worse.out.bias += 0.3
     worse.set_curve(MapCurve(30, 0.4))
     save_model(worse, models / "lite.pt", map_curve={"knee": 30, "slope": 0.4, "why": "the record"})
+
+
+def test_the_gate_gives_its_candidates_the_shipped_curve(tiny_corpus: corpus_mod.Corpus, gated: tuple[Path, Path]):
+    state, models = gated
+    _ship_a_worse_file_with_a_curve(state, models)
     res = pretrain.gate("lite", tiny_corpus, state, ship=True)
     assert res["keep"], res["why"]
     now = load_model(models / "lite.pt")
@@ -369,11 +374,7 @@ def test_the_gate_gives_its_candidates_the_shipped_curve(tiny_corpus: corpus_mod
 def test_the_gate_reads_its_candidates_through_the_curve_it_is_given(tiny_corpus: corpus_mod.Corpus,
                                                                      gated: tuple[Path, Path]):
     state, models = gated
-    worse, _, _ = pretrain.averaged_model("lite", state)
-    with torch.no_grad():
-        worse.out.bias += 0.3
-    worse.set_curve(MapCurve(30, 0.4))
-    save_model(worse, models / "lite.pt", map_curve={"knee": 30, "slope": 0.4, "why": "the record"})
+    _ship_a_worse_file_with_a_curve(state, models)
     res = pretrain.gate("lite", tiny_corpus, state, ship=True, curve=MapCurve(12, 0.2))
     assert res["keep"], res["why"]
     told, _, _ = pretrain.averaged_model("lite", state)  # the candidate's own figures are those of this curve
