@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -143,6 +144,10 @@ class TrainerProcess:
         self._deadline = 0.0
         self.restarts = 0  # processes replaced after a crash or a hang
         self.pid: int | None = None
+        # one writer on the pipe: a job's send blocks until the process reads it (after its imports:
+        # seconds on a busy machine), and close() from another thread must not interleave its goodbye
+        self._writing = threading.Lock()
+        self._reaping = threading.Lock()
 
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
@@ -155,17 +160,19 @@ class TrainerProcess:
     def submit(self, job: Job, deadline_s: float) -> None:
         """Send a job (starting or restarting the process as needed); its outcome must come within
         ``deadline_s`` seconds."""
-        if self._proc is None or not self._proc.is_alive():
-            if self._proc is not None:
-                self.restarts += 1
-                self._reap()
-            self._start()
-        assert self._conn is not None
-        try:
-            self._conn.send(job)
-        except OSError as exc:  # it died after the check (a broken pipe): a failed run, not a dead adapt thread
-            self._reap()
-            raise TrainerDied(f"the trainer process could not take the job ({exc})") from None
+        with self._writing:
+            if self._proc is None or not self._proc.is_alive():
+                if self._proc is not None:
+                    self.restarts += 1
+                    self._reap()
+                self._start()
+            conn = self._conn
+            assert conn is not None
+            try:
+                conn.send(job)
+            except (OSError, ValueError) as exc:  # it died after the check (a broken pipe), or close() killed
+                self._reap()  # it mid-send: a failed run, not a dead adapt thread
+                raise TrainerDied(f"the trainer process could not take the job ({exc})") from None
         self._deadline = time.monotonic() + deadline_s
 
     def poll(self, timeout: float) -> Outcome | str | None:
@@ -187,20 +194,35 @@ class TrainerProcess:
         return None
 
     def _reap(self) -> None:
-        if self._proc is not None:
-            if self._proc.is_alive():
-                self._proc.kill()
-            self._proc.join(timeout=10)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._reaping:  # close() may reap beside a writer whose send it broke
+            if self._proc is not None:
+                if self._proc.is_alive():
+                    self._proc.kill()
+                self._proc.join(timeout=10)
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
-    def close(self) -> None:
-        if self._proc is not None and self._proc.is_alive() and self._conn is not None:
-            try:
-                self._conn.send(None)
-            except OSError:
-                pass
-            self._proc.join(timeout=2)
-        self._reap()
-        self._proc = None
+    def close(self, wait_s: float = 2.0) -> None:
+        """Ask the process to end (it finishes nothing); kill it when it does not within ``wait_s``.
+        When another thread is still writing a job to it, kill it first: a second writer would
+        corrupt the pipe, and the kill ends that send (a failed run for the writer)."""
+        got = self._writing.acquire(timeout=wait_s)
+        if not got:
+            proc = self._proc
+            if proc is not None and proc.is_alive():
+                proc.kill()
+            got = self._writing.acquire(timeout=10)
+        try:
+            if got and self._proc is not None and self._proc.is_alive() and self._conn is not None:
+                try:
+                    self._conn.send(None)
+                except OSError:
+                    pass
+                self._proc.join(timeout=wait_s)
+            self._reap()
+            with self._reaping:
+                self._proc = None
+        finally:
+            if got:
+                self._writing.release()

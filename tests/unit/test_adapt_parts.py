@@ -242,3 +242,40 @@ def test_a_job_the_trainer_process_cannot_take_is_a_failed_run_and_the_next_job_
         assert wait_until(lambda: trainer.poll(0.2) is not None, 60)  # the new process answers
     finally:
         trainer.close()
+
+
+def test_closing_while_a_job_is_still_being_written_never_corrupts_the_pipe(tmp_path, capfd):
+    """A job's send blocks until the new process reads it (after its imports: seconds on a busy
+    machine). A pipeline closing meanwhile must not write its goodbye beside it (CI 2026-12-08: the
+    process died on a corrupted message, with a traceback): close() kills it instead, promptly, and
+    the writer gets a failed run."""
+    import threading
+    import time
+
+    from stream_denoise.adapt.trainer import Job, TrainerDied, TrainerProcess
+    from tests import adapt_trainers
+
+    trainer = TrainerProcess(adapt_trainers.copy_parent, nice=0)
+    clips = [np.zeros((16, 512, 512, 3), np.uint8) for _ in range(16)]  # 200 MB: the send outlasts the imports
+    job = Job(tmp_path / "no-model.pt", clips, clips[:1], tmp_path, 0.01, 1, 1, 32)
+    outcome: list[object] = []
+
+    def submit() -> None:
+        try:
+            trainer.submit(job, 60)
+            outcome.append("sent")
+        except TrainerDied as exc:
+            outcome.append(exc)
+
+    writer = threading.Thread(target=submit)
+    writer.start()
+    assert wait_until(lambda: trainer.pid is not None, 30)
+    time.sleep(2.5)  # the process has imported torch and is reading the job
+    t0 = time.monotonic()
+    trainer.close(wait_s=0.5)
+    assert time.monotonic() - t0 < 15
+    writer.join(timeout=30)
+    assert not writer.is_alive() and len(outcome) == 1
+    assert trainer._proc is None
+    err = capfd.readouterr().err
+    assert "UnpicklingError" not in err and "Traceback" not in err, err
